@@ -1,0 +1,187 @@
+//! Device-tier micro-benchmarks: resident lookups (4 KiB / 1 MiB), fault install, eviction,
+//! range invalidation and split; plus a one-off measurement of real metadata heap bytes per
+//! GiB resident (huge pages on/off) with a counting allocator, printed before the benchmarks.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::io;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use pagetier::tier::{DeviceTier, FillSource, HUGE_PAGE_SIZE, InvalidationCause, TierConfig};
+
+/// Counts live heap bytes (for the metadata measurement).
+struct Counting;
+
+static HEAP: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HEAP.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HEAP.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        HEAP.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const MIB: u64 = 1 << 20;
+
+/// Storage in memory, so the benchmarks time the tier and not a disk.
+struct Mem(Vec<u8>);
+
+impl FillSource for Mem {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let off = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - off);
+        buf[..n].copy_from_slice(&self.0[off..off + n]);
+        Ok(n)
+    }
+}
+
+fn tier(bytes: u64, huge: bool) -> DeviceTier {
+    DeviceTier::new(TierConfig {
+        capacity: bytes,
+        huge_pages: huge,
+    })
+    .unwrap()
+}
+
+fn report_metadata() {
+    const SIZE: u64 = 256 * MIB;
+    let src = Mem(vec![7u8; SIZE as usize]);
+    for huge in [true, false] {
+        let before = HEAP.load(Ordering::Relaxed);
+        let t = tier(SIZE, huge);
+        let empty = HEAP.load(Ordering::Relaxed) - before;
+        t.prefetch(1, SIZE, 0, SIZE, &src).unwrap();
+        let full = HEAP.load(Ordering::Relaxed) - before;
+        let scale = (1 << 30) / SIZE as isize;
+        eprintln!(
+            "metadata huge_pages={huge}: measured heap {} B/GiB resident (empty tier {} B/GiB of capacity), estimate metadata_bytes() {} B/GiB",
+            full * scale,
+            empty * scale,
+            t.metadata_bytes() as isize * scale
+        );
+    }
+}
+
+fn lookups(c: &mut Criterion) {
+    let size = 8 * MIB;
+    let src = Mem(vec![1u8; size as usize]);
+    let mut g = c.benchmark_group("lookup_resident");
+    for (huge, name) in [(true, "huge"), (false, "base")] {
+        let t = tier(size, huge);
+        t.prefetch(1, size, 0, size, &src).unwrap();
+        for len in [4096usize, MIB as usize] {
+            let mut out = vec![0u8; len];
+            let mut off = 0u64;
+            g.throughput(Throughput::Bytes(len as u64));
+            g.bench_function(format!("{name}_{}k", len / 1024), |b| {
+                b.iter(|| {
+                    off = (off + len as u64 * 3) % (size - len as u64) / 4096 * 4096;
+                    black_box(t.read(1, size, off, &mut out, &src).unwrap())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn faults(c: &mut Criterion) {
+    let size = 8 * MIB;
+    let src = Mem(vec![2u8; size as usize]);
+    let mut g = c.benchmark_group("fault_install");
+    let t = tier(size, true);
+    let mut out = vec![0u8; HUGE_PAGE_SIZE as usize];
+    g.throughput(Throughput::Bytes(HUGE_PAGE_SIZE));
+    g.bench_function("huge_2m", |b| {
+        b.iter(|| {
+            t.invalidate_file(1, InvalidationCause::Evict);
+            black_box(t.read(1, size, 0, &mut out, &src).unwrap())
+        })
+    });
+    let t = tier(size, false);
+    let mut out = vec![0u8; 4096];
+    g.throughput(Throughput::Bytes(4096));
+    g.bench_function("base_4k", |b| {
+        b.iter(|| {
+            t.invalidate_file(1, InvalidationCause::Evict);
+            black_box(t.read(1, size, 12288, &mut out, &src).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn eviction(c: &mut Criterion) {
+    // 2 chunks of capacity, 3 files read round-robin: every read evicts one huge page.
+    let size = 2 * MIB;
+    let src = Mem(vec![3u8; size as usize]);
+    let t = tier(2 * HUGE_PAGE_SIZE, true);
+    let mut out = vec![0u8; size as usize];
+    let mut file = 0u64;
+    let mut g = c.benchmark_group("eviction");
+    g.throughput(Throughput::Bytes(size));
+    g.bench_function("huge_fault_with_evict", |b| {
+        b.iter(|| {
+            file = (file + 1) % 3;
+            black_box(t.read(file, size, 0, &mut out, &src).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn invalidation(c: &mut Criterion) {
+    let size = 8 * MIB;
+    let src = Mem(vec![4u8; size as usize]);
+    let mut g = c.benchmark_group("invalidate");
+    let t = tier(size, true);
+    g.bench_function("range_whole_huge_pages_8m", |b| {
+        b.iter_batched(
+            || t.prefetch(1, size, 0, size, &src).unwrap(),
+            |_| black_box(t.invalidate_range(1, 0, size, InvalidationCause::Write)),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("split_huge_4k_write", |b| {
+        b.iter_batched(
+            || {
+                t.invalidate_file(1, InvalidationCause::Evict);
+                t.prefetch(1, size, 0, HUGE_PAGE_SIZE, &src).unwrap()
+            },
+            |_| black_box(t.invalidate_range(1, 40960, 4096, InvalidationCause::Write)),
+            BatchSize::PerIteration,
+        )
+    });
+    let tb = tier(size, false);
+    g.bench_function("range_256_base_pages", |b| {
+        b.iter_batched(
+            || tb.prefetch(1, size, 0, MIB, &src).unwrap(),
+            |_| black_box(tb.invalidate_range(1, 0, MIB, InvalidationCause::Write)),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookups, faults, eviction, invalidation);
+
+fn main() {
+    report_metadata();
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

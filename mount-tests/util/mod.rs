@@ -1,0 +1,244 @@
+//! Helpers for the passthrough and CLI mount tests, beside the shared harness
+//! in `common/`: running a child under a deadline, guarding mounts made
+//! outside [`common::Mounted`], and reading errnos.
+//!
+//! Nothing here sleeps for synchronisation: every wait polls a condition
+//! until a deadline (`common::wait_until`).
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::common::{is_fuse_mounted, wait_until};
+
+/// What a finished child did.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code; panics (with the output) if a signal ended the child.
+    pub fn code(&self) -> i32 {
+        match self.status.code() {
+            Some(c) => c,
+            None => panic!("child was killed by a signal: {self:?}"),
+        }
+    }
+}
+
+/// Runs `cmd` with stdin closed and stdout/stderr captured; kills it and
+/// panics if it has not exited within `deadline` (a hang is a failure).
+///
+/// Output goes to anonymous temp files, not pipes, so that a daemon that
+/// forks and keeps the inherited descriptors cannot make the read hang.
+pub fn run_deadline(cmd: &mut Command, deadline: Duration) -> Finished {
+    let what = format!("{cmd:?}");
+    let out = tempfile::tempfile().expect("temp file");
+    let err = tempfile::tempfile().expect("temp file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let exited = wait_until(deadline, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} did not exit within {deadline:?} (hang); stderr so far:\n{}",
+            read_all(err)
+        );
+    }
+    let status = child.wait().expect("wait child");
+    Finished {
+        status,
+        stdout: read_all(out),
+        stderr: read_all(err),
+    }
+}
+
+fn read_all(mut f: fs::File) -> String {
+    use std::io::Seek;
+    let mut s = Vec::new();
+    let _ = f.seek(io::SeekFrom::Start(0));
+    let _ = f.read_to_end(&mut s);
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+/// Waits (with a deadline) for `child` to exit and returns its exit code;
+/// kills it and panics on a hang.
+pub fn wait_child(child: &mut Child, deadline: Duration) -> Option<i32> {
+    let exited = wait_until(deadline, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("process {} did not exit within {deadline:?}", child.id());
+    }
+    child.wait().expect("wait").code()
+}
+
+/// Is process `pid` still alive (and not a zombie)?
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised comm) is the state; Z = zombie.
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Unmounts `mnt` (fusermount3 -u, then a lazy umount) if it is mounted.
+pub fn force_unmount(mnt: &Path) {
+    if is_fuse_mounted(mnt) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+    if is_fuse_mounted(mnt) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Owns a mount made outside the harness (a `--daemon` mount, one made by
+/// `mount -t fuse.pagetier`, ...): on drop it unmounts it, waits for the
+/// daemon (if its pid is known) to exit and kills it if it does not.
+pub struct MountGuard {
+    pub mnt: PathBuf,
+    pub pid: Option<u32>,
+    pub child: Option<Child>,
+}
+
+impl MountGuard {
+    pub fn new(mnt: &Path) -> Self {
+        MountGuard {
+            mnt: mnt.to_path_buf(),
+            pid: None,
+            child: None,
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt);
+        if let Some(mut c) = self.child.take() {
+            if !wait_until(Duration::from_secs(10), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.pid {
+            if !wait_until(Duration::from_secs(10), || !pid_alive(pid)) {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        // A killed daemon leaves a dead mount behind.
+        force_unmount(&self.mnt);
+    }
+}
+
+/// The raw errno of a failed std call; panics (naming `what`) if it succeeded.
+pub fn errno_of<T: std::fmt::Debug>(what: &str, r: io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: not an OS error: {e}")),
+    }
+}
+
+/// The errno of a failed rustix call; panics (naming `what`) if it succeeded.
+pub fn rerrno_of<T: std::fmt::Debug>(what: &str, r: rustix::io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
+        Err(e) => e.raw_os_error(),
+    }
+}
+
+/// Names an errno for assertion messages.
+pub fn errname(errno: i32) -> String {
+    format!("{} ({errno})", io::Error::from_raw_os_error(errno))
+}
+
+/// Asserts that `got` is `want`, naming both errnos.
+#[track_caller]
+pub fn assert_errno(what: &str, got: i32, want: i32) {
+    assert_eq!(
+        got,
+        want,
+        "{what}: got {}, want {}",
+        errname(got),
+        errname(want)
+    );
+}
+
+/// A deterministic byte pattern (period 251, so page-aligned copies differ).
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+/// Makes `dir` (a tempdir, 0700 by default) traversable by other users.
+pub fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+}
+
+/// The uid/gid tests use as "another user".
+pub const NOBODY: u32 = 65534;
+
+/// Runs `sh -c script sh args...` as uid/gid [`NOBODY`] under a deadline.
+pub fn sh_as_nobody(script: &str, args: &[&Path]) -> Finished {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env("LC_ALL", "C");
+    run_deadline(&mut cmd, Duration::from_secs(30))
+}
+
+/// Is the calling process root?
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The pid of a running `pagetier` whose command line names `mnt` (for
+/// daemons the test did not spawn directly: `--daemon`, mount helpers).
+pub fn find_daemon_pid(mnt: &Path) -> Option<u32> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        if pid == me || !pid_alive(pid) {
+            return None;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_pagetier = args.first().is_some_and(|a0| a0.ends_with(b"pagetier"));
+        (is_pagetier && args.contains(&want)).then_some(pid)
+    })
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it (.ci/run): setup, format, lints, every test (mount tests
+# included: they need root or a usable /dev/fuse and are never skipped), then fio's
+# write-and-verify through a real pagetier mount. Runs every step even after a failure,
+# prints a table of steps and a final "steps: N passed, N failed" line; exits non-zero
+# if any step failed.
+#
+#   scripts/test.sh [--long]
+#     --long   also the long soak tests: exports PAGETIER_LONG=1 (tests read it) and runs
+#              the fio verification with bigger files
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo" || exit 1
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
+
+long=0
+for arg in "$@"; do
+  case $arg in
+    --long) long=1 ;;
+    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
+  esac
+done
+if ((long)); then
+  export PAGETIER_LONG=1
+fi
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+passed=() failed=() summary=()
+# step NAME CMD...: runs CMD, records the result and its time; never exits.
+step() {
+  local name=$1 start rc
+  shift
+  printf '\n== %s\n' "$name"
+  start=$SECONDS
+  "$@"
+  rc=$?
+  if ((rc == 0)); then
+    passed+=("$name")
+    summary+=("$(printf '  ok    %-22s %4ss' "$name" $((SECONDS - start)))")
+  else
+    failed+=("$name")
+    summary+=("$(printf '  FAIL  %-22s %4ss  (exit %s)' "$name" $((SECONDS - start)) "$rc")")
+  fi
+  return 0
+}
+
+# The bash scripts that shellcheck lints.
+shell_scripts() {
+  local f
+  for f in scripts/* .ci/run; do
+    [[ -f $f ]] || continue
+    if [[ $f == *.sh ]] || head -n1 "$f" | grep -qE '^#!.*\b(ba)?sh\b'; then
+      echo "$f"
+    fi
+  done
+}
+
+lint_scripts() {
+  local files
+  mapfile -t files < <(shell_scripts)
+  shellcheck -x "${files[@]}" || return 1
+  python3 -m py_compile scripts/make-dataset scripts/make-fixtures scripts/bench.py || return 1
+  # py_compile of extension-less files leaves nothing behind; of bench.py a __pycache__
+  rm -rf scripts/__pycache__
+  scripts/make-fixtures --check
+}
+
+fuse_ready() {
+  [[ -c /dev/fuse ]] || { echo "/dev/fuse is missing: mount tests cannot run" >&2; return 1; }
+  command -v fusermount3 >/dev/null || { echo "fusermount3 is missing" >&2; return 1; }
+  if [[ $(id -u) -ne 0 ]] && [[ ! -r /dev/fuse || ! -w /dev/fuse ]]; then
+    echo "not root and /dev/fuse is not usable by $(id -un): mount tests cannot run" >&2
+    return 1
+  fi
+}
+
+run_tests() {
+  fuse_ready || return 1
+  if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests; cargo test --doc does
+    cargo nextest run --locked --no-fail-fast || return 1
+    cargo test --locked --doc
+  else
+    cargo test --locked --no-fail-fast
+  fi
+}
+
+# Writes files with fio through the host view of a fresh mount, verifies them there, then
+# re-reads and verifies them through the device view and in STORAGE itself.
+fio_verify() {
+  local bin=$repo/target/debug/pagetier work mnt rc=0
+  fuse_ready || return 1
+  [[ -x $bin ]] || cargo build --locked || return 1
+  work=$(mktemp -d "${TMPDIR:-/tmp}/pagetier-fio.XXXXXX") || return 1
+  mnt=$work/mnt
+  mkdir "$work/storage" "$mnt"
+  if ((long)); then
+    export SIZE=256M JOBS=2
+  else
+    export SIZE=16M JOBS=2
+  fi
+  {
+    "$bin" mount "$work/storage" "$mnt" --daemon --pid-file "$work/pid" &&
+      pt_wait_mounted "$mnt" 10 &&
+      echo "-- write-verify through the host view" &&
+      scripts/fio-job write-verify "$mnt" >"$work/fio.txt" 2>&1 &&
+      pt_fio_summary <"$work/fio.txt" &&
+      echo "-- read-verify through the device view" &&
+      scripts/fio-job read-verify "$mnt/.pagetier/device" >"$work/fio.txt" 2>&1 &&
+      pt_fio_summary <"$work/fio.txt" &&
+      echo "-- read-verify in STORAGE" &&
+      scripts/fio-job read-verify "$work/storage" >"$work/fio.txt" 2>&1 &&
+      pt_fio_summary <"$work/fio.txt"
+  } || {
+    rc=1
+    [[ -f $work/fio.txt ]] && tail -n 40 "$work/fio.txt"
+  }
+  pt_unmount "$mnt" || rc=1
+  if [[ -s $work/pid ]]; then
+    pt_wait_pid_gone "$(cat "$work/pid")" 20 || { echo "daemon did not exit after unmount" >&2; rc=1; }
+  fi
+  unset SIZE JOBS
+  rm -rf "$work"
+  return "$rc"
+}
+
+step setup scripts/setup.sh
+step fmt cargo fmt --all --check
+step clippy cargo clippy --locked --all-targets -- -D warnings
+step shellcheck lint_scripts
+step tests run_tests
+step fio-verify fio_verify
+
+printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"
+printf '%s\n' "${summary[@]}"
+echo "steps: ${#passed[@]} passed, ${#failed[@]} failed"
+((${#failed[@]} == 0))

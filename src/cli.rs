@@ -1,0 +1,363 @@
+//! Command-line parsing: clap definitions and the `-o` option language.
+//!
+//! Pure and unit-tested: nothing here touches the system. `-o` options carry
+//! the same settings as the flags (so that `mount -t fuse.pagetier` and
+//! /etc/fstab work through mount.fuse3); a flag given explicitly wins over the
+//! same setting in `-o`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// pagetier: a FUSE filesystem with a read-only device tier.
+#[derive(Parser, Debug)]
+#[command(name = "pagetier", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount STORAGE at MOUNTPOINT and serve it until unmounted.
+    Mount(MountArgs),
+    /// Show the tier's counters of a mount.
+    Stats {
+        mountpoint: PathBuf,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how much of each file is resident in the device tier.
+    Residency {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Fault files (or a byte range of them) into the device tier.
+    Prefetch {
+        /// Byte range `A-B` (inclusive) or `A-` (to the end); default all.
+        #[arg(long, default_value = "0-")]
+        range: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Drop files' pages from the device tier.
+    Evict {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MountArgs {
+    /// The directory tree to serve.
+    pub storage: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// FUSE worker threads (default: CPUs, at least 2).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Let other users use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Refuse every modification (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// error, warn, info, debug or trace (RUST_LOG also works).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Mount options: opt[,opt...] (see README).
+    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Detach; return only once the mount is live.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Stay in the foreground (the default for `pagetier mount`).
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// With --daemon: write the daemon's pid to this file.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Clear a stale (dead) FUSE mount at MOUNTPOINT first.
+    #[arg(long)]
+    pub clear_stale: bool,
+    /// Device tier capacity (512MiB, 8G, ...; default 1GiB).
+    #[arg(long)]
+    pub device_capacity: Option<String>,
+    /// Use 2 MiB device pages.
+    #[arg(long, value_enum)]
+    pub huge_pages: Option<OnOff>,
+    /// Name of the control directory.
+    #[arg(long)]
+    pub control_dir: Option<String>,
+}
+
+/// Everything a mount needs, after merging flags and `-o` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSettings {
+    pub threads: u16,
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub log_level: Option<String>,
+    pub device_capacity: u64,
+    pub huge_pages: bool,
+    pub control_dir: String,
+    pub clear_stale: bool,
+    /// Generic mount flags passed to the kernel (nosuid, nodev, ...).
+    pub kernel_flags: Vec<String>,
+}
+
+/// Default device tier capacity.
+pub const DEFAULT_CAPACITY: u64 = 1 << 30;
+
+/// Standard mount options accepted and ignored (mount(8) and fstab noise).
+const IGNORED: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "_netdev",
+    "nofail",
+    "async",
+    "relatime",
+    "strictatime",
+    "lazytime",
+    "nolazytime",
+    "x-systemd.automount",
+];
+/// Standard flags passed on to the kernel.
+const KERNEL: &[&str] = &[
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "dirsync", "sync",
+];
+
+fn parse_bool_value(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("-o {key}={v}: expected on or off")),
+    }
+}
+
+fn check_level(l: &str) -> Result<String, String> {
+    match l.to_ascii_lowercase().as_str() {
+        l @ ("error" | "warn" | "info" | "debug" | "trace" | "off") => Ok(l.to_string()),
+        _ => Err(format!(
+            "log level {l:?}: expected error, warn, info, debug, trace or off"
+        )),
+    }
+}
+
+fn check_control_dir(name: &str) -> Result<String, String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > 255
+    {
+        return Err(format!(
+            "control dir {name:?}: must be a single file name component"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Merges `-o` options and flags into settings. `cpus` is the default thread count.
+pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> {
+    let mut s = MountSettings {
+        threads: cpus.clamp(2, 16) as u16,
+        allow_other: false,
+        read_only: false,
+        log_level: None,
+        device_capacity: DEFAULT_CAPACITY,
+        huge_pages: true,
+        control_dir: ".pagetier".to_string(),
+        clear_stale: false,
+        kernel_flags: Vec::new(),
+    };
+    for opt in args.options.iter().flat_map(|o| o.split(',')) {
+        let opt = opt.trim();
+        if opt.is_empty() {
+            continue;
+        }
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("threads", Some(v)) => {
+                s.threads = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| format!("-o threads={v}: expected a number from 1 to 256"))?
+            }
+            ("allow_other", None) => s.allow_other = true,
+            ("ro", None) | ("read_only", None) => s.read_only = true,
+            ("log_level", Some(v)) => s.log_level = Some(check_level(v)?),
+            ("device_capacity", Some(v)) => {
+                s.device_capacity = crate::tier::parse_capacity(v)
+                    .map_err(|e| format!("-o device_capacity: {e}"))?
+            }
+            ("huge_pages", Some(v)) => s.huge_pages = parse_bool_value(key, v)?,
+            ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
+            ("clear_stale", None) => s.clear_stale = true,
+            ("fsname" | "subtype", Some(_)) => {}
+            (k, None) if IGNORED.contains(&k) => {}
+            (k, None) if KERNEL.contains(&k) => s.kernel_flags.push(k.to_string()),
+            (k, Some(_)) if k.starts_with("x-") || k.starts_with("comment") => {}
+            _ => return Err(format!("unknown mount option -o {opt}")),
+        }
+    }
+    if let Some(t) = args.threads {
+        s.threads = t;
+    }
+    s.allow_other |= args.allow_other;
+    s.read_only |= args.read_only;
+    s.clear_stale |= args.clear_stale;
+    if let Some(l) = &args.log_level {
+        s.log_level = Some(check_level(l)?);
+    }
+    if let Some(c) = &args.device_capacity {
+        s.device_capacity =
+            crate::tier::parse_capacity(c).map_err(|e| format!("--device-capacity: {e}"))?;
+    }
+    if let Some(h) = args.huge_pages {
+        s.huge_pages = h == OnOff::On;
+    }
+    if let Some(c) = &args.control_dir {
+        s.control_dir = check_control_dir(c)?;
+    }
+    Ok(s)
+}
+
+/// Rewrites `pagetier STORAGE MOUNTPOINT -o ...` (what mount.fuse3 runs) into
+/// `pagetier mount --daemon STORAGE MOUNTPOINT -o ...`.
+pub fn normalize_args(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const SUBCOMMANDS: &[&str] = &["mount", "stats", "residency", "prefetch", "evict", "help"];
+    if let Some(first) = argv.get(1) {
+        let s = first.to_string_lossy();
+        if !s.starts_with('-') && !SUBCOMMANDS.contains(&s.as_ref()) {
+            let foreground = argv.iter().any(|a| a == "-f" || a == "--foreground");
+            argv.insert(1, "mount".into());
+            if !foreground {
+                argv.insert(2, "--daemon".into());
+            }
+        }
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(opts: &[&str]) -> MountArgs {
+        MountArgs {
+            storage: "/s".into(),
+            mountpoint: "/m".into(),
+            options: opts.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&args(&[]), 2).unwrap();
+        assert_eq!(s.threads, 2);
+        assert!(s.huge_pages && !s.read_only && !s.allow_other);
+        assert_eq!(s.device_capacity, DEFAULT_CAPACITY);
+        assert_eq!(s.control_dir, ".pagetier");
+    }
+
+    #[test]
+    fn o_options_carry_every_setting() {
+        let s = settings(
+            &args(&[
+                "threads=4,allow_other,ro",
+                "device_capacity=512MiB,huge_pages=off,control_dir=.ctl,log_level=debug",
+                "rw,nosuid,nodev,noatime,defaults",
+            ]),
+            2,
+        )
+        .unwrap();
+        assert_eq!(s.threads, 4);
+        assert!(s.allow_other && s.read_only && !s.huge_pages);
+        assert_eq!(s.device_capacity, 512 << 20);
+        assert_eq!(s.control_dir, ".ctl");
+        assert_eq!(s.log_level.as_deref(), Some("debug"));
+        assert_eq!(s.kernel_flags, vec!["nosuid", "nodev", "noatime"]);
+    }
+
+    #[test]
+    fn flags_win_over_o_options() {
+        let mut a = args(&["threads=4"]);
+        a.threads = Some(8);
+        assert_eq!(settings(&a, 2).unwrap().threads, 8);
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_a_message() {
+        for bad in [
+            "bogus",
+            "bogus=1",
+            "threads=0",
+            "threads=abc",
+            "huge_pages=maybe",
+            "device_capacity=12XB",
+            "control_dir=a/b",
+            "log_level=loud",
+        ] {
+            let e = settings(&args(&[bad]), 2).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mount_helper_form_is_rewritten() {
+        let v = |xs: &[&str]| {
+            xs.iter()
+                .map(Into::into)
+                .collect::<Vec<std::ffi::OsString>>()
+        };
+        assert_eq!(
+            normalize_args(v(&["pagetier", "/s", "/m", "-o", "ro"])),
+            v(&["pagetier", "mount", "--daemon", "/s", "/m", "-o", "ro"])
+        );
+        assert_eq!(
+            normalize_args(v(&["pagetier", "/s", "/m", "-f"])),
+            v(&["pagetier", "mount", "/s", "/m", "-f"])
+        );
+        assert_eq!(
+            normalize_args(v(&["pagetier", "stats", "/m"])),
+            v(&["pagetier", "stats", "/m"])
+        );
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

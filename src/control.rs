@@ -1,0 +1,107 @@
+//! The control surface: `user.pagetier.*` xattrs and the stats document.
+//!
+//! Invariant: control xattr names are recognised here and only here; they
+//! never reach STORAGE and are never listed as ordinary xattrs.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use serde_json::{Value, json};
+
+/// A control xattr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlXattr {
+    /// get: JSON residency of the file.
+    Residency,
+    /// set: a byte range to fault into the tier.
+    Prefetch,
+    /// set: drop the file's device pages.
+    Evict,
+}
+
+/// Prefix shared by every control xattr.
+pub const PREFIX: &str = "user.pagetier.";
+
+/// Recognises a control xattr name.
+pub fn parse_name(name: &OsStr) -> Option<ControlXattr> {
+    match name.as_bytes().strip_prefix(PREFIX.as_bytes())? {
+        b"residency" => Some(ControlXattr::Residency),
+        b"prefetch" => Some(ControlXattr::Prefetch),
+        b"evict" => Some(ControlXattr::Evict),
+        _ => None,
+    }
+}
+
+/// Parses a prefetch range value: `A-B` (inclusive), `A-` (to EOF).
+/// Returns `(start, Some(last))` or `(start, None)`.
+pub fn parse_range(text: &str) -> Result<(u64, Option<u64>), crate::tier::RangeError> {
+    let r = crate::tier::ByteRange::parse(text)?;
+    Ok((r.start, r.end_inclusive))
+}
+
+/// Builds the stats document (see docs/INTERFACE.md) from the tier's stats.
+pub fn stats_document(tier: &crate::tier::TierStats) -> Value {
+    json!({
+        "version": 1,
+        "device": tier.device,
+        "invalidations": tier.invalidations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_names() {
+        assert_eq!(
+            parse_name(OsStr::new("user.pagetier.prefetch")),
+            Some(ControlXattr::Prefetch)
+        );
+        assert_eq!(parse_name(OsStr::new("user.pagetier.other")), None);
+        assert_eq!(parse_name(OsStr::new("user.other")), None);
+    }
+
+    #[test]
+    fn stats_document_has_every_field() {
+        let tier = crate::tier::DeviceTier::new(crate::tier::TierConfig {
+            capacity: 4 << 20,
+            huge_pages: true,
+        })
+        .unwrap();
+        let doc = stats_document(&tier.stats());
+        assert_eq!(doc["version"], 1);
+        for k in [
+            "capacity_bytes",
+            "used_bytes",
+            "huge_pages_enabled",
+            "huge_pages",
+            "base_pages",
+            "reads",
+            "hits",
+            "misses",
+            "bytes_served",
+            "bytes_faulted",
+            "evictions",
+            "splits",
+            "collapses",
+            "discarded_fills",
+            "refused_writes",
+            "metadata_bytes",
+        ] {
+            assert!(doc["device"].get(k).is_some(), "device.{k}");
+        }
+        assert_eq!(doc["device"]["capacity_bytes"], 4 << 20);
+        for k in [
+            "write",
+            "truncate",
+            "fallocate",
+            "copy",
+            "unlink_rename",
+            "external",
+            "evict",
+        ] {
+            assert_eq!(doc["invalidations"][k], 0, "invalidations.{k}");
+        }
+    }
+}

@@ -1,0 +1,1295 @@
+//! The filesystem core: host view, device view and control directory.
+//!
+//! Knows nothing of FUSE: every operation takes plain values and returns an
+//! [`FsResult`]; `fuse.rs` only translates. Invariants:
+//! - the host view is a write-through passthrough: nothing is acknowledged
+//!   before STORAGE has accepted it;
+//! - every modification through the device view (or through a `--read-only`
+//!   mount) fails with `EROFS` before touching STORAGE, and is counted;
+//! - every change to file data made through the mount invalidates exactly the
+//!   device pages it covers *after* STORAGE has the new bytes and *before* the
+//!   reply, so no later read of either view can see the old bytes (a fill that
+//!   raced with the change is discarded by the tier's invalidation sequence);
+//! - a file whose backing fingerprint changed behind the mount's back has its
+//!   device pages and kernel-cached data dropped at the next open.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use serde_json::json;
+
+use crate::control::{self, ControlXattr};
+use crate::creds::{Caller, become_caller};
+use crate::errno::{Errno, FsResult};
+use crate::inode::{
+    CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
+};
+use crate::storage::{self, Attr, RawEntry};
+use crate::tier::{DeviceTier, FillSource, InvalidationCause};
+
+/// Settings of the filesystem core.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Refuse every modification in both views.
+    pub read_only: bool,
+    /// Name of the control directory in the root (`.pagetier`).
+    pub control_name: OsString,
+}
+
+/// What the caller asked `setattr` to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+}
+
+/// A time to set: now, or a given instant.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSpec {
+    Now,
+    At(SystemTime),
+}
+
+/// How the kernel should treat an opened file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOut {
+    /// Bypass the kernel page cache (device view, stats).
+    pub direct_io: bool,
+    /// The backing file is unchanged since the kernel cached it: keep it.
+    pub keep_cache: bool,
+}
+
+/// One item of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub ino: u64,
+    /// Offset of the *next* item.
+    pub next: u64,
+    pub fmt: u32,
+    pub name: Vec<u8>,
+    /// With readdirplus: attributes, and a lookup reference taken for `ino`
+    /// (the adapter forgets it again if the item did not fit).
+    pub attr: Option<Attr>,
+}
+
+/// Filesystem statistics for statfs.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStat {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Host-view counters.
+#[derive(Default)]
+struct HostCounters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+}
+
+enum HandleKind {
+    /// An open regular file of either view.
+    File {
+        file: OwnedFd,
+        /// Device view: the `O_DIRECT` descriptor faults read through.
+        direct: Option<OwnedFd>,
+        view: View,
+        append: bool,
+    },
+    /// An open directory: a snapshot of its entries, refreshed at offset 0.
+    Dir {
+        entries: Mutex<Vec<RawEntry>>,
+        view: View,
+    },
+    /// The control directory.
+    ControlDir,
+    /// The stats file: the JSON generated at open.
+    Stats(Vec<u8>),
+}
+
+struct Handle {
+    inode: Option<Arc<Inode>>,
+    kind: HandleKind,
+}
+
+/// Reads a backing file for the device tier: `O_DIRECT` when the backing
+/// filesystem allows it, else buffered reads that drop what they cached.
+struct StorageSource<'a> {
+    fd: BorrowedFd<'a>,
+    direct: bool,
+}
+
+impl FillSource for StorageSource<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let n = storage::pread_full(self.fd, buf, offset)?;
+        if !self.direct {
+            let _ = rustix::fs::fadvise(
+                self.fd,
+                offset,
+                std::num::NonZeroU64::new(buf.len() as u64),
+                rustix::fs::Advice::DontNeed,
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// The filesystem.
+pub struct Pagetier {
+    cfg: FsConfig,
+    inodes: InodeTable,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    tier: Arc<DeviceTier>,
+    host: HostCounters,
+    started: SystemTime,
+}
+
+fn ts(t: TimeSpec) -> Timespec {
+    match t {
+        TimeSpec::Now => Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        TimeSpec::At(t) => {
+            let (sec, nsec) = match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut sec = -(d.as_secs() as i64);
+                    let mut nsec = d.subsec_nanos() as i64;
+                    if nsec > 0 {
+                        sec -= 1;
+                        nsec = 1_000_000_000 - nsec;
+                    }
+                    (sec, nsec)
+                }
+            };
+            Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec as _,
+            }
+        }
+    }
+}
+
+const OMIT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: libc::UTIME_OMIT,
+};
+
+impl Pagetier {
+    /// A filesystem serving the STORAGE whose root is `root_fd`.
+    pub fn new(cfg: FsConfig, root_fd: OwnedFd, tier: Arc<DeviceTier>) -> FsResult<Self> {
+        let st = storage::stat(&root_fd)?;
+        if storage::fmt_of(&st) != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(Pagetier {
+            inodes: InodeTable::new(storage::key_of(&st), root_fd),
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tier,
+            host: HostCounters::default(),
+            started: SystemTime::now(),
+        })
+    }
+
+    /// The device tier.
+    pub fn tier(&self) -> &Arc<DeviceTier> {
+        &self.tier
+    }
+
+    /// The inode table (for leak checks).
+    pub fn inodes(&self) -> &InodeTable {
+        &self.inodes
+    }
+
+    // ----- inodes and attributes -------------------------------------------------
+
+    fn node(&self, id: InodeId) -> FsResult<Arc<Inode>> {
+        self.inodes.get(id).ok_or(Errno::ESTALE)
+    }
+
+    /// Decodes a FUSE inode that must be a backing object.
+    fn backing(&self, ino: u64) -> FsResult<(Arc<Inode>, View)> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if id == CONTROL_ID || id == STATS_ID {
+            return Err(Errno::EPERM);
+        }
+        if view == View::Device && id == ROOT_ID && ino != encode(ROOT_ID, View::Device) {
+            return Err(Errno::EINVAL);
+        }
+        Ok((self.node(id)?, view))
+    }
+
+    /// Decodes a FUSE inode whose contents may be modified.
+    fn writable(&self, ino: u64) -> FsResult<(Arc<Inode>, View)> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if id == CONTROL_ID || id == STATS_ID || view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(view));
+        }
+        Ok((self.node(id)?, view))
+    }
+
+    /// Counts and returns a refused modification.
+    fn refuse(&self, view: View) -> Errno {
+        if view == View::Device {
+            self.tier.count_refused_write();
+        }
+        Errno::EROFS
+    }
+
+    fn attr_of(&self, inode: &Inode, view: View) -> FsResult<Attr> {
+        let st = storage::stat(&inode.fd)?;
+        Ok(Attr::from_stat(encode(inode.id, view), &st))
+    }
+
+    fn control_attr(&self, id: InodeId) -> FsResult<Attr> {
+        let root = self.node(ROOT_ID)?;
+        let like = self.attr_of(&root, View::Host)?;
+        let mut a = match id {
+            CONTROL_ID => Attr::synthetic(encode(id, View::Host), libc::S_IFDIR, 0o555, 2, &like),
+            _ => Attr::synthetic(encode(id, View::Host), libc::S_IFREG, 0o444, 1, &like),
+        };
+        a.atime = self.started;
+        a.mtime = self.started;
+        a.ctime = self.started;
+        Ok(a)
+    }
+
+    /// Looks `name` up in directory `parent`, taking one lookup reference.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let (pid, view) = decode(parent).ok_or(Errno::EINVAL)?;
+        match pid {
+            CONTROL_ID => {
+                return match name.as_bytes() {
+                    b"device" => self.attr_of(&*self.node(ROOT_ID)?, View::Device),
+                    b"stats" => self.control_attr(STATS_ID),
+                    _ => Err(Errno::ENOENT),
+                };
+            }
+            STATS_ID => return Err(Errno::ENOTDIR),
+            ROOT_ID if view == View::Host && name == self.cfg.control_name.as_os_str() => {
+                return self.control_attr(CONTROL_ID);
+            }
+            _ => {}
+        }
+        storage::check_name(name)?;
+        let dir = self.node(pid)?;
+        let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
+        let inode = self
+            .inodes
+            .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd);
+        Ok(Attr::from_stat(encode(inode.id, view), &st))
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let Some((id, _)) = decode(ino) else { return };
+        if id == CONTROL_ID || id == STATS_ID {
+            return;
+        }
+        if let Some(gone) = self.inodes.forget(id, n) {
+            // The kernel no longer knows this file: its device pages could not
+            // be revalidated against a reused inode number, so drop them.
+            self.tier.invalidate_file(gone.id, InvalidationCause::Evict);
+        }
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if id == CONTROL_ID || id == STATS_ID {
+            return self.control_attr(id);
+        }
+        self.attr_of(&*self.node(id)?, view)
+    }
+
+    /// Changes attributes of `ino` (through open handle `fh` when given).
+    pub fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+    ) -> FsResult<Attr> {
+        let (inode, view) = self.writable(ino)?;
+        if let Some(mode) = set.mode {
+            self.chmod(caller, &inode, mode)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            let _as = become_caller(caller);
+            rustix::fs::chownat(
+                &inode.fd,
+                "",
+                set.uid.map(uid_of),
+                set.gid.map(gid_of),
+                AtFlags::EMPTY_PATH,
+            )?;
+        }
+        if let Some(size) = set.size {
+            storage::check_offset(size)?;
+            if !inode.is_reg() {
+                return Err(if inode.is_dir() {
+                    Errno::EISDIR
+                } else {
+                    Errno::EINVAL
+                });
+            }
+            let handle = fh.and_then(|fh| self.handle(fh).ok());
+            let old = storage::stat(&inode.fd)?.st_size as u64;
+            match handle.as_deref().map(|h| &h.kind) {
+                Some(HandleKind::File { file, .. }) => {
+                    rustix::fs::ftruncate(file, size)?;
+                }
+                _ => {
+                    let _as = become_caller(caller);
+                    let fd = storage::reopen(inode.fd.as_fd(), OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                }
+            }
+            let from = old.min(size) & !4095;
+            self.tier
+                .invalidate_range(inode.id, from, u64::MAX, InvalidationCause::Truncate);
+            self.note_changed_by_us(&inode);
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: set.atime.map(ts).unwrap_or(OMIT),
+                last_modification: set.mtime.map(ts).unwrap_or(OMIT),
+            };
+            let path = storage::proc_path(inode.fd.as_fd());
+            let _as = become_caller(caller);
+            rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
+        }
+        self.attr_of(&inode, view)
+    }
+
+    fn chmod(&self, caller: Caller, inode: &Inode, mode: u32) -> FsResult<()> {
+        let path = storage::proc_path(inode.fd.as_fd());
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        let res = {
+            let _as = become_caller(caller);
+            rustix::fs::chmodat(rustix::fs::CWD, path.as_c_str(), mode, AtFlags::empty())
+        };
+        match res {
+            Err(rustix::io::Errno::PERM) => {
+                // The kernel asks a non-owner's write to drop set-id bits with a
+                // mode change; dropping them is never an escalation, so do it.
+                let cur = storage::stat(&inode.fd)?.st_mode & 0o7777;
+                let kill = libc::S_ISUID | libc::S_ISGID;
+                if mode.bits() & !kill == cur & !kill && mode.bits() & kill != cur & kill {
+                    rustix::fs::chmodat(rustix::fs::CWD, path.as_c_str(), mode, AtFlags::empty())?;
+                    Ok(())
+                } else {
+                    Err(Errno::EPERM)
+                }
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Remembers the backing file's state after a change made through the
+    /// mount, so that the next open keeps the kernel's (already updated) cache.
+    fn note_changed_by_us(&self, inode: &Inode) {
+        if let Ok(st) = storage::stat(&inode.fd) {
+            *inode.seen.lock().unwrap() = Some(storage::fingerprint(&st));
+        }
+    }
+
+    /// Compares the backing file with what the mount last saw of it; if it
+    /// changed behind the mount's back, drops its device pages. Returns
+    /// whether the kernel's cached data may be kept.
+    fn revalidate(&self, inode: &Inode, st: &rustix::fs::Stat) -> bool {
+        let fp = storage::fingerprint(st);
+        let mut seen = inode.seen.lock().unwrap();
+        let same = *seen == Some(fp);
+        if !same && seen.is_some() {
+            drop(seen);
+            self.tier
+                .invalidate_file(inode.id, InvalidationCause::External);
+            seen = inode.seen.lock().unwrap();
+        }
+        *seen = Some(fp);
+        same
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (inode, _) = self.backing(ino)?;
+        let target = rustix::fs::readlinkat(&inode.fd, "", Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    fn dir_for_create(&self, parent: u64, name: &OsStr) -> FsResult<(Arc<Inode>, View)> {
+        let (pid, view) = decode(parent).ok_or(Errno::EINVAL)?;
+        if pid == CONTROL_ID || pid == STATS_ID {
+            return Err(Errno::EROFS);
+        }
+        let (dir, view) = if view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(view));
+        } else {
+            (self.node(pid)?, view)
+        };
+        if pid == ROOT_ID && name == self.cfg.control_name.as_os_str() {
+            return Err(Errno::EEXIST);
+        }
+        storage::check_name(name)?;
+        Ok((dir, view))
+    }
+
+    /// After creating `name` in `dir`, looks it up (one reference).
+    fn created(&self, dir: &Inode, view: View, name: &OsStr) -> FsResult<Attr> {
+        let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
+        let inode = self
+            .inodes
+            .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd);
+        Ok(Attr::from_stat(encode(inode.id, view), &st))
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        let (dir, view) = self.dir_for_create(parent, name)?;
+        {
+            let _as = become_caller(caller);
+            let kind = rustix::fs::FileType::from_raw_mode(mode);
+            rustix::fs::mknodat(
+                &dir.fd,
+                name,
+                kind,
+                Mode::from_bits_truncate(mode & 0o7777),
+                rdev as u64,
+            )?;
+        }
+        self.created(&dir, view, name)
+    }
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
+        let (dir, view) = self.dir_for_create(parent, name)?;
+        {
+            let _as = become_caller(caller);
+            rustix::fs::mkdirat(&dir.fd, name, Mode::from_bits_truncate(mode & 0o7777))?;
+        }
+        self.created(&dir, view, name)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> FsResult<Attr> {
+        let (dir, view) = self.dir_for_create(parent, name)?;
+        {
+            let _as = become_caller(caller);
+            rustix::fs::symlinkat(target, &dir.fd, name)?;
+        }
+        self.created(&dir, view, name)
+    }
+
+    pub fn link(
+        &self,
+        caller: Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> FsResult<Attr> {
+        let (inode, _) = self.writable(ino)?;
+        let (dir, view) = self.dir_for_create(newparent, newname)?;
+        {
+            let path = storage::proc_path(inode.fd.as_fd());
+            let _as = become_caller(caller);
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                path.as_c_str(),
+                &dir.fd,
+                newname,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
+        }
+        self.created(&dir, view, newname)
+    }
+
+    /// The live id of the child `name` of `dir`, with its link count, if any.
+    fn child_id(&self, dir: &Inode, name: &OsStr) -> Option<(InodeId, u64, bool)> {
+        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let id = self.inodes.known_id(storage::key_of(&st))?;
+        Some((id, st.st_nlink, storage::fmt_of(&st) == libc::S_IFREG))
+    }
+
+    /// A regular file whose last name went away loses its device pages.
+    fn drop_if_last_link(&self, victim: Option<(InodeId, u64, bool)>) {
+        if let Some((id, nlink, true)) = victim
+            && nlink <= 1
+        {
+            self.tier
+                .invalidate_file(id, InvalidationCause::UnlinkRename);
+        }
+    }
+
+    pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
+        let (dir, _) = self.dir_for_create(parent, name)?;
+        let victim = self.child_id(&dir, name);
+        {
+            let _as = become_caller(caller);
+            rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
+        }
+        self.drop_if_last_link(victim);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
+        let (dir, _) = self.dir_for_create(parent, name)?;
+        let _as = become_caller(caller);
+        rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let (from, _) = self.dir_for_create(parent, name)?;
+        let (to, _) = self.dir_for_create(newparent, newname)?;
+        let flags = rustix::fs::RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
+        let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
+        let victim = if exchange {
+            None
+        } else {
+            self.child_id(&to, newname)
+        };
+        {
+            let _as = become_caller(caller);
+            rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
+        }
+        self.drop_if_last_link(victim);
+        Ok(())
+    }
+
+    // ----- files -----------------------------------------------------------------
+
+    fn add_handle(&self, inode: Option<Arc<Inode>>, kind: HandleKind) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(Handle { inode, kind }));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Open flags for the backing file of a host-view open.
+    fn backing_flags(flags: i32) -> OFlags {
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME
+            | libc::O_NONBLOCK;
+        OFlags::from_bits_retain((flags & keep) as u32)
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, OpenOut)> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        if id == STATS_ID {
+            if wants_write {
+                return Err(Errno::EROFS);
+            }
+            let json = serde_json::to_vec_pretty(&self.stats_json()).unwrap_or_default();
+            let fh = self.add_handle(None, HandleKind::Stats(json));
+            return Ok((
+                fh,
+                OpenOut {
+                    direct_io: true,
+                    keep_cache: false,
+                },
+            ));
+        }
+        if id == CONTROL_ID {
+            return Err(Errno::EISDIR);
+        }
+        let inode = self.node(id)?;
+        if wants_write && (view == View::Device || self.cfg.read_only) {
+            return Err(self.refuse(view));
+        }
+        let file = storage::reopen(inode.fd.as_fd(), Self::backing_flags(flags))?;
+        let st = storage::stat(&file)?;
+        let keep = self.revalidate(&inode, &st);
+        let append = flags & libc::O_APPEND != 0;
+        match view {
+            View::Host => {
+                let fh = self.add_handle(
+                    Some(inode),
+                    HandleKind::File {
+                        file,
+                        direct: None,
+                        view,
+                        append,
+                    },
+                );
+                Ok((
+                    fh,
+                    OpenOut {
+                        direct_io: false,
+                        keep_cache: keep,
+                    },
+                ))
+            }
+            View::Device => {
+                let direct =
+                    storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
+                let fh = self.add_handle(
+                    Some(inode),
+                    HandleKind::File {
+                        file,
+                        direct,
+                        view,
+                        append: false,
+                    },
+                );
+                Ok((
+                    fh,
+                    OpenOut {
+                        direct_io: true,
+                        keep_cache: false,
+                    },
+                ))
+            }
+        }
+    }
+
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Attr, u64, OpenOut)> {
+        let (dir, view) = self.dir_for_create(parent, name)?;
+        let oflags = Self::backing_flags(flags)
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | if flags & libc::O_EXCL != 0 {
+                OFlags::EXCL
+            } else {
+                OFlags::empty()
+            };
+        let file = {
+            let _as = become_caller(caller);
+            rustix::fs::openat(
+                &dir.fd,
+                name,
+                oflags,
+                Mode::from_bits_truncate(mode & 0o7777),
+            )?
+        };
+        let attr = self.created(&dir, view, name)?;
+        let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
+        self.tier
+            .invalidate_file(inode.id, InvalidationCause::UnlinkRename);
+        self.note_changed_by_us(&inode);
+        let fh = self.add_handle(
+            Some(inode),
+            HandleKind::File {
+                file,
+                direct: None,
+                view,
+                append: flags & libc::O_APPEND != 0,
+            },
+        );
+        Ok((attr, fh, OpenOut::default()))
+    }
+
+    /// Reads up to `size` bytes at `offset` and hands them to `reply`.
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(FsResult<&[u8]>) -> R,
+    ) -> R {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let handle = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
+        };
+        if let HandleKind::Stats(json) = &handle.kind {
+            let start = (offset as usize).min(json.len());
+            let end = (start + size as usize).min(json.len());
+            return reply(Ok(&json[start..end]));
+        }
+        let HandleKind::File {
+            file, direct, view, ..
+        } = &handle.kind
+        else {
+            return reply(Err(Errno::EISDIR));
+        };
+        if storage::check_offset(offset).is_err() {
+            return reply(Err(Errno::EINVAL));
+        }
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let out = &mut buf[..size as usize];
+            let res = match view {
+                View::Host => {
+                    let r = storage::pread_full(file.as_fd(), out, offset);
+                    if let Ok(n) = r {
+                        self.host.reads.fetch_add(1, Ordering::Relaxed);
+                        self.host.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    r
+                }
+                View::Device => self.device_read(&handle, file, direct.as_ref(), offset, out),
+            };
+            match res {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(e.into())),
+            }
+        })
+    }
+
+    fn device_read(
+        &self,
+        handle: &Handle,
+        file: &OwnedFd,
+        direct: Option<&OwnedFd>,
+        offset: u64,
+        out: &mut [u8],
+    ) -> std::io::Result<usize> {
+        let inode = handle.inode.as_ref().expect("file handles have an inode");
+        let size = rustix::fs::fstat(file)?.st_size as u64;
+        let src = StorageSource {
+            fd: direct.unwrap_or(file).as_fd(),
+            direct: direct.is_some(),
+        };
+        self.tier.read(inode.id, size, offset, out, &src)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        let HandleKind::File {
+            file, view, append, ..
+        } = &handle.kind
+        else {
+            return Err(Errno::EBADF);
+        };
+        if *view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(*view));
+        }
+        storage::check_offset(offset)?;
+        let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
+        let _in_flight = InFlight::enter(inode);
+        // A change behind the mount's back since we last looked invalidates
+        // the whole file; our own write then invalidates just its range.
+        self.revalidate(inode, &storage::stat(file)?);
+        let n = storage::pwrite_full(file.as_fd(), data, offset)?;
+        // STORAGE has the bytes: now drop the device copies they replace.
+        let from = if *append {
+            let size = storage::stat(file)?.st_size as u64;
+            offset.min(size.saturating_sub(n as u64))
+        } else {
+            offset
+        };
+        let len = if *append { u64::MAX } else { n as u64 };
+        self.tier
+            .invalidate_range(inode.id, from, len, InvalidationCause::Write);
+        self.note_changed_by_us(inode);
+        self.host.writes.fetch_add(1, Ordering::Relaxed);
+        self.host.write_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n as u32)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        match &handle.kind {
+            HandleKind::File { file, .. } => {
+                if datasync {
+                    rustix::fs::fdatasync(file)?;
+                } else {
+                    rustix::fs::fsync(file)?;
+                }
+                Ok(())
+            }
+            HandleKind::Dir { .. } => {
+                let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
+                let fd = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+                rustix::fs::fsync(&fd)?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let HandleKind::File { file, view, .. } = &handle.kind else {
+            return Err(Errno::EBADF);
+        };
+        if *view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(*view));
+        }
+        storage::check_offset(offset)?;
+        storage::check_offset(len)?;
+        let flags = rustix::fs::FallocateFlags::from_bits(mode as u32).ok_or(Errno::ENOTSUP)?;
+        rustix::fs::fallocate(file, flags, offset, len)?;
+        let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
+        let changes_data = libc::FALLOC_FL_PUNCH_HOLE
+            | libc::FALLOC_FL_ZERO_RANGE
+            | libc::FALLOC_FL_COLLAPSE_RANGE
+            | libc::FALLOC_FL_INSERT_RANGE;
+        let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
+        if mode & changes_data != 0 {
+            let span = if mode & shifts != 0 { u64::MAX } else { len };
+            self.tier
+                .invalidate_range(inode.id, offset, span, InvalidationCause::Fallocate);
+        }
+        self.note_changed_by_us(inode);
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let handle = self.handle(fh)?;
+        let HandleKind::File { file, .. } = &handle.kind else {
+            return Err(Errno::EBADF);
+        };
+        if offset < 0 {
+            return Err(Errno::ENXIO);
+        }
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            _ => return Err(Errno::EINVAL),
+        };
+        Ok(rustix::fs::seek(file, pos)? as i64)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> FsResult<u32> {
+        let hin = self.handle(fh_in)?;
+        let hout = self.handle(fh_out)?;
+        let (
+            HandleKind::File { file: fin, .. },
+            HandleKind::File {
+                file: fout, view, ..
+            },
+        ) = (&hin.kind, &hout.kind)
+        else {
+            return Err(Errno::EBADF);
+        };
+        if *view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(*view));
+        }
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        storage::check_offset(offset_in)?;
+        storage::check_offset(offset_out)?;
+        let mut oin = offset_in;
+        let mut oout = offset_out;
+        let len = len.min(u32::MAX as u64 & !4095) as usize;
+        let n = rustix::fs::copy_file_range(fin, Some(&mut oin), fout, Some(&mut oout), len)?;
+        let inode = hout.inode.as_ref().ok_or(Errno::EBADF)?;
+        self.tier
+            .invalidate_range(inode.id, offset_out, n as u64, InvalidationCause::Copy);
+        self.note_changed_by_us(inode);
+        Ok(n as u32)
+    }
+
+    // ----- directories -------------------------------------------------------------
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if id == CONTROL_ID {
+            return Ok(self.add_handle(None, HandleKind::ControlDir));
+        }
+        if id == STATS_ID {
+            return Err(Errno::ENOTDIR);
+        }
+        let inode = self.node(id)?;
+        if !inode.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let (_, entries) = storage::list_dir(inode.fd.as_fd())?;
+        Ok(self.add_handle(
+            Some(inode),
+            HandleKind::Dir {
+                entries: Mutex::new(entries),
+                view,
+            },
+        ))
+    }
+
+    /// Lists directory entries from `offset` on. With `plus`, each item
+    /// carries attributes and one lookup reference.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirItem>> {
+        let handle = self.handle(fh)?;
+        let me = ino;
+        let mut out = Vec::new();
+        let dot = |name: &[u8], next: u64, ino: u64| DirItem {
+            ino,
+            next,
+            fmt: libc::S_IFDIR,
+            name: name.to_vec(),
+            attr: None,
+        };
+        match &handle.kind {
+            HandleKind::ControlDir => {
+                let names: [(&[u8], u64, u32); 4] = [
+                    (b".", me, libc::S_IFDIR),
+                    (b"..", 1, libc::S_IFDIR),
+                    (b"device", encode(ROOT_ID, View::Device), libc::S_IFDIR),
+                    (b"stats", encode(STATS_ID, View::Host), libc::S_IFREG),
+                ];
+                for (i, (name, ino, fmt)) in names.iter().enumerate().skip(offset as usize) {
+                    let attr = if plus && i >= 2 {
+                        Some(self.getattr(*ino)?)
+                    } else {
+                        None
+                    };
+                    out.push(DirItem {
+                        ino: *ino,
+                        next: i as u64 + 1,
+                        fmt: *fmt,
+                        name: name.to_vec(),
+                        attr,
+                    });
+                }
+                Ok(out)
+            }
+            HandleKind::Dir { entries, view } => {
+                let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
+                if offset == 0 {
+                    let (_, fresh) = storage::list_dir(inode.fd.as_fd())?;
+                    *entries.lock().unwrap() = fresh;
+                    out.push(dot(b".", 1, me));
+                }
+                if offset <= 1 {
+                    out.push(dot(b"..", 2, me));
+                }
+                let entries = entries.lock().unwrap().clone();
+                let skip = offset.saturating_sub(2) as usize;
+                for (i, e) in entries.iter().enumerate().skip(skip) {
+                    let name = OsStr::from_bytes(&e.name);
+                    if inode.id == ROOT_ID
+                        && *view == View::Host
+                        && name == self.cfg.control_name.as_os_str()
+                    {
+                        continue;
+                    }
+                    let next = i as u64 + 3;
+                    if plus {
+                        match self.lookup(ino, name) {
+                            Ok(attr) => out.push(DirItem {
+                                ino: attr.ino,
+                                next,
+                                fmt: attr.fmt,
+                                name: e.name.clone(),
+                                attr: Some(attr),
+                            }),
+                            Err(Errno::ENOENT) => continue,
+                            Err(err) => return Err(err),
+                        }
+                    } else {
+                        out.push(DirItem {
+                            ino: encode(self.inodes.id_of(e.key), *view),
+                            next,
+                            fmt: e.fmt,
+                            name: e.name.clone(),
+                            attr: None,
+                        });
+                    }
+                }
+                Ok(out)
+            }
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    pub fn statfs(&self, ino: u64) -> FsResult<FsStat> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if view == View::Device {
+            let d = self.tier.stats().device;
+            let (cap, used) = (d.capacity_bytes, d.used_bytes);
+            let free = cap.saturating_sub(used) / 4096;
+            return Ok(FsStat {
+                blocks: cap / 4096,
+                bfree: free,
+                bavail: free,
+                files: 0,
+                ffree: 0,
+                bsize: 4096,
+                namelen: 255,
+                frsize: 4096,
+            });
+        }
+        let node = if id == CONTROL_ID || id == STATS_ID {
+            self.node(ROOT_ID)?
+        } else {
+            self.node(id)?
+        };
+        let s = rustix::fs::fstatvfs(&node.fd)?;
+        Ok(FsStat {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    // ----- xattrs ------------------------------------------------------------------
+
+    /// Is `ino` a virtual control object (no xattrs of its own)?
+    fn is_control(ino: u64) -> bool {
+        matches!(decode(ino), Some((CONTROL_ID | STATS_ID, _)))
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        if Self::is_control(ino) {
+            return Err(Errno::ENODATA);
+        }
+        let (inode, _) = self.backing(ino)?;
+        if let Some(ctl) = control::parse_name(name) {
+            return self.control_get(&inode, ctl);
+        }
+        let path = storage::proc_path(inode.fd.as_fd());
+        let len = rustix::fs::getxattr(path.as_c_str(), name, &mut [0u8; 0][..])?;
+        let mut buf = vec![0u8; len];
+        let n = rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if Self::is_control(ino) {
+            return Ok(Vec::new());
+        }
+        let (inode, _) = self.backing(ino)?;
+        let path = storage::proc_path(inode.fd.as_fd());
+        let len = rustix::fs::listxattr(path.as_c_str(), &mut [0u8; 0][..])?;
+        let mut buf = vec![0u8; len];
+        let n = rustix::fs::listxattr(path.as_c_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
+        let (inode, view) = self.backing(ino)?;
+        if let Some(ctl) = control::parse_name(name) {
+            return self.control_set(&inode, view, ctl, value);
+        }
+        if view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(view));
+        }
+        let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
+        let path = storage::proc_path(inode.fd.as_fd());
+        let _as = become_caller(caller);
+        rustix::fs::setxattr(path.as_c_str(), name, value, flags)?;
+        Ok(())
+    }
+
+    pub fn removexattr(&self, caller: Caller, ino: u64, name: &OsStr) -> FsResult<()> {
+        let (inode, view) = self.backing(ino)?;
+        if control::parse_name(name).is_some() {
+            return Err(Errno::EPERM);
+        }
+        if view == View::Device || self.cfg.read_only {
+            return Err(self.refuse(view));
+        }
+        let path = storage::proc_path(inode.fd.as_fd());
+        let _as = become_caller(caller);
+        rustix::fs::removexattr(path.as_c_str(), name)?;
+        Ok(())
+    }
+
+    pub fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {
+        let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
+        if id == CONTROL_ID || id == STATS_ID {
+            return if mask & libc::W_OK != 0 {
+                Err(Errno::EROFS)
+            } else {
+                Ok(())
+            };
+        }
+        let inode = self.node(id)?;
+        if mask & libc::W_OK != 0 && (view == View::Device || self.cfg.read_only) {
+            return Err(Errno::EROFS);
+        }
+        let path = storage::proc_path(inode.fd.as_fd());
+        let _as = become_caller(caller);
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            path.as_c_str(),
+            rustix::fs::Access::from_bits_truncate(mask as u32),
+            AtFlags::EACCESS,
+        )?;
+        Ok(())
+    }
+
+    // ----- control -----------------------------------------------------------------
+
+    fn control_get(&self, inode: &Inode, ctl: ControlXattr) -> FsResult<Vec<u8>> {
+        match ctl {
+            ControlXattr::Residency => {
+                if !inode.is_reg() {
+                    return Err(Errno::ENODATA);
+                }
+                let size = storage::stat(&inode.fd)?.st_size as u64;
+                let r = self.tier.residency(inode.id);
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["size"] = json!(size);
+                Ok(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            ControlXattr::Prefetch | ControlXattr::Evict => Err(Errno::ENODATA),
+        }
+    }
+
+    fn control_set(
+        &self,
+        inode: &Inode,
+        _view: View,
+        ctl: ControlXattr,
+        value: &[u8],
+    ) -> FsResult<()> {
+        if !inode.is_reg() {
+            return Err(Errno::EINVAL);
+        }
+        match ctl {
+            ControlXattr::Residency => Err(Errno::EPERM),
+            ControlXattr::Evict => {
+                self.tier
+                    .invalidate_file(inode.id, InvalidationCause::Evict);
+                Ok(())
+            }
+            ControlXattr::Prefetch => {
+                let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
+                let (start, end) = control::parse_range(text.trim_end_matches('\0').trim())
+                    .map_err(|_| Errno::EINVAL)?;
+                let file = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?;
+                let st = storage::stat(&file)?;
+                self.revalidate(inode, &st);
+                let size = st.st_size as u64;
+                let direct =
+                    storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
+                let src = StorageSource {
+                    fd: direct.as_ref().unwrap_or(&file).as_fd(),
+                    direct: direct.is_some(),
+                };
+                let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+                if start < end {
+                    self.tier
+                        .prefetch(inode.id, size, start, end - start, &src)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The `.pagetier/stats` document.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let h = &self.host;
+        let mut doc = control::stats_document(&self.tier.stats());
+        doc["host"] = json!({
+            "reads": h.reads.load(Ordering::Relaxed),
+            "writes": h.writes.load(Ordering::Relaxed),
+            "read_bytes": h.read_bytes.load(Ordering::Relaxed),
+            "write_bytes": h.write_bytes.load(Ordering::Relaxed),
+        });
+        doc["inodes"] = json!(self.inodes.live_count());
+        doc["open_handles"] = json!(self.handles.lock().unwrap().len());
+        doc
+    }
+}
+
+/// Marks a write through the mount in progress on an inode.
+struct InFlight<'a>(&'a Inode);
+
+impl<'a> InFlight<'a> {
+    fn enter(inode: &'a Inode) -> Self {
+        inode.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(inode)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn uid_of(u: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(u)
+}
+
+fn gid_of(g: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(g)
+}

@@ -1,0 +1,631 @@
+//! The FUSE adapter: a thin translation between fuser and [`Pagetier`].
+//!
+//! Each callback opens a tracing span, calls one core method and replies with
+//! its value or its errno. No filesystem logic lives here.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, debug_span};
+
+use crate::creds::Caller;
+use crate::errno::Errno;
+use crate::fs::{OpenOut, Pagetier, SetAttr, TimeSpec};
+use crate::storage::Attr;
+
+/// How long the kernel may cache entries and attributes. External changes
+/// are pushed to the kernel by the watcher, so this only bounds the window
+/// for changes the watcher cannot see.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest read and write the kernel is asked to send (and readahead).
+pub const MAX_IO: u32 = 1 << 20;
+
+/// fuser's view of the filesystem.
+pub struct FuseAdapter {
+    pub fs: Arc<Pagetier>,
+}
+
+fn err(e: Errno) -> FErrno {
+    FErrno::from_i32(e.raw())
+}
+
+fn kind(fmt: u32) -> FileType {
+    match fmt {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: kind(a.fmt),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn fopen(o: OpenOut) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.direct_io {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    f
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn time(t: TimeOrNow) -> TimeSpec {
+    match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(t) => TimeSpec::At(t),
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_write(MAX_IO);
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+        ] {
+            if let Err(missing) = config.add_capabilities(cap) {
+                debug!(?missing, "kernel lacks capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
+        reply_entry(reply, self.fs.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _s = debug_span!("getattr", ino = ino.0).entered();
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), set) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        reply_entry(
+            reply,
+            self.fs.mknod(caller(req), parent.0, name, mode, rdev),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        reply_entry(reply, self.fs.mkdir(caller(req), parent.0, name, mode));
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
+        reply_empty(reply, self.fs.unlink(caller(req), parent.0, name));
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
+        reply_empty(reply, self.fs.rmdir(caller(req), parent.0, name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        reply_entry(
+            reply,
+            self.fs
+                .symlink(caller(req), parent.0, link_name, target.as_os_str()),
+        );
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
+        reply_empty(
+            reply,
+            self.fs.rename(
+                caller(req),
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.bits(),
+            ),
+        );
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        reply_entry(
+            reply,
+            self.fs.link(caller(req), ino.0, newparent.0, newname),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        match self.fs.open(ino.0, flags.0) {
+            Ok((fh, out)) => reply.opened(FileHandle(fh), fopen(out)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _s = debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        self.fs.read(fh.0, offset, size, |r| match r {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(err(e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _s = debug_span!("write", ino = ino.0, fh = fh.0, offset, size = data.len()).entered();
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes are write-through: there is nothing to flush.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("fsync", ino = ino.0, fh = fh.0, datasync).entered();
+        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _s = debug_span!("opendir", ino = ino.0).entered();
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _s = debug_span!("readdir", ino = ino.0, fh = fh.0, offset).entered();
+        match self.fs.readdir(ino.0, fh.0, offset, false) {
+            Ok(items) => {
+                for it in items {
+                    if reply.add(
+                        INodeNo(it.ino),
+                        it.next,
+                        kind(it.fmt),
+                        OsStr::from_bytes(&it.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _s = debug_span!("readdirplus", ino = ino.0, fh = fh.0, offset).entered();
+        match self.fs.readdir(ino.0, fh.0, offset, true) {
+            Ok(items) => {
+                let mut full = false;
+                for it in items {
+                    let counted = it.attr.is_some() && it.name != b"." && it.name != b"..";
+                    if !full {
+                        let attr = match &it.attr {
+                            Some(a) => fattr(a),
+                            None => {
+                                // "." and "..": the kernel ignores their attributes.
+                                let mut a = fattr(&Attr::synthetic(
+                                    it.ino,
+                                    it.fmt,
+                                    0,
+                                    1,
+                                    &Attr {
+                                        ino: it.ino,
+                                        size: 0,
+                                        blocks: 0,
+                                        atime: std::time::UNIX_EPOCH,
+                                        mtime: std::time::UNIX_EPOCH,
+                                        ctime: std::time::UNIX_EPOCH,
+                                        fmt: it.fmt,
+                                        perm: 0,
+                                        nlink: 1,
+                                        uid: 0,
+                                        gid: 0,
+                                        rdev: 0,
+                                        blksize: 4096,
+                                    },
+                                ));
+                                a.ino = INodeNo(it.ino);
+                                a
+                            }
+                        };
+                        let ttl = if it.attr.is_some() {
+                            TTL
+                        } else {
+                            Duration::ZERO
+                        };
+                        full = reply.add(
+                            INodeNo(it.ino),
+                            it.next,
+                            OsStr::from_bytes(&it.name),
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                        );
+                    }
+                    if full && counted {
+                        // Not sent: give back the lookup reference it took.
+                        self.fs.forget(it.ino, 1);
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs(ino.0) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
+        reply_empty(
+            reply,
+            self.fs.setxattr(caller(req), ino.0, name, value, flags),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _s = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.listxattr(ino.0));
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(caller(req), ino.0, name));
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.access(caller(req), ino.0, mask.bits()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        match self.fs.create(caller(req), parent.0, name, mode, flags) {
+            Ok((a, fh, out)) => {
+                reply.created(&TTL, &fattr(&a), Generation(0), FileHandle(fh), fopen(out))
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _s = debug_span!("copy_file_range", offset_in, offset_out, len).entered();
+        match self.fs.copy_file_range(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            flags.bits() as u32,
+        ) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;

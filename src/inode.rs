@@ -1,0 +1,269 @@
+//! The inode table: FUSE inode numbers <-> backing inodes.
+//!
+//! Every backing object is identified by its [`InodeKey`] (device, inode
+//! number) and gets one [`InodeId`] for the life of the mount: the key->id map
+//! is never pruned, so a file keeps its inode number even after the kernel
+//! forgets it and looks it up again, and hard links share one id. An id is
+//! *live* while the kernel holds lookup references; a live inode owns an
+//! `O_PATH | O_NOFOLLOW` descriptor of the backing object, through which every
+//! operation on it is made (never a path).
+//!
+//! Each id appears under two views. FUSE inode numbers encode the view in the
+//! low bit: `2*id + 1` is the host view, `2*id + 2` the device view, so the
+//! root (id 0) is FUSE inode 1 as the protocol requires and the device view's
+//! root is inode 2. Ids 1 and 2 are the virtual control directory and stats
+//! file; backing objects start at [`FIRST_BACKING_ID`].
+//!
+//! Lock order: the table's `RwLock` is a leaf; never call out while holding it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Stable internal id of a backing object (or a virtual control object).
+pub type InodeId = u64;
+
+/// Root of STORAGE.
+pub const ROOT_ID: InodeId = 0;
+/// The virtual control directory (`.pagetier`).
+pub const CONTROL_ID: InodeId = 1;
+/// The virtual stats file (`.pagetier/stats`).
+pub const STATS_ID: InodeId = 2;
+/// The first id handed to a backing object other than the root.
+pub const FIRST_BACKING_ID: InodeId = 3;
+
+/// Which view a FUSE inode number belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum View {
+    /// The read-write passthrough of STORAGE.
+    Host,
+    /// The read-only device view under `.pagetier/device`.
+    Device,
+}
+
+/// Splits a FUSE inode number into (id, view).
+pub fn decode(fuse_ino: u64) -> Option<(InodeId, View)> {
+    if fuse_ino == 0 {
+        return None;
+    }
+    let v = fuse_ino - 1;
+    let view = if v.is_multiple_of(2) {
+        View::Host
+    } else {
+        View::Device
+    };
+    Some((v / 2, view))
+}
+
+/// The FUSE inode number of `id` in `view`.
+pub fn encode(id: InodeId, view: View) -> u64 {
+    match view {
+        View::Host => id * 2 + 1,
+        View::Device => id * 2 + 2,
+    }
+}
+
+/// Identity of a backing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What a backing file looked like: used to tell whether it changed since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+/// A live backing inode.
+#[derive(Debug)]
+pub struct Inode {
+    pub id: InodeId,
+    pub key: InodeKey,
+    /// `S_IFMT` bits of the backing object (its type never changes).
+    pub fmt: u32,
+    /// `O_PATH | O_NOFOLLOW` descriptor of the backing object.
+    pub fd: OwnedFd,
+    nlookup: AtomicU64,
+    /// The backing file as last seen by an open or a write through the mount;
+    /// the kernel's cached data is kept across opens only while it matches.
+    pub seen: Mutex<Option<Fingerprint>>,
+    /// Writes through the mount in progress; the watcher leaves the file to
+    /// them (each checks for an external change before it writes).
+    pub writes_in_flight: AtomicU64,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.fmt == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.fmt == libc::S_IFREG
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<InodeId, Arc<Inode>>,
+    ids: HashMap<InodeKey, InodeId>,
+    next: InodeId,
+}
+
+/// The table of inodes.
+pub struct InodeTable {
+    inner: RwLock<Inner>,
+}
+
+impl InodeTable {
+    /// A table whose root (id 0, never forgotten) is `root_fd`.
+    pub fn new(root_key: InodeKey, root_fd: OwnedFd) -> Self {
+        let mut inner = Inner {
+            next: FIRST_BACKING_ID,
+            ..Default::default()
+        };
+        inner.ids.insert(root_key, ROOT_ID);
+        inner.live.insert(
+            ROOT_ID,
+            Arc::new(Inode {
+                id: ROOT_ID,
+                key: root_key,
+                fmt: libc::S_IFDIR,
+                fd: root_fd,
+                nlookup: AtomicU64::new(1),
+                seen: Mutex::new(None),
+                writes_in_flight: AtomicU64::new(0),
+            }),
+        );
+        InodeTable {
+            inner: RwLock::new(inner),
+        }
+    }
+
+    /// The live inode `id`, if the kernel still references it.
+    pub fn get(&self, id: InodeId) -> Option<Arc<Inode>> {
+        self.inner.read().unwrap().live.get(&id).cloned()
+    }
+
+    /// The id of `key`, assigning a new one if it was never seen.
+    pub fn id_of(&self, key: InodeKey) -> InodeId {
+        if let Some(id) = self.inner.read().unwrap().ids.get(&key) {
+            return *id;
+        }
+        let mut inner = self.inner.write().unwrap();
+        Self::assign(&mut inner, key)
+    }
+
+    /// The id of `key` if it was ever seen (no assignment).
+    pub fn known_id(&self, key: InodeKey) -> Option<InodeId> {
+        self.inner.read().unwrap().ids.get(&key).copied()
+    }
+
+    fn assign(inner: &mut Inner, key: InodeKey) -> InodeId {
+        if let Some(id) = inner.ids.get(&key) {
+            return *id;
+        }
+        let id = inner.next;
+        inner.next += 1;
+        inner.ids.insert(key, id);
+        id
+    }
+
+    /// Records one kernel lookup reference to the object `key` (opened as
+    /// `fd`), making it live if it was not. Returns the live inode.
+    pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd) -> Arc<Inode> {
+        let mut inner = self.inner.write().unwrap();
+        let id = Self::assign(&mut inner, key);
+        if let Some(inode) = inner.live.get(&id) {
+            // Same object (key) but the type may differ if the inode number was
+            // reused by a new object after the old one was deleted.
+            if inode.fmt == fmt {
+                inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                return inode.clone();
+            }
+        }
+        let inode = Arc::new(Inode {
+            id,
+            key,
+            fmt,
+            fd,
+            nlookup: AtomicU64::new(1),
+            seen: Mutex::new(None),
+            writes_in_flight: AtomicU64::new(0),
+        });
+        inner.live.insert(id, inode.clone());
+        inode
+    }
+
+    /// Drops `n` lookup references; returns the inode if it is no longer live.
+    pub fn forget(&self, id: InodeId, n: u64) -> Option<Arc<Inode>> {
+        if id == ROOT_ID {
+            return None;
+        }
+        let mut inner = self.inner.write().unwrap();
+        let inode = inner.live.get(&id)?;
+        let prev = inode.nlookup.load(Ordering::Relaxed);
+        let left = prev.saturating_sub(n);
+        inode.nlookup.store(left, Ordering::Relaxed);
+        if left == 0 {
+            inner.live.remove(&id)
+        } else {
+            None
+        }
+    }
+
+    /// Number of live inodes (for leak checks and stats).
+    pub fn live_count(&self) -> usize {
+        self.inner.read().unwrap().live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    fn fd() -> OwnedFd {
+        File::open("/").unwrap().into()
+    }
+
+    #[test]
+    fn view_encoding_roundtrips() {
+        assert_eq!(encode(ROOT_ID, View::Host), 1);
+        assert_eq!(encode(ROOT_ID, View::Device), 2);
+        for id in [0, 1, 2, 3, 1000, u32::MAX as u64] {
+            for view in [View::Host, View::Device] {
+                assert_eq!(decode(encode(id, view)), Some((id, view)));
+            }
+        }
+        assert_eq!(decode(0), None);
+    }
+
+    #[test]
+    fn ids_are_stable_across_forget() {
+        let root = InodeKey { dev: 1, ino: 2 };
+        let t = InodeTable::new(root, fd());
+        let key = InodeKey { dev: 1, ino: 99 };
+        let a = t.lookup_ref(key, libc::S_IFREG, fd());
+        assert_eq!(a.id, FIRST_BACKING_ID);
+        let b = t.lookup_ref(key, libc::S_IFREG, fd());
+        assert_eq!(a.id, b.id);
+        assert!(t.forget(a.id, 1).is_none());
+        assert!(t.forget(a.id, 1).is_some());
+        assert!(t.get(a.id).is_none());
+        let c = t.lookup_ref(key, libc::S_IFREG, fd());
+        assert_eq!(c.id, a.id, "re-lookup keeps the inode number");
+        assert_eq!(t.id_of(InodeKey { dev: 1, ino: 100 }), FIRST_BACKING_ID + 1);
+    }
+
+    #[test]
+    fn root_is_never_forgotten() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        assert!(t.forget(ROOT_ID, 100).is_none());
+        assert!(t.get(ROOT_ID).is_some());
+        assert_eq!(t.live_count(), 1);
+    }
+}

@@ -1,0 +1,283 @@
+//! Access to the backing directory STORAGE, always through descriptors.
+//!
+//! Invariant (safety as root): no function here resolves a multi-component
+//! path or follows a symlink. Children are opened relative to their parent's
+//! `O_PATH` descriptor with `O_NOFOLLOW`; an existing object is reopened for
+//! I/O through its `/proc/self/fd/N` magic link, which names the very inode
+//! the descriptor holds. So whatever a user does inside STORAGE — even
+//! swapping a directory for a symlink mid-operation — the daemon never
+//! touches anything outside it.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+
+use crate::errno::{Errno, FsResult};
+use crate::inode::{Fingerprint, InodeKey};
+
+/// `/proc/self/fd/N` for `fd`.
+pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// Checks that `name` is a single path component the kernel may send.
+pub fn check_name(name: &OsStr) -> FsResult<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    if b.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// Opens the child `name` of directory `parent` as `O_PATH | O_NOFOLLOW`
+/// and stats it.
+pub fn open_child(parent: BorrowedFd<'_>, name: &OsStr) -> FsResult<(OwnedFd, Stat)> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    Ok((fd, st))
+}
+
+/// Opens STORAGE's root directory as `O_PATH`.
+pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Reopens the object behind an `O_PATH` descriptor with `flags` for I/O.
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> FsResult<OwnedFd> {
+    let path = proc_path(fd);
+    let flags = (flags | OFlags::CLOEXEC) - (OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW);
+    Ok(rustix::fs::open(path.as_c_str(), flags, Mode::empty())?)
+}
+
+/// Stats the object behind any descriptor.
+pub fn stat(fd: impl AsFd) -> FsResult<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
+}
+
+/// The identity of a stat result.
+pub fn key_of(st: &Stat) -> InodeKey {
+    InodeKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    }
+}
+
+/// The change fingerprint of a stat result.
+pub fn fingerprint(st: &Stat) -> Fingerprint {
+    Fingerprint {
+        size: st.st_size as u64,
+        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+    }
+}
+
+/// `S_IFMT` bits of a stat result.
+pub fn fmt_of(st: &Stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// File attributes as the filesystem reports them (FUSE-agnostic).
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    /// `S_IFMT` bits.
+    pub fmt: u32,
+    /// Permission bits incl. set-id and sticky.
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl Attr {
+    /// Attributes of a backing object reported under FUSE inode `ino`.
+    pub fn from_stat(ino: u64, st: &Stat) -> Attr {
+        Attr {
+            ino,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+            fmt: st.st_mode & libc::S_IFMT,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        }
+    }
+
+    /// Attributes of a virtual (control) object.
+    pub fn synthetic(ino: u64, fmt: u32, perm: u16, nlink: u32, like: &Attr) -> Attr {
+        Attr {
+            ino,
+            size: 0,
+            blocks: 0,
+            fmt,
+            perm,
+            nlink,
+            ..like.clone()
+        }
+    }
+}
+
+/// One directory entry of a backing directory.
+#[derive(Clone, Debug)]
+pub struct RawEntry {
+    pub name: Vec<u8>,
+    pub key: InodeKey,
+    /// `S_IFMT` bits, or 0 when the backing filesystem does not say.
+    pub fmt: u32,
+}
+
+/// Reads all entries of the directory behind `dir` (without "." and "..").
+pub fn list_dir(dir: BorrowedFd<'_>) -> FsResult<(u64, Vec<RawEntry>)> {
+    let fd = reopen(dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let dev = rustix::fs::fstat(&fd)?.st_dev;
+    let d = rustix::fs::Dir::new(fd)?;
+    let mut out = Vec::new();
+    for entry in d {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        use rustix::fs::FileType as T;
+        let fmt = match entry.file_type() {
+            T::RegularFile => libc::S_IFREG,
+            T::Directory => libc::S_IFDIR,
+            T::Symlink => libc::S_IFLNK,
+            T::Fifo => libc::S_IFIFO,
+            T::Socket => libc::S_IFSOCK,
+            T::CharacterDevice => libc::S_IFCHR,
+            T::BlockDevice => libc::S_IFBLK,
+            T::Unknown => 0,
+        };
+        out.push(RawEntry {
+            name: name.to_vec(),
+            key: InodeKey {
+                dev,
+                ino: entry.ino(),
+            },
+            fmt,
+        });
+    }
+    Ok((dev, out))
+}
+
+/// Reads as much as fits into `buf` at `offset`, retrying short reads until
+/// EOF. Returns the number of bytes read.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                if done > 0 {
+                    break;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `data` at `offset` (short writes are retried; an error after
+/// partial progress reports the progress, as write(2) does).
+pub fn pwrite_full(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> FsResult<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                if done > 0 {
+                    break;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Rejects offsets that cannot be represented as `off_t`.
+pub fn check_offset(offset: u64) -> FsResult<()> {
+    if offset > i64::MAX as u64 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// `AtFlags` for operating on the object behind a descriptor itself.
+pub fn empty_path() -> AtFlags {
+    AtFlags::EMPTY_PATH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_components() {
+        assert!(check_name(OsStr::new("a b é")).is_ok());
+        assert_eq!(check_name(OsStr::new("..")), Err(Errno::EINVAL));
+        assert_eq!(check_name(OsStr::new(".")), Err(Errno::EINVAL));
+        assert_eq!(check_name(OsStr::new("a/b")), Err(Errno::EINVAL));
+        assert_eq!(check_name(OsStr::new("")), Err(Errno::EINVAL));
+        let long = "x".repeat(256);
+        assert_eq!(check_name(OsStr::new(&long)), Err(Errno::ENAMETOOLONG));
+        assert!(check_name(OsStr::new(&"x".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn children_are_opened_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
+        let root = open_root(dir.path()).unwrap();
+        let (fd, st) = open_child(root.as_fd(), OsStr::new("out")).unwrap();
+        assert_eq!(fmt_of(&st), libc::S_IFLNK);
+        // Looking up below a symlink must fail, not walk into /etc.
+        assert_eq!(
+            open_child(fd.as_fd(), OsStr::new("passwd")).err(),
+            Some(Errno::ENOTDIR)
+        );
+    }
+}

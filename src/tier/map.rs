@@ -1,0 +1,136 @@
+//! Per-file page map: file position → folio (or an in-flight fill).
+//!
+//! One [`FileState`] per file, owned by the file's shard and touched only under that shard's
+//! lock. Huge pages are keyed by extent index (`offset / 2 MiB`) in `huge`, base pages by page
+//! index (`offset / 4 KiB`) in `base`, both ordered so a range invalidation visits only the
+//! keys it drops.
+//!
+//! Invariants:
+//! - an extent is covered by at most one of: a `huge` entry, or `base` entries (never both);
+//! - `Entry::Filling(id)` marks a fill in progress by the thread holding folio `id`; only that
+//!   thread replaces it with `Ready` (if `seq` is unchanged) or removes it; an invalidation
+//!   may remove it first, in which case the filler discards its folio;
+//! - every `Ready` folio's bytes equal the file's bytes at the time of its fill, and no
+//!   invalidation of its range has happened since (otherwise it would have been removed);
+//! - `seq` (the file's [`InvalidationSeq`]) changes on every invalidation and is drawn from a
+//!   tier-wide counter, so a forgotten and re-created file never repeats an old value.
+
+use std::collections::BTreeMap;
+
+use crate::tier::arena::ChunkIndex;
+use crate::tier::evict::FolioKey;
+use crate::tier::folio::{Folio, FolioId};
+use crate::tier::sync::Arc;
+use crate::tier::{InvalidationSeq, SLOTS_PER_CHUNK};
+
+pub enum Entry {
+    Ready(Arc<Folio>),
+    Filling(FolioId),
+}
+
+pub struct FileState {
+    pub seq: InvalidationSeq,
+    /// End offset of the previous device read (sequential-access detection).
+    pub last_end: u64,
+    pub huge: BTreeMap<u64, Entry>,
+    pub base: BTreeMap<u64, Entry>,
+}
+
+impl FileState {
+    pub fn new(seq: InvalidationSeq) -> FileState {
+        FileState {
+            seq,
+            last_end: 0,
+            huge: BTreeMap::new(),
+            base: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, key: &FolioKey) -> Option<&Entry> {
+        if key.is_huge() {
+            self.huge.get(&key.position())
+        } else {
+            self.base.get(&key.position())
+        }
+    }
+
+    pub fn remove(&mut self, key: &FolioKey) -> Option<Entry> {
+        if key.is_huge() {
+            self.huge.remove(&key.position())
+        } else {
+            self.base.remove(&key.position())
+        }
+    }
+
+    pub fn insert(&mut self, key: FolioKey, e: Entry) {
+        if key.is_huge() {
+            self.huge.insert(key.position(), e);
+        } else {
+            self.base.insert(key.position(), e);
+        }
+    }
+
+    /// Base entries (ready or filling) of `extent`.
+    pub fn base_in_extent(
+        &self,
+        extent: u64,
+    ) -> std::collections::btree_map::Range<'_, u64, Entry> {
+        let first = extent * SLOTS_PER_CHUNK as u64;
+        self.base.range(first..first + SLOTS_PER_CHUNK as u64)
+    }
+
+    /// The chunk that holds this extent's base pages at their home slots (page `i` of the
+    /// extent in slot `i`), judged by the first ready base page of the extent.
+    pub fn home_chunk(&self, extent: u64) -> Option<ChunkIndex> {
+        self.base_in_extent(extent).find_map(|(page, e)| match e {
+            Entry::Ready(f) => {
+                let loc = f.loc();
+                (loc.slot == Some((page % SLOTS_PER_CHUNK as u64) as u16)).then_some(loc.chunk)
+            }
+            Entry::Filling(_) => None,
+        })
+    }
+
+    /// (huge pages, base pages) that are resident (ready).
+    pub fn resident_counts(&self) -> (u64, u64) {
+        let ready = |m: &BTreeMap<u64, Entry>| {
+            m.values().filter(|e| matches!(e, Entry::Ready(_))).count() as u64
+        };
+        (ready(&self.huge), ready(&self.base))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.huge.is_empty() && self.base.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tier::arena::Arena;
+
+    #[test]
+    fn home_chunk_only_for_home_slots() {
+        let a = Arena::new(2).unwrap();
+        let mut st = FileState::new(1);
+        let mut v = a.alloc_base(2, None); // slots 0 and 1
+        let f1 = v.pop().unwrap();
+        let f0 = v.pop().unwrap();
+        // page 512 + 1 (extent 1, index 1) in slot 1: a home slot.
+        st.insert(FolioKey::base(9, 513), Entry::Ready(Arc::new(f1)));
+        assert_eq!(st.home_chunk(1), Some(0));
+        // page 5 (extent 0, index 5) in slot 0: not home.
+        st.insert(FolioKey::base(9, 5), Entry::Ready(Arc::new(f0)));
+        assert_eq!(st.home_chunk(0), None);
+        assert_eq!(st.resident_counts(), (0, 2));
+        st.insert(FolioKey::huge(9, 4), Entry::Filling(77));
+        assert!(matches!(
+            st.get(&FolioKey::huge(9, 4)),
+            Some(Entry::Filling(77))
+        ));
+        assert_eq!(st.resident_counts(), (0, 2));
+        assert_eq!(st.base_in_extent(1).count(), 1);
+        assert!(st.remove(&FolioKey::base(9, 5)).is_some());
+        assert!(!st.is_empty());
+    }
+}

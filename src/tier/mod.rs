@@ -1,0 +1,1113 @@
+//! The device tier: a capacity-bounded memory arena of read-only copies of file pages.
+//!
+//! [`DeviceTier`] is the facade the FUSE layer calls. It serves device-view reads from
+//! resident pages, faults misses straight from storage (through the caller's [`FillSource`])
+//! into the arena, and drops exactly the pages a host modification touched.
+//!
+//! # Pages
+//! A *huge page* is an aligned 2 MiB extent of one file held in one 2 MiB arena chunk; a
+//! *base page* is 4 KiB held in one slot of a base-page chunk (512 slots). Capacity is a
+//! whole number of chunks and is never exceeded: every byte of arena memory belongs to at
+//! most one folio (see `arena.rs`, `folio.rs`).
+//!
+//! # Faulting policy
+//! With huge pages on, a miss in extent `E` faults the whole huge page when **all** hold:
+//! the access is *sequential* (the read starts where the previous device read of that file
+//! ended — a file's first read at offset 0 counts — or is at least
+//! [`SEQUENTIAL_MIN_READ`] = 128 KiB long, or it is a prefetch); `E` lies wholly inside the
+//! file (tails use base pages, so a small file never pins 2 MiB); and no base page of `E` is
+//! resident or being filled. Otherwise the missing 4 KiB pages the read touches are faulted
+//! as base pages, preferring each page's *home slot* (page `i` of an extent in slot `i` of a
+//! chunk already holding that extent's pages) so that a re-faulted extent can **collapse**
+//! back into a huge page once all 512 pages sit in one chunk. A huge fault that finds no free
+//! chunk evicts LRU folios (a bounded scan); if no chunk frees it falls back to base pages; a
+//! base fault that cannot get a single slot (everything pinned or filling) reads storage
+//! directly into the caller's buffer (a *bypass*). A fault never fails for lack of space.
+//! Bytes past EOF in a tail page are zero and are never served.
+//!
+//! # Concurrency and freshness
+//! State is sharded by file ([`SHARDS`] shards). A fault reserves its folios and marks them
+//! `Filling` in the file's page map under the shard lock, remembers the file's
+//! [`InvalidationSeq`], drops the lock, reads storage **directly into the arena memory**
+//! (page-aligned, so `O_DIRECT` works), re-locks and installs only if the sequence is
+//! unchanged; otherwise the folio is freed and `discarded_fills` counted. Every invalidation
+//! bumps the sequence (from a tier-wide counter, so values never repeat). Concurrent faults
+//! of the same page do one storage read: the others wait on the shard's condition variable.
+//! Readers *pin* a resident folio by cloning its `Arc` under the shard lock and copy after
+//! unlocking; a folio's memory returns to the arena only when the last pin drops, eviction
+//! skips pinned folios, and a split waits (yielding) for pins to drain — pins are held only
+//! across one memcpy, never while blocking or locking.
+//!
+//! # Lock order
+//! `shard.files` → (`policy` | `arena.alloc`). At most one shard lock is held at a time;
+//! `policy` and `arena.alloc` are leaves and never nested with each other. No storage I/O and
+//! no freeing of folios happens under a shard lock (removed folios are dropped after unlock).
+//!
+//! # Invalidation
+//! [`DeviceTier::invalidate_range`] drops every page overlapping the byte range. A partly
+//! covered huge page is *split*: the covered base pages are freed, the others stay resident
+//! as base pages in the same chunk (`splits` counts these). Returned counts are device pages:
+//! a whole huge page counts 1, a split counts the base pages it dropped.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod arena;
+mod evict;
+mod folio;
+mod map;
+pub mod range;
+pub mod size;
+mod stats;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io;
+
+use serde::Serialize;
+
+use self::arena::{Arena, Need};
+use self::folio::{Folio, contiguous_mut};
+use self::map::{Entry, FileState};
+use self::stats::{Counters, add, sub};
+use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock, wait};
+
+pub use self::evict::{EvictionPolicy, FolioKey, LruPolicy};
+pub use self::folio::FolioId;
+pub use self::range::{ByteRange, RangeError};
+pub use self::size::{ByteSize, SizeError, parse_capacity, parse_size};
+pub use self::stats::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+
+/// Base page size.
+pub const PAGE_SIZE: u64 = 4096;
+/// Huge page (and arena chunk) size.
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+/// Base pages per huge page / slots per chunk.
+pub const SLOTS_PER_CHUNK: usize = (HUGE_PAGE_SIZE / PAGE_SIZE) as usize;
+/// A device read at least this long counts as sequential (may fault huge pages).
+pub const SEQUENTIAL_MIN_READ: u64 = 128 << 10;
+/// Number of lock shards (files are spread by a hash of their id).
+pub const SHARDS: usize = 64;
+
+/// Victims examined per eviction round when a huge page needs a whole free chunk.
+const HUGE_EVICT_SCAN: usize = 64;
+/// Eviction rounds a huge fault tries before falling back to base pages.
+const HUGE_EVICT_ROUNDS: u32 = 2;
+/// Eviction rounds a base fault tries before bypassing the tier.
+const BASE_EVICT_ROUNDS: u32 = 3;
+
+/// Stable id of a backing inode, assigned by the caller.
+pub type FileId = u64;
+/// Per-file invalidation sequence; see the module docs.
+pub type InvalidationSeq = u64;
+
+/// Configuration of a [`DeviceTier`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierConfig {
+    /// Arena size in bytes; rounded down to whole 2 MiB chunks; at least one chunk.
+    pub capacity: u64,
+    /// Allow 2 MiB device pages.
+    pub huge_pages: bool,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            capacity: 1 << 30,
+            huge_pages: true,
+        }
+    }
+}
+
+/// Why device pages are dropped (counted per cause in [`InvalidationCounts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidationCause {
+    Write,
+    Truncate,
+    Fallocate,
+    Copy,
+    UnlinkRename,
+    External,
+    /// An explicit `user.pagetier.evict` request.
+    Evict,
+}
+
+impl InvalidationCause {
+    pub const COUNT: usize = 7;
+    pub const ALL: [InvalidationCause; Self::COUNT] = [
+        Self::Write,
+        Self::Truncate,
+        Self::Fallocate,
+        Self::Copy,
+        Self::UnlinkRename,
+        Self::External,
+        Self::Evict,
+    ];
+}
+
+/// Reads backing storage; implemented by the caller (with `O_DIRECT` when possible).
+pub trait FillSource {
+    /// Read into `buf` (page-aligned, len a multiple of 4096) from `offset` (4096-aligned).
+    /// Returns bytes read (short at EOF).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl FillSource for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// Errors creating a tier.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("device capacity {capacity} bytes is smaller than one 2 MiB chunk")]
+    CapacityTooSmall { capacity: u64 },
+    #[error(
+        "device capacity {capacity} bytes exceeds available memory ({available} bytes MemAvailable); choose a smaller --device-capacity"
+    )]
+    CapacityExceedsMemory { capacity: u64, available: u64 },
+    #[error("device capacity {capacity} bytes does not fit in this address space")]
+    CapacityTooLarge { capacity: u64 },
+    #[error("cannot map the device arena: {0}")]
+    Map(#[source] io::Error),
+}
+
+/// A file's device residency (the `user.pagetier.residency` xattr, minus `size`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Residency {
+    /// Device bytes held: 2 MiB per huge page + 4 KiB per base page.
+    pub resident_bytes: u64,
+    pub huge_pages: u64,
+    pub base_pages: u64,
+}
+
+/// Outcome of [`DeviceTier::prefetch`]; the three fields add up to the clipped range length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PrefetchReport {
+    /// Bytes of the range this call read from storage into the tier.
+    pub faulted_bytes: u64,
+    /// Bytes of the range already resident (or filled meanwhile by another thread).
+    pub already_resident_bytes: u64,
+    /// Bytes not made resident because no arena space could be freed (all pinned/filling).
+    pub skipped_bytes: u64,
+}
+
+struct Shard {
+    /// Lock order: first (see module docs).
+    files: Mutex<HashMap<FileId, FileState>>,
+    /// Signalled whenever a `Filling` entry of this shard is installed or removed.
+    filled: Condvar,
+}
+
+/// Per-call accounting of one read or prefetch.
+#[derive(Default)]
+struct Acct {
+    hits: u64,
+    misses: u64,
+    bypass: u64,
+    resident_bytes: u64,
+    faulted_bytes: u64,
+    skipped_bytes: u64,
+}
+
+/// The device tier. `Send + Sync`; see the module docs for semantics.
+pub struct DeviceTier {
+    cfg: TierConfig,
+    arena: Arc<Arena>,
+    shards: Box<[Shard]>,
+    /// Leaf lock: taken with at most one shard lock held, never together with `arena.alloc`.
+    policy: Mutex<Box<dyn EvictionPolicy>>,
+    seq: AtomicU64,
+    stats: Counters,
+}
+
+impl std::fmt::Debug for DeviceTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTier")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An in-flight fill: folios reserved as `Filling` under `keys`. Dropping it unfinished (an
+/// error or a panic in the `FillSource`) removes the `Filling` entries and wakes waiters, so
+/// nothing half-filled is ever installed or waited on forever.
+struct Fill<'t> {
+    tier: &'t DeviceTier,
+    file: FileId,
+    seq: InvalidationSeq,
+    keys: Vec<FolioKey>,
+    folios: Vec<Folio>,
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        if !self.folios.is_empty() {
+            self.tier.finish_fill(self, false);
+        }
+    }
+}
+
+impl DeviceTier {
+    /// Maps the arena. Capacity is rounded down to 2 MiB and must be at least one chunk and
+    /// at most `MemAvailable` (when `/proc/meminfo` is readable).
+    pub fn new(cfg: TierConfig) -> Result<DeviceTier, TierError> {
+        Self::with_policy(cfg, Box::new(LruPolicy::new()))
+    }
+
+    /// Like [`DeviceTier::new`] with another eviction policy.
+    pub fn with_policy(
+        cfg: TierConfig,
+        policy: Box<dyn EvictionPolicy>,
+    ) -> Result<DeviceTier, TierError> {
+        let chunks = cfg.capacity / HUGE_PAGE_SIZE;
+        if chunks == 0 {
+            return Err(TierError::CapacityTooSmall {
+                capacity: cfg.capacity,
+            });
+        }
+        let capacity = chunks * HUGE_PAGE_SIZE;
+        if let Some(available) = arena::mem_available()
+            && capacity > available
+        {
+            return Err(TierError::CapacityExceedsMemory {
+                capacity,
+                available,
+            });
+        }
+        let chunks = u32::try_from(chunks).map_err(|_| TierError::CapacityTooLarge { capacity })?;
+        let arena = Arena::new(chunks)?;
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                files: Mutex::new(HashMap::new()),
+                filled: Condvar::new(),
+            })
+            .collect();
+        tracing::debug!(capacity, huge_pages = cfg.huge_pages, "device tier mapped");
+        Ok(DeviceTier {
+            cfg: TierConfig { capacity, ..cfg },
+            arena,
+            shards,
+            policy: Mutex::new(policy),
+            seq: AtomicU64::new(1),
+            stats: Counters::default(),
+        })
+    }
+
+    /// The effective configuration (capacity rounded to chunks).
+    pub fn config(&self) -> TierConfig {
+        self.cfg
+    }
+
+    fn shard(&self, file: FileId) -> &Shard {
+        let h = file.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros());
+        &self.shards[h as usize]
+    }
+
+    fn next_seq(&self) -> InvalidationSeq {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn state<'g>(
+        &self,
+        g: &'g mut MutexGuard<'_, HashMap<FileId, FileState>>,
+        file: FileId,
+    ) -> &'g mut FileState {
+        g.entry(file)
+            .or_insert_with(|| FileState::new(self.next_seq()))
+    }
+
+    /// Device-view read: copies file bytes `[offset, offset + out.len())` clipped to
+    /// `file_size` into `out`; hits come from the arena, misses are faulted through `src`
+    /// first. Returns bytes copied (0 at or past EOF). A storage error is returned as is.
+    pub fn read(
+        &self,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        out: &mut [u8],
+        src: &dyn FillSource,
+    ) -> io::Result<usize> {
+        add(&self.stats.reads, 1);
+        if offset >= file_size || out.is_empty() {
+            return Ok(0);
+        }
+        let end = offset.saturating_add(out.len() as u64).min(file_size);
+        let n = (end - offset) as usize;
+        let sequential = {
+            let mut g = lock(&self.shard(file).files);
+            let st = self.state(&mut g, file);
+            let seq = offset == st.last_end || n as u64 >= SEQUENTIAL_MIN_READ;
+            st.last_end = end;
+            seq
+        };
+        let mut acct = Acct::default();
+        let r = self.serve(
+            file,
+            file_size,
+            offset,
+            end,
+            Some(&mut out[..n]),
+            sequential,
+            src,
+            &mut acct,
+        );
+        add(&self.stats.hits, acct.hits);
+        add(&self.stats.misses, acct.misses);
+        add(&self.stats.lookups, acct.hits + acct.misses);
+        add(&self.stats.bypass_reads, acct.bypass);
+        r.map(|()| {
+            add(&self.stats.bytes_served, n as u64);
+            n
+        })
+    }
+
+    /// Faults `[offset, offset + len)` clipped to `file_size` into the tier (huge pages where
+    /// the extent lies wholly in the file). Does not count as a device read.
+    pub fn prefetch(
+        &self,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        len: u64,
+        src: &dyn FillSource,
+    ) -> io::Result<PrefetchReport> {
+        if offset >= file_size || len == 0 {
+            return Ok(PrefetchReport::default());
+        }
+        let end = offset.saturating_add(len).min(file_size);
+        let mut acct = Acct::default();
+        self.serve(file, file_size, offset, end, None, true, src, &mut acct)?;
+        Ok(PrefetchReport {
+            faulted_bytes: acct.faulted_bytes,
+            already_resident_bytes: acct.resident_bytes,
+            skipped_bytes: acct.skipped_bytes,
+        })
+    }
+
+    /// Makes `[start, end)` (inside the file) resident piece by piece and copies it into
+    /// `out` (which covers exactly `[start, end)`) when given. Progress is guaranteed: each
+    /// iteration serves at least one page (from a resident folio, a fresh fill, or a bypass)
+    /// or waits for another thread's fill to finish.
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        &self,
+        file: FileId,
+        file_size: u64,
+        start: u64,
+        end: u64,
+        mut out: Option<&mut [u8]>,
+        sequential: bool,
+        src: &dyn FillSource,
+        acct: &mut Acct,
+    ) -> io::Result<()> {
+        let shard = self.shard(file);
+        let mut pos = start;
+        let mut failures_at: (u64, u32, u32) = (u64::MAX, 0, 0); // (extent, huge, base) rounds
+        while pos < end {
+            let ext = pos / HUGE_PAGE_SIZE;
+            let ext_start = ext * HUGE_PAGE_SIZE;
+            let piece_end = end.min(ext_start + HUGE_PAGE_SIZE);
+            if failures_at.0 != ext {
+                failures_at = (ext, 0, 0);
+            }
+            let mut g = lock(&shard.files);
+            let st = self.state(&mut g, file);
+
+            // 1. A resident huge page serves the whole piece.
+            match st.huge.get(&ext) {
+                Some(Entry::Ready(f)) => {
+                    let pin = f.clone();
+                    self.touch(&[FolioKey::huge(file, ext)]);
+                    drop(g);
+                    copy_out(&mut out, start, pos, piece_end, pin.bytes(), ext_start);
+                    drop(pin);
+                    acct.hits += 1;
+                    acct.resident_bytes += piece_end - pos;
+                    pos = piece_end;
+                    continue;
+                }
+                Some(Entry::Filling(_)) => {
+                    drop(wait(&shard.filled, g));
+                    continue;
+                }
+                None => {}
+            }
+
+            // 2. A run of resident base pages starting at `pos`.
+            let first_page = pos / PAGE_SIZE;
+            let last_page = (piece_end - 1) / PAGE_SIZE;
+            match st.base.get(&first_page) {
+                Some(Entry::Ready(_)) => {
+                    let mut pins = Vec::new();
+                    for (&p, e) in st.base.range(first_page..=last_page) {
+                        match e {
+                            Entry::Ready(f) if p == first_page + pins.len() as u64 => {
+                                pins.push(f.clone())
+                            }
+                            _ => break,
+                        }
+                    }
+                    let keys: Vec<FolioKey> = (0..pins.len() as u64)
+                        .map(|i| FolioKey::base(file, first_page + i))
+                        .collect();
+                    self.touch(&keys);
+                    drop(g);
+                    let run_end = piece_end.min((first_page + pins.len() as u64) * PAGE_SIZE);
+                    for (i, pin) in pins.iter().enumerate() {
+                        let p_start = (first_page + i as u64) * PAGE_SIZE;
+                        let (a, b) = (pos.max(p_start), run_end.min(p_start + PAGE_SIZE));
+                        copy_out(&mut out, start, a, b, pin.bytes(), p_start);
+                    }
+                    acct.hits += pins.len() as u64;
+                    acct.resident_bytes += run_end - pos;
+                    drop(pins);
+                    pos = run_end;
+                    continue;
+                }
+                Some(Entry::Filling(_)) => {
+                    drop(wait(&shard.filled, g));
+                    continue;
+                }
+                None => {}
+            }
+
+            // 3. A miss at `pos`: fault a huge page or a run of base pages.
+            let want_huge = self.cfg.huge_pages
+                && sequential
+                && ext_start + HUGE_PAGE_SIZE <= file_size
+                && failures_at.1 < HUGE_EVICT_ROUNDS
+                && st.base_in_extent(ext).next().is_none();
+            let (keys, folios) = if want_huge {
+                match self.arena.alloc_huge() {
+                    Some(f) => (vec![FolioKey::huge(file, ext)], vec![f]),
+                    None => {
+                        drop(g);
+                        failures_at.1 += 1;
+                        if !self.evict(Need::Chunk) || failures_at.1 >= HUGE_EVICT_ROUNDS {
+                            failures_at.1 = HUGE_EVICT_ROUNDS;
+                            add(&self.stats.huge_fallbacks, 1);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                let run = match st.base.range(first_page..=last_page).next() {
+                    Some((&p, _)) => p - first_page,
+                    None => last_page + 1 - first_page,
+                } as usize;
+                let home = if self.cfg.huge_pages {
+                    st.home_chunk(ext)
+                        .map(|c| (c, (first_page % SLOTS_PER_CHUNK as u64) as u16))
+                } else {
+                    None
+                };
+                let folios = self.arena.alloc_base(run, home);
+                if folios.is_empty() {
+                    drop(g);
+                    failures_at.2 += 1;
+                    if failures_at.2 <= BASE_EVICT_ROUNDS && self.evict(Need::Slots(run)) {
+                        continue;
+                    }
+                    // No slot can be had: serve this run straight from storage.
+                    let run_end = piece_end.min((first_page + run as u64) * PAGE_SIZE);
+                    match out.as_deref_mut() {
+                        Some(o) => {
+                            bypass_read(
+                                src,
+                                file_size,
+                                pos,
+                                run_end,
+                                &mut o[(pos - start) as usize..(run_end - start) as usize],
+                            )?;
+                            acct.misses += run_end.div_ceil(PAGE_SIZE) - first_page;
+                            acct.bypass += 1;
+                        }
+                        None => acct.skipped_bytes += run_end - pos,
+                    }
+                    failures_at.2 = 0;
+                    pos = run_end;
+                    continue;
+                }
+                let keys = (0..folios.len() as u64)
+                    .map(|i| FolioKey::base(file, first_page + i))
+                    .collect();
+                (keys, folios)
+            };
+            for (k, f) in keys.iter().zip(&folios) {
+                st.insert(*k, Entry::Filling(f.id()));
+            }
+            let mut fill = Fill {
+                tier: self,
+                file,
+                seq: st.seq,
+                keys,
+                folios,
+            };
+            drop(g);
+
+            self.run_fill(&mut fill, file_size, src)?;
+            let served_end = if want_huge {
+                piece_end
+            } else {
+                piece_end.min((first_page + fill.folios.len() as u64) * PAGE_SIZE)
+            };
+            // The fill is ours alone until installed: copy straight from it. Data read from
+            // storage during this call is fresh even if an invalidation races the install.
+            for (k, f) in fill.keys.iter().zip(&fill.folios) {
+                let f_start = if k.is_huge() {
+                    ext_start
+                } else {
+                    k.position() * PAGE_SIZE
+                };
+                let (a, b) = (pos.max(f_start), served_end.min(f_start + f.len() as u64));
+                copy_out(&mut out, start, a, b, f.bytes(), f_start);
+            }
+            acct.misses += fill.folios.len() as u64;
+            acct.faulted_bytes += served_end - pos;
+            self.finish_fill(&mut fill, true);
+            pos = served_end;
+        }
+        Ok(())
+    }
+
+    /// Reads storage into the fill's folios: one `read_at` per run of folios that are
+    /// consecutive in the arena, zero past EOF.
+    fn run_fill(
+        &self,
+        fill: &mut Fill<'_>,
+        file_size: u64,
+        src: &dyn FillSource,
+    ) -> io::Result<()> {
+        let mut i = 0;
+        while i < fill.folios.len() {
+            let f_start = if fill.keys[i].is_huge() {
+                fill.keys[i].position() * HUGE_PAGE_SIZE
+            } else {
+                fill.keys[i].position() * PAGE_SIZE
+            };
+            let mut j = i + 1;
+            while j < fill.folios.len()
+                && fill.keys[j].position() == fill.keys[i].position() + (j - i) as u64
+                && contiguous_mut(&mut fill.folios[i..=j]).is_some()
+            {
+                j += 1;
+            }
+            let buf = match contiguous_mut(&mut fill.folios[i..j]) {
+                Some(b) => b,
+                None => fill.folios[i].bytes_mut(),
+            };
+            let got = read_fully(src, buf, f_start, file_size)?;
+            add(&self.stats.bytes_faulted, got as u64);
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Installs (`ok`, and the file's sequence unchanged) or discards a fill; wakes waiters.
+    fn finish_fill(&self, fill: &mut Fill<'_>, ok: bool) {
+        let shard = self.shard(fill.file);
+        let mut g = lock(&shard.files);
+        let keys = std::mem::take(&mut fill.keys);
+        let folios = std::mem::take(&mut fill.folios);
+        let mut discard = Vec::new();
+        let mut installed = Vec::new();
+        if let Some(st) = g.get_mut(&fill.file) {
+            let valid = ok && st.seq == fill.seq;
+            for (key, folio) in keys.into_iter().zip(folios) {
+                let ours = matches!(st.get(&key), Some(Entry::Filling(id)) if *id == folio.id());
+                if ours && valid {
+                    installed.push((key, folio.id()));
+                    st.insert(key, Entry::Ready(Arc::new(folio)));
+                } else {
+                    if ours {
+                        st.remove(&key);
+                    }
+                    discard.push(folio);
+                }
+            }
+            if !installed.is_empty() {
+                let mut policy = lock(&self.policy);
+                for (k, id) in &installed {
+                    policy.insert(*k, *id);
+                }
+                drop(policy);
+                let huge = installed.iter().filter(|(k, _)| k.is_huge()).count() as u64;
+                add(&self.stats.resident_huge, huge);
+                add(&self.stats.resident_base, installed.len() as u64 - huge);
+                if self.cfg.huge_pages && huge == 0 {
+                    let ext = installed[0].0.position() / SLOTS_PER_CHUNK as u64;
+                    self.try_collapse(st, fill.file, ext);
+                }
+            }
+            if st.is_empty() {
+                g.remove(&fill.file);
+            }
+        } else {
+            discard.extend(folios);
+        }
+        shard.filled.notify_all();
+        drop(g);
+        if ok {
+            add(&self.stats.discarded_fills, discard.len() as u64);
+        }
+        drop(discard);
+    }
+
+    /// If all 512 pages of `ext` are resident unpinned base pages at their home slots of one
+    /// chunk, turns them into one huge page. Caller holds the shard lock.
+    fn try_collapse(&self, st: &mut FileState, file: FileId, ext: u64) {
+        let mut chunk = None;
+        let mut n = 0;
+        for (&p, e) in st.base_in_extent(ext) {
+            let Entry::Ready(f) = e else { return };
+            let loc = f.loc();
+            let c = *chunk.get_or_insert(loc.chunk);
+            if Arc::strong_count(f) != 1
+                || loc.chunk != c
+                || loc.slot != Some((p % SLOTS_PER_CHUNK as u64) as u16)
+            {
+                return;
+            }
+            n += 1;
+        }
+        if n != SLOTS_PER_CHUNK {
+            return;
+        }
+        let first = ext * SLOTS_PER_CHUNK as u64;
+        let mut parts = Vec::with_capacity(SLOTS_PER_CHUNK);
+        let mut ids = Vec::with_capacity(SLOTS_PER_CHUNK);
+        for p in first..first + SLOTS_PER_CHUNK as u64 {
+            let Some(Entry::Ready(f)) = st.base.remove(&p) else {
+                unreachable!("checked above")
+            };
+            // Unpinned (count 1) under the shard lock, and pins are only taken under it.
+            let f = Arc::try_unwrap(f).unwrap_or_else(|_| unreachable!("unpinned folio"));
+            ids.push(f.id());
+            parts.push(f);
+        }
+        match self.arena.collapse(parts) {
+            Ok(huge) => {
+                let mut policy = lock(&self.policy);
+                for (i, id) in ids.iter().enumerate() {
+                    policy.remove(&FolioKey::base(file, first + i as u64), *id);
+                }
+                policy.insert(FolioKey::huge(file, ext), huge.id());
+                drop(policy);
+                st.huge.insert(ext, Entry::Ready(Arc::new(huge)));
+                sub(&self.stats.resident_base, SLOTS_PER_CHUNK as u64);
+                add(&self.stats.resident_huge, 1);
+                add(&self.stats.collapses, 1);
+            }
+            Err(parts) => {
+                for (i, f) in parts.into_iter().enumerate() {
+                    st.base.insert(first + i as u64, Entry::Ready(Arc::new(f)));
+                }
+            }
+        }
+    }
+
+    /// Promotes resident folios in the eviction policy; skipped if the policy is busy (an
+    /// approximate LRU under contention keeps the hit path from queueing on a global lock).
+    fn touch(&self, keys: &[FolioKey]) {
+        if let Ok(mut p) = self.policy.try_lock() {
+            for k in keys {
+                p.touch(k);
+            }
+        }
+    }
+
+    /// Evicts policy victims until `need` is met or a bounded scan gives up. Takes no lock
+    /// on entry. Returns whether progress for `need` is now possible.
+    fn evict(&self, need: Need) -> bool {
+        let limit = match need {
+            Need::Chunk => HUGE_EVICT_SCAN,
+            Need::Slots(n) => n.min(SLOTS_PER_CHUNK) + HUGE_EVICT_SCAN,
+        };
+        for _ in 0..limit {
+            if self.arena.satisfies(need) {
+                return true;
+            }
+            let Some((key, id)) = lock(&self.policy).pop_victim() else {
+                break;
+            };
+            self.evict_one(key, id);
+        }
+        match need {
+            Need::Chunk => self.arena.satisfies(Need::Chunk),
+            Need::Slots(_) => self.arena.satisfies(Need::Slots(1)),
+        }
+    }
+
+    fn evict_one(&self, key: FolioKey, id: FolioId) {
+        let shard = self.shard(key.file);
+        let mut g = lock(&shard.files);
+        let Some(st) = g.get_mut(&key.file) else {
+            return;
+        };
+        let victim = match st.get(&key) {
+            Some(Entry::Ready(f)) if f.id() == id => {
+                if Arc::strong_count(f) == 1 {
+                    st.remove(&key)
+                } else {
+                    // Pinned by a reader: keep it, as most recently used.
+                    lock(&self.policy).insert(key, id);
+                    None
+                }
+            }
+            _ => None,
+        };
+        if st.is_empty() {
+            g.remove(&key.file);
+        }
+        drop(g);
+        if victim.is_some() {
+            add(&self.stats.evictions, 1);
+            sub(
+                if key.is_huge() {
+                    &self.stats.resident_huge
+                } else {
+                    &self.stats.resident_base
+                },
+                1,
+            );
+        }
+        drop(victim);
+    }
+
+    /// Drops exactly the device pages overlapping `[offset, offset + len)` (`len == u64::MAX`:
+    /// to the end of the file), splitting partly covered huge pages, and bumps the file's
+    /// invalidation sequence so fills that started earlier are discarded. Returns device
+    /// pages dropped (a huge page counts 1, a split counts the base pages it dropped).
+    pub fn invalidate_range(
+        &self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        cause: InvalidationCause,
+    ) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let end = offset.saturating_add(len);
+        let first_page = offset / PAGE_SIZE;
+        let end_page = if end == u64::MAX {
+            u64::MAX
+        } else {
+            end.div_ceil(PAGE_SIZE)
+        };
+        let per = SLOTS_PER_CHUNK as u64;
+        let shard = self.shard(file);
+        let mut g = lock(&shard.files);
+        let Some(st) = g.get_mut(&file) else { return 0 };
+        st.seq = self.next_seq();
+        let mut garbage: Vec<Arc<Folio>> = Vec::new();
+        let mut gone: Vec<(FolioKey, FolioId)> = Vec::new();
+        let mut added: Vec<(FolioKey, FolioId)> = Vec::new();
+        let mut dropped = 0u64;
+        let mut splits = 0u64;
+
+        let pages: Vec<u64> = st
+            .base
+            .range(first_page..end_page)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in pages {
+            if let Some(Entry::Ready(f)) = st.base.remove(&p) {
+                gone.push((FolioKey::base(file, p), f.id()));
+                garbage.push(f);
+                dropped += 1;
+            }
+        }
+        let end_ext = if end_page == u64::MAX {
+            u64::MAX
+        } else {
+            end_page.div_ceil(per)
+        };
+        let exts: Vec<u64> = st
+            .huge
+            .range(first_page / per..end_ext)
+            .map(|(&e, _)| e)
+            .collect();
+        for e in exts {
+            let Some(Entry::Ready(f)) = st.huge.remove(&e) else {
+                continue;
+            };
+            gone.push((FolioKey::huge(file, e), f.id()));
+            let (es, ee) = (e * per, e * per + per);
+            let (cs, ce) = (first_page.max(es), end_page.min(ee));
+            if cs == es && ce == ee {
+                garbage.push(f);
+                dropped += 1;
+                continue;
+            }
+            // Split. Readers pin only under this shard lock (held) and never block while
+            // pinned, so the pins drain promptly.
+            let mut f = f;
+            let folio = loop {
+                match Arc::try_unwrap(f) {
+                    Ok(folio) => break folio,
+                    Err(again) => {
+                        f = again;
+                        std::thread::yield_now();
+                    }
+                }
+            };
+            let mut mask = [0u64; SLOTS_PER_CHUNK / 64];
+            for p in cs..ce {
+                let i = (p - es) as usize;
+                mask[i / 64] |= 1 << (i % 64);
+            }
+            for (i, bf) in self.arena.split(folio, &mask) {
+                let k = FolioKey::base(file, es + i as u64);
+                added.push((k, bf.id()));
+                st.base.insert(es + i as u64, Entry::Ready(Arc::new(bf)));
+            }
+            dropped += ce - cs;
+            splits += 1;
+        }
+        if st.is_empty() {
+            g.remove(&file);
+        }
+        if !gone.is_empty() || !added.is_empty() {
+            let mut policy = lock(&self.policy);
+            for (k, id) in &gone {
+                policy.remove(k, *id);
+            }
+            for (k, id) in &added {
+                policy.insert(*k, *id);
+            }
+        }
+        shard.filled.notify_all();
+        drop(g);
+        let gone_huge = gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
+        sub(&self.stats.resident_huge, gone_huge);
+        sub(&self.stats.resident_base, gone.len() as u64 - gone_huge);
+        add(&self.stats.resident_base, added.len() as u64);
+        add(&self.stats.splits, splits);
+        add(&self.stats.invalidations[cause as usize], dropped);
+        drop(garbage);
+        dropped
+    }
+
+    /// Drops all of the file's device pages and forgets the file (its sequential-access
+    /// state); in-flight fills are discarded. Returns device pages dropped.
+    pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
+        let shard = self.shard(file);
+        let mut g = lock(&shard.files);
+        let Some(st) = g.remove(&file) else { return 0 };
+        shard.filled.notify_all();
+        let mut gone = Vec::new();
+        let mut garbage = Vec::new();
+        for (k, e) in st
+            .huge
+            .into_iter()
+            .map(|(e, x)| (FolioKey::huge(file, e), x))
+            .chain(
+                st.base
+                    .into_iter()
+                    .map(|(p, x)| (FolioKey::base(file, p), x)),
+            )
+        {
+            if let Entry::Ready(f) = e {
+                gone.push((k, f.id()));
+                garbage.push(f);
+            }
+        }
+        if !gone.is_empty() {
+            let mut policy = lock(&self.policy);
+            for (k, id) in &gone {
+                policy.remove(k, *id);
+            }
+        }
+        drop(g);
+        let gone_huge = gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
+        sub(&self.stats.resident_huge, gone_huge);
+        sub(&self.stats.resident_base, gone.len() as u64 - gone_huge);
+        add(&self.stats.invalidations[cause as usize], gone.len() as u64);
+        drop(garbage);
+        gone.len() as u64
+    }
+
+    /// The file's resident device pages.
+    pub fn residency(&self, file: FileId) -> Residency {
+        let g = lock(&self.shard(file).files);
+        let (huge_pages, base_pages) = g.get(&file).map_or((0, 0), FileState::resident_counts);
+        Residency {
+            resident_bytes: huge_pages * HUGE_PAGE_SIZE + base_pages * PAGE_SIZE,
+            huge_pages,
+            base_pages,
+        }
+    }
+
+    /// Counts a device-side modification that was refused (EROFS).
+    pub fn count_refused_write(&self) {
+        add(&self.stats.refused_writes, 1);
+    }
+
+    /// A snapshot of all counters.
+    pub fn stats(&self) -> TierStats {
+        let policy_entries = lock(&self.policy).len() as u64;
+        self.stats.snapshot(
+            self.cfg.capacity,
+            self.arena.used_slots() * PAGE_SIZE,
+            self.cfg.huge_pages,
+            self.metadata_bytes(),
+            policy_entries,
+        )
+    }
+
+    /// Estimated heap and table bytes of tier metadata: chunk table, shard tables, per-file
+    /// state, and per resident folio its page-map entry (B-tree nodes about half full), its
+    /// `Arc<Folio>` allocation and its eviction-policy entry. The arena itself is excluded.
+    pub fn metadata_bytes(&self) -> u64 {
+        let files: u64 = self
+            .shards
+            .iter()
+            .map(|s| lock(&s.files).len() as u64)
+            .sum();
+        let per_policy = lock(&self.policy).bytes_per_entry();
+        let folios = self.stats.resident_huge.load(Ordering::Relaxed)
+            + self.stats.resident_base.load(Ordering::Relaxed);
+        let per_map_entry = 2 * (size_of::<u64>() + size_of::<Entry>()) as u64 + 8;
+        let per_arc = (2 * size_of::<usize>() + size_of::<Folio>()).next_multiple_of(16) as u64;
+        let per_file = ((size_of::<(FileId, FileState)>() + 1) * 8 / 7) as u64;
+        self.arena.metadata_bytes()
+            + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
+            + files * per_file
+            + folios * (per_map_entry + per_arc + per_policy)
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        self.arena.check_invariants();
+        let (mut huge, mut base) = (0, 0);
+        let mut filling = 0;
+        for s in self.shards.iter() {
+            for st in lock(&s.files).values() {
+                let (h, b) = st.resident_counts();
+                huge += h;
+                base += b;
+                filling += st.huge.len() as u64 + st.base.len() as u64 - h - b;
+                for (&e, x) in &st.huge {
+                    if matches!(x, Entry::Ready(_)) {
+                        assert!(
+                            st.base_in_extent(e).next().is_none(),
+                            "extent {e} both huge and base"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(filling, 0, "fills left behind");
+        assert_eq!(huge, self.stats.resident_huge.load(Ordering::Relaxed));
+        assert_eq!(base, self.stats.resident_base.load(Ordering::Relaxed));
+        assert_eq!(
+            lock(&self.policy).len() as u64,
+            huge + base,
+            "policy tracks exactly the resident folios"
+        );
+        assert_eq!(
+            self.arena.used_slots(),
+            huge * SLOTS_PER_CHUNK as u64 + base,
+            "no leaked arena memory"
+        );
+    }
+
+    /// Asserts every resident byte of `file` equals `truth` (zero past its end).
+    #[cfg(test)]
+    fn audit(&self, file: FileId, truth: &[u8]) {
+        let g = lock(&self.shard(file).files);
+        let Some(st) = g.get(&file) else { return };
+        let check = |start: u64, bytes: &[u8]| {
+            let s = (start as usize).min(truth.len());
+            let e = (start as usize + bytes.len()).min(truth.len());
+            let n = e - s;
+            if bytes[..n] != truth[s..e] || bytes[n..].iter().any(|&b| b != 0) {
+                let i = (0..bytes.len())
+                    .find(|&i| bytes[i] != truth.get(start as usize + i).copied().unwrap_or(0));
+                panic!(
+                    "stale byte in resident page of file {file} at offset {:?}",
+                    i.map(|i| start as usize + i)
+                );
+            }
+        };
+        for (&e, x) in &st.huge {
+            if let Entry::Ready(f) = x {
+                check(e * HUGE_PAGE_SIZE, f.bytes());
+            }
+        }
+        for (&p, x) in &st.base {
+            if let Entry::Ready(f) = x {
+                check(p * PAGE_SIZE, f.bytes());
+            }
+        }
+    }
+}
+
+/// Copies file bytes `[from, to)` from a folio whose first byte is file offset `src_start`
+/// into `out`, whose first byte is file offset `out_start`.
+fn copy_out(
+    out: &mut Option<&mut [u8]>,
+    out_start: u64,
+    from: u64,
+    to: u64,
+    src: &[u8],
+    src_start: u64,
+) {
+    if let Some(o) = out.as_deref_mut()
+        && from < to
+    {
+        let (a, b) = ((from - out_start) as usize, (to - out_start) as usize);
+        let s = (from - src_start) as usize;
+        o[a..b].copy_from_slice(&src[s..s + (b - a)]);
+    }
+}
+
+/// Fills `buf` from storage at `offset` (both page-aligned), tolerating short reads at EOF;
+/// everything past what storage returned, or past `file_size`, is zeroed. Returns bytes read.
+fn read_fully(
+    src: &dyn FillSource,
+    buf: &mut [u8],
+    offset: u64,
+    file_size: u64,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n.min(buf.len() - done);
+                if n % PAGE_SIZE as usize != 0 {
+                    break; // EOF: a further read would not be aligned.
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let valid = (file_size.saturating_sub(offset)).min(done as u64) as usize;
+    buf[valid..].fill(0);
+    Ok(done)
+}
+
+/// Reads file bytes `[from, to)` straight from storage into `out` through a page-aligned
+/// bounce buffer (used when the arena has no space at all).
+fn bypass_read(
+    src: &dyn FillSource,
+    file_size: u64,
+    from: u64,
+    to: u64,
+    out: &mut [u8],
+) -> io::Result<()> {
+    let a = from / PAGE_SIZE * PAGE_SIZE;
+    let b = to.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut bounce = memmap2::MmapMut::map_anon((b - a) as usize)?;
+    read_fully(src, &mut bounce, a, file_size)?;
+    let s = (from - a) as usize;
+    out.copy_from_slice(&bounce[s..s + out.len()]);
+    Ok(())
+}

@@ -1,0 +1,793 @@
+//! Facade tests: unit cases, a proptest reference model (STYLE habit 5) and a multi-threaded
+//! freshness test (writers invalidate, readers verify version stamps: zero stale reads).
+
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering as O};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Storage backed by a byte vector; checks the `FillSource` alignment contract.
+struct VecSource {
+    data: StdMutex<Vec<u8>>,
+    calls: AtomicUsize,
+}
+
+impl VecSource {
+    fn new(data: Vec<u8>) -> VecSource {
+        VecSource {
+            data: StdMutex::new(data),
+            calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn slice_read(data: &[u8], buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    assert_eq!(offset % PAGE_SIZE, 0, "unaligned offset");
+    assert_eq!(buf.len() % PAGE_SIZE as usize, 0, "unaligned length");
+    assert_eq!(
+        buf.as_ptr() as usize % PAGE_SIZE as usize,
+        0,
+        "unaligned buffer"
+    );
+    let off = (offset as usize).min(data.len());
+    let n = buf.len().min(data.len() - off);
+    buf[..n].copy_from_slice(&data[off..off + n]);
+    Ok(n)
+}
+
+impl FillSource for VecSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.calls.fetch_add(1, O::Relaxed);
+        slice_read(&self.data.lock().unwrap(), buf, offset)
+    }
+}
+
+struct SliceSource<'a>(&'a [u8]);
+
+impl FillSource for SliceSource<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        slice_read(self.0, buf, offset)
+    }
+}
+
+fn pattern(len: u64, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 7) as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn tier(chunks: u64, huge: bool) -> DeviceTier {
+    DeviceTier::new(TierConfig {
+        capacity: chunks * HUGE_PAGE_SIZE,
+        huge_pages: huge,
+    })
+    .unwrap()
+}
+
+fn read_vec(
+    t: &DeviceTier,
+    file: FileId,
+    size: u64,
+    off: u64,
+    len: usize,
+    src: &dyn FillSource,
+) -> Vec<u8> {
+    let mut out = vec![0xAA; len];
+    let n = t.read(file, size, off, &mut out, src).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn config_errors_are_clear() {
+    let e = DeviceTier::new(TierConfig {
+        capacity: MIB,
+        huge_pages: true,
+    })
+    .unwrap_err();
+    assert!(matches!(e, TierError::CapacityTooSmall { .. }), "{e}");
+    let e = DeviceTier::new(TierConfig {
+        capacity: 1 << 62,
+        huge_pages: true,
+    })
+    .unwrap_err();
+    assert!(matches!(e, TierError::CapacityExceedsMemory { .. }), "{e}");
+    assert!(e.to_string().contains("MemAvailable"));
+    let t = DeviceTier::new(TierConfig {
+        capacity: 5 * MIB,
+        huge_pages: false,
+    })
+    .unwrap();
+    assert_eq!(t.config().capacity, 4 * MIB, "rounded down to chunks");
+    assert_eq!(t.stats().device.capacity_bytes, 4 * MIB);
+}
+
+#[test]
+fn sequential_read_faults_huge_then_hits() {
+    let data = pattern(6 * MIB, 1);
+    let src = VecSource::new(data.clone());
+    let t = tier(4, true);
+    assert_eq!(
+        read_vec(&t, 1, 6 * MIB, 0, MIB as usize, &src),
+        &data[..MIB as usize]
+    );
+    assert_eq!(
+        t.residency(1),
+        Residency {
+            resident_bytes: 2 * MIB,
+            huge_pages: 1,
+            base_pages: 0
+        }
+    );
+    assert_eq!(
+        read_vec(&t, 1, 6 * MIB, MIB, 64 << 10, &src),
+        &data[MIB as usize..(MIB + (64 << 10)) as usize]
+    );
+    let s = t.stats();
+    assert_eq!((s.device.reads, s.device.misses, s.device.hits), (2, 1, 1));
+    assert_eq!(s.device.bytes_faulted, 2 * MIB);
+    assert_eq!(s.device.bytes_served, MIB + (64 << 10));
+    assert_eq!(
+        src.calls.load(O::Relaxed),
+        1,
+        "one storage read per huge fault"
+    );
+    t.check_invariants();
+}
+
+#[test]
+fn small_random_reads_fault_base_pages() {
+    let data = pattern(6 * MIB, 2);
+    let src = SliceSource(&data);
+    let t = tier(4, true);
+    let off = 3 * MIB + 4000;
+    assert_eq!(
+        read_vec(&t, 1, 6 * MIB, off, 200, &src),
+        &data[off as usize..off as usize + 200]
+    );
+    assert_eq!(
+        t.residency(1),
+        Residency {
+            resident_bytes: 8192,
+            huge_pages: 0,
+            base_pages: 2
+        }
+    );
+    assert_eq!(t.stats().device.misses, 2);
+    t.check_invariants();
+}
+
+#[test]
+fn huge_pages_off_never_faults_huge() {
+    let data = pattern(3 * MIB, 3);
+    let src = SliceSource(&data);
+    let t = tier(2, false);
+    assert_eq!(read_vec(&t, 1, 3 * MIB, 0, 3 * MIB as usize, &src), data);
+    assert_eq!(t.residency(1).huge_pages, 0);
+    assert_eq!(t.residency(1).base_pages, 768);
+    t.check_invariants();
+}
+
+#[test]
+fn tail_is_clipped_and_zero_filled() {
+    let size = 2 * MIB + 100;
+    let data = pattern(size, 4);
+    let src = SliceSource(&data);
+    let t = tier(2, true);
+    let got = read_vec(&t, 1, size, 0, 4 * MIB as usize, &src);
+    assert_eq!(got, data);
+    let r = t.residency(1);
+    assert_eq!(
+        (r.huge_pages, r.base_pages),
+        (1, 1),
+        "the tail extent uses base pages"
+    );
+    assert_eq!(read_vec(&t, 1, size, size, 10, &src), Vec::<u8>::new());
+    assert_eq!(
+        read_vec(&t, 1, size, size - 1, 10, &src),
+        &data[size as usize - 1..]
+    );
+    t.audit(1, &data);
+    t.check_invariants();
+}
+
+#[test]
+fn partial_invalidation_splits_and_refault_collapses() {
+    let mut data = pattern(4 * MIB, 5);
+    let t = tier(3, true);
+    read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &SliceSource(&data));
+    assert_eq!(t.residency(1).huge_pages, 1);
+    data[4096..8192].fill(0x77);
+    assert_eq!(
+        t.invalidate_range(1, 4096, 4096, InvalidationCause::Write),
+        1
+    );
+    let r = t.residency(1);
+    assert_eq!((r.huge_pages, r.base_pages), (0, 511));
+    let s = t.stats();
+    assert_eq!((s.device.splits, s.invalidations.write), (1, 1));
+    t.audit(1, &data);
+    t.check_invariants();
+    // Re-read the extent sequentially: the hole refaults into its home slot and collapses.
+    assert_eq!(
+        read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &SliceSource(&data)),
+        &data[..2 * MIB as usize]
+    );
+    let r = t.residency(1);
+    assert_eq!((r.huge_pages, r.base_pages), (1, 0));
+    assert_eq!(t.stats().device.collapses, 1);
+    t.audit(1, &data);
+    t.check_invariants();
+}
+
+#[test]
+fn invalidation_across_extents_and_to_eof() {
+    let data = pattern(6 * MIB, 6);
+    let t = tier(4, true);
+    read_vec(&t, 1, 6 * MIB, 0, 6 * MIB as usize, &SliceSource(&data));
+    assert_eq!(t.residency(1).huge_pages, 3);
+    // Truncate to 3 MiB + 1: extent 1 is split (pages 768.. overlap, 256 dropped, 256 kept),
+    // extent 2 is dropped whole (1).
+    let dropped = t.invalidate_range(1, 3 * MIB + 1, u64::MAX, InvalidationCause::Truncate);
+    assert_eq!(dropped, 256 + 1);
+    let r = t.residency(1);
+    assert_eq!((r.huge_pages, r.base_pages), (1, 256));
+    assert_eq!(t.stats().invalidations.truncate, 257);
+    assert_eq!(t.invalidate_range(1, 0, 0, InvalidationCause::Write), 0);
+    assert_eq!(t.invalidate_file(1, InvalidationCause::Evict), 257);
+    assert_eq!(t.residency(1), Residency::default());
+    assert_eq!(t.stats().invalidations.evict, 257);
+    assert_eq!(t.invalidate_file(1, InvalidationCause::Evict), 0);
+    t.check_invariants();
+}
+
+#[test]
+fn eviction_keeps_capacity_and_serves_correct_bytes() {
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| pattern(4 * MIB + 4096 * i, i as u8))
+        .collect();
+    let t = tier(2, true);
+    for round in 0..3 {
+        for (i, d) in files.iter().enumerate() {
+            let got = read_vec(&t, i as u64, d.len() as u64, 0, d.len(), &SliceSource(d));
+            assert!(got == *d, "round {round} file {i}");
+            assert!(t.stats().device.used_bytes <= 4 * MIB);
+        }
+    }
+    assert!(t.stats().device.evictions > 0);
+    t.check_invariants();
+}
+
+#[test]
+fn fragmented_arena_falls_back_to_base_pages() {
+    let data = pattern(8 * MIB, 7);
+    let t = tier(2, true);
+    // Scatter base pages of many files over both chunks (non-sequential small reads).
+    for f in 0..600u64 {
+        read_vec(
+            &t,
+            100 + f,
+            8 * MIB,
+            4096 * (1 + f % 1000),
+            10,
+            &SliceSource(&data),
+        );
+    }
+    let got = read_vec(&t, 1, 8 * MIB, 0, 8 * MIB as usize, &SliceSource(&data));
+    assert!(got == data);
+    assert!(t.stats().device.used_bytes <= 4 * MIB);
+    t.check_invariants();
+}
+
+#[test]
+fn storage_errors_propagate_and_leave_nothing() {
+    struct Broken;
+    impl FillSource for Broken {
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+    }
+    let t = tier(2, true);
+    let mut out = vec![0; 4096];
+    let e = t.read(1, 4 * MIB, 0, &mut out, &Broken).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(t.prefetch(1, 4 * MIB, 0, 4 * MIB, &Broken).is_err());
+    assert_eq!(t.residency(1), Residency::default());
+    assert_eq!(t.stats().device.used_bytes, 0);
+    t.check_invariants();
+    let data = pattern(4 * MIB, 8);
+    assert_eq!(
+        read_vec(&t, 1, 4 * MIB, 0, 4096, &SliceSource(&data)),
+        &data[..4096]
+    );
+}
+
+#[test]
+fn panicking_source_does_not_wedge_waiters() {
+    struct Panics;
+    impl FillSource for Panics {
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
+            panic!("source bug")
+        }
+    }
+    let t = tier(2, true);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut out = vec![0; 4096];
+        t.read(1, 4 * MIB, 0, &mut out, &Panics)
+    }));
+    assert!(r.is_err());
+    t.check_invariants();
+    let data = pattern(4 * MIB, 9);
+    assert_eq!(
+        read_vec(&t, 1, 4 * MIB, 0, 4096, &SliceSource(&data)),
+        &data[..4096]
+    );
+}
+
+#[test]
+fn fill_racing_an_invalidation_is_discarded() {
+    /// Storage whose content changes (with an invalidation) while a fill is reading it.
+    struct Racy<'t> {
+        tier: &'t DeviceTier,
+        data: StdMutex<Vec<u8>>,
+    }
+    impl FillSource for Racy<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let n = slice_read(&self.data.lock().unwrap(), buf, offset)?;
+            self.data.lock().unwrap()[0] ^= 0xFF; // a host write lands after our read ...
+            self.tier
+                .invalidate_range(7, 0, 1, InvalidationCause::Write); // ... and invalidates
+            Ok(n)
+        }
+    }
+    let t = tier(2, true);
+    let src = Racy {
+        tier: &t,
+        data: StdMutex::new(pattern(4 * MIB, 10)),
+    };
+    let before = src.data.lock().unwrap().clone();
+    let got = read_vec(&t, 7, 4 * MIB, 0, 4096, &src);
+    assert_eq!(
+        got,
+        &before[..4096],
+        "the reader gets what storage had when it read"
+    );
+    let s = t.stats();
+    assert_eq!(s.device.discarded_fills, 1);
+    assert_eq!(
+        t.residency(7),
+        Residency::default(),
+        "the stale fill was not installed"
+    );
+    t.check_invariants();
+}
+
+#[test]
+fn concurrent_faults_of_one_extent_read_storage_once() {
+    struct Slow(VecSource);
+    impl FillSource for Slow {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.0.read_at(buf, offset)
+        }
+    }
+    let data = pattern(2 * MIB, 11);
+    let src = Slow(VecSource::new(data.clone()));
+    let t = tier(2, true);
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                barrier.wait();
+                assert!(read_vec(&t, 1, 2 * MIB, 0, 2 * MIB as usize, &src) == data);
+            });
+        }
+    });
+    assert_eq!(src.0.calls.load(O::Relaxed), 1);
+    let s = t.stats();
+    assert_eq!((s.device.misses, s.device.hits), (1, 7));
+    t.check_invariants();
+}
+
+#[test]
+fn prefetch_reports_and_counts_no_reads() {
+    let data = pattern(5 * MIB, 12);
+    let t = tier(4, true);
+    let src = SliceSource(&data);
+    let r = t.prefetch(1, 5 * MIB, 0, u64::MAX, &src).unwrap();
+    assert_eq!(
+        r,
+        PrefetchReport {
+            faulted_bytes: 5 * MIB,
+            already_resident_bytes: 0,
+            skipped_bytes: 0
+        }
+    );
+    let res = t.residency(1);
+    assert_eq!((res.huge_pages, res.base_pages), (2, 256));
+    let r = t.prefetch(1, 5 * MIB, MIB, MIB, &src).unwrap();
+    assert_eq!(r.already_resident_bytes, MIB);
+    assert_eq!(
+        t.prefetch(1, 5 * MIB, 5 * MIB, 10, &src).unwrap(),
+        PrefetchReport::default()
+    );
+    let s = t.stats();
+    assert_eq!((s.device.reads, s.device.hits, s.device.misses), (0, 0, 0));
+    t.audit(1, &data);
+    t.check_invariants();
+}
+
+#[test]
+fn stats_json_and_refused_writes() {
+    let t = tier(1, true);
+    t.count_refused_write();
+    t.count_refused_write();
+    let s = t.stats();
+    assert_eq!(s.device.refused_writes, 2);
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["device"]["huge_pages_enabled"], true);
+    assert_eq!(v["invalidations"]["unlink_rename"], 0);
+    assert!(s.device.metadata_bytes > 0);
+    let r = serde_json::to_string(&t.residency(3)).unwrap();
+    assert_eq!(r, r#"{"resident_bytes":0,"huge_pages":0,"base_pages":0}"#);
+}
+
+/// Metadata estimate per GiB resident (scaled from a 64 MiB arena).
+#[test]
+fn metadata_is_small_with_huge_pages() {
+    for huge in [true, false] {
+        let t = tier(32, huge);
+        let empty = t.metadata_bytes();
+        let data = pattern(64 * MIB, 13);
+        t.prefetch(1, 64 * MIB, 0, 64 * MIB, &SliceSource(&data))
+            .unwrap();
+        assert_eq!(t.stats().device.used_bytes, 64 * MIB);
+        let per_gib = t.metadata_bytes() * 16;
+        let per_gib_folios = (t.metadata_bytes() - empty) * 16;
+        eprintln!(
+            "huge_pages={huge}: metadata ~{per_gib} B per GiB resident ({per_gib_folios} B per GiB for folios)"
+        );
+        if huge {
+            assert!(per_gib < 1 << 20, "{per_gib}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference model (proptest).
+
+#[derive(Debug, Clone)]
+enum Op {
+    Read {
+        file: usize,
+        off: u64,
+        len: u64,
+    },
+    /// Continue where the previous read of the file ended (sequential detection).
+    ReadNext {
+        file: usize,
+        len: u64,
+    },
+    Write {
+        file: usize,
+        off: u64,
+        len: u64,
+        byte: u8,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    Prefetch {
+        file: usize,
+        off: u64,
+        len: u64,
+    },
+    Evict {
+        file: usize,
+    },
+}
+
+const FILES: usize = 3;
+
+fn offset() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..6 * MIB,
+        (0u64..12).prop_map(|i| i * MIB / 2),
+        (0u64..3, 0u64..3).prop_map(|(e, d)| (e * 2 * MIB + d * 4096).saturating_sub(1)),
+    ]
+}
+
+fn length() -> impl Strategy<Value = u64> {
+    prop_oneof![1u64..9000, 4096u64..(160 << 10), MIB..3 * MIB]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let f = 0..FILES;
+    prop_oneof![
+        4 => (f.clone(), offset(), length()).prop_map(|(file, off, len)| Op::Read { file, off, len }),
+        3 => (f.clone(), length()).prop_map(|(file, len)| Op::ReadNext { file, len }),
+        3 => (f.clone(), offset(), length(), any::<u8>()).prop_map(|(file, off, len, byte)| Op::Write { file, off, len: len.min(MIB), byte }),
+        1 => (f.clone(), 0u64..7 * MIB).prop_map(|(file, size)| Op::Truncate { file, size }),
+        1 => (f.clone(), offset(), length()).prop_map(|(file, off, len)| Op::Prefetch { file, off, len }),
+        1 => f.prop_map(|file| Op::Evict { file }),
+    ]
+}
+
+fn run_model(chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
+    let t = tier(chunks, huge);
+    let mut files: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| pattern(s, i as u8 * 50))
+        .collect();
+    let mut next = [0u64; FILES];
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Read { file, off, len } => {
+                let d = &files[file];
+                let got = read_vec(
+                    &t,
+                    file as u64,
+                    d.len() as u64,
+                    off,
+                    len as usize,
+                    &SliceSource(d),
+                );
+                let want = d
+                    .get(off as usize..(off as usize + len as usize).min(d.len()))
+                    .unwrap_or(&[]);
+                assert!(
+                    got == want,
+                    "step {step}: {op:?} returned stale or wrong bytes"
+                );
+                next[file] = off + got.len() as u64;
+            }
+            Op::ReadNext { file, len } => {
+                let d = &files[file];
+                let off = next[file];
+                let got = read_vec(
+                    &t,
+                    file as u64,
+                    d.len() as u64,
+                    off,
+                    len as usize,
+                    &SliceSource(d),
+                );
+                let want = d
+                    .get(off as usize..(off as usize + len as usize).min(d.len()))
+                    .unwrap_or(&[]);
+                assert!(
+                    got == want,
+                    "step {step}: {op:?} at {off} returned stale or wrong bytes"
+                );
+                next[file] = if got.is_empty() {
+                    0
+                } else {
+                    off + got.len() as u64
+                };
+            }
+            Op::Write {
+                file,
+                off,
+                len,
+                byte,
+            } => {
+                let d = &mut files[file];
+                let end = (off + len) as usize;
+                if d.len() < end {
+                    d.resize(end, 0);
+                }
+                d[off as usize..end].fill(byte);
+                t.invalidate_range(file as u64, off, len, InvalidationCause::Write);
+            }
+            Op::Truncate { file, size } => {
+                let old = files[file].len() as u64;
+                files[file].resize(size as usize, 0);
+                t.invalidate_range(
+                    file as u64,
+                    size.min(old),
+                    u64::MAX,
+                    InvalidationCause::Truncate,
+                );
+            }
+            Op::Prefetch { file, off, len } => {
+                let d = &files[file];
+                let r = t
+                    .prefetch(file as u64, d.len() as u64, off, len, &SliceSource(d))
+                    .unwrap();
+                let clipped = (off + len).min(d.len() as u64).saturating_sub(off);
+                assert_eq!(
+                    r.faulted_bytes + r.already_resident_bytes + r.skipped_bytes,
+                    clipped,
+                    "step {step}"
+                );
+            }
+            Op::Evict { file } => {
+                let before = t.residency(file as u64);
+                let n = t.invalidate_file(file as u64, InvalidationCause::Evict);
+                assert_eq!(n, before.huge_pages + before.base_pages);
+            }
+        }
+        // Invariants after every step.
+        let s = t.stats();
+        assert!(
+            s.device.used_bytes <= s.device.capacity_bytes,
+            "step {step}: capacity exceeded"
+        );
+        assert_eq!(s.device.hits + s.device.misses, s.diagnostics.lookups);
+        let (mut hp, mut bp) = (0, 0);
+        for (i, d) in files.iter().enumerate() {
+            t.audit(i as u64, d);
+            let r = t.residency(i as u64);
+            assert_eq!(
+                r.resident_bytes,
+                r.huge_pages * HUGE_PAGE_SIZE + r.base_pages * PAGE_SIZE
+            );
+            hp += r.huge_pages;
+            bp += r.base_pages;
+        }
+        assert_eq!(
+            (s.device.huge_pages, s.device.base_pages),
+            (hp, bp),
+            "step {step}"
+        );
+        assert_eq!(
+            s.device.used_bytes,
+            hp * HUGE_PAGE_SIZE + bp * PAGE_SIZE,
+            "step {step}"
+        );
+        if !huge {
+            assert_eq!(hp, 0);
+        }
+        t.check_invariants();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reference_model(
+        chunks in 2u64..=6,
+        huge in any::<bool>(),
+        sizes in proptest::array::uniform3(0u64..6 * MIB),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run_model(chunks, huge, sizes, &ops);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Multi-threaded freshness.
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Storage whose every page holds one version stamp (a u64 repeated).
+struct Versioned {
+    data: StdMutex<Vec<u8>>,
+}
+
+impl FillSource for Versioned {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        slice_read(&self.data.lock().unwrap(), buf, offset)
+    }
+}
+
+#[test]
+fn concurrent_readers_never_see_stale_pages() {
+    const SIZE: u64 = 6 * MIB;
+    const PAGES: usize = (SIZE / PAGE_SIZE) as usize;
+    let t = tier(3, true);
+    let stores: Vec<Versioned> = (0..2)
+        .map(|_| Versioned {
+            data: StdMutex::new(vec![0; SIZE as usize]),
+        })
+        .collect();
+    let committed: Vec<Vec<StdAtomicU64>> = (0..2)
+        .map(|_| (0..PAGES).map(|_| StdAtomicU64::new(0)).collect())
+        .collect();
+    let version = StdAtomicU64::new(1);
+    let stale = StdAtomicU64::new(0);
+    std::thread::scope(|s| {
+        for w in 0..2u64 {
+            let (t, stores, committed, version) = (&t, &stores, &committed, &version);
+            s.spawn(move || {
+                let mut rng = XorShift(0x9E37 + w);
+                for _ in 0..300 {
+                    let f = rng.below(2) as usize;
+                    let first = rng.below(PAGES as u64) as usize;
+                    let span = if rng.below(4) == 0 { 700 } else { 8 };
+                    let n = (1 + rng.below(span) as usize).min(PAGES - first);
+                    let v;
+                    {
+                        let mut d = stores[f].data.lock().unwrap();
+                        // Versions are drawn under the file's lock so storage order = version order.
+                        v = version.fetch_add(1, O::Relaxed);
+                        for chunk in d[first * 4096..(first + n) * 4096].chunks_exact_mut(8) {
+                            chunk.copy_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                    let cause = if rng.below(2) == 0 {
+                        InvalidationCause::Write
+                    } else {
+                        InvalidationCause::Fallocate
+                    };
+                    t.invalidate_range(
+                        f as u64,
+                        first as u64 * PAGE_SIZE,
+                        n as u64 * PAGE_SIZE,
+                        cause,
+                    );
+                    for c in &committed[f][first..first + n] {
+                        c.fetch_max(v, O::SeqCst);
+                    }
+                }
+            });
+        }
+        for r in 0..4u64 {
+            let (t, stores, committed, stale) = (&t, &stores, &committed, &stale);
+            s.spawn(move || {
+                let mut rng = XorShift(0xABCDEF + r);
+                let mut buf = vec![0u8; 3 * MIB as usize];
+                for i in 0..400 {
+                    let f = rng.below(2) as usize;
+                    let (off, len) = if i % 3 == 0 {
+                        (rng.below(3) * 2 * MIB, (MIB + rng.below(2 * MIB)) as usize)
+                    } else {
+                        (
+                            rng.below(PAGES as u64) * PAGE_SIZE,
+                            4096 * (1 + rng.below(4) as usize),
+                        )
+                    };
+                    let first = (off / PAGE_SIZE) as usize;
+                    let npages = (len.div_ceil(4096)).min(PAGES - first);
+                    let floor: Vec<u64> = committed[f][first..first + npages]
+                        .iter()
+                        .map(|c| c.load(O::SeqCst))
+                        .collect();
+                    let n = t
+                        .read(f as u64, SIZE, off, &mut buf[..len], &stores[f])
+                        .unwrap();
+                    for (p, page) in buf[..n].chunks(4096).enumerate() {
+                        let v = u64::from_le_bytes(page[..8].try_into().unwrap());
+                        let uniform = page.chunks_exact(8).all(|c| c == v.to_le_bytes());
+                        if !uniform || v < floor[p] {
+                            stale.fetch_add(1, O::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(stale.load(O::Relaxed), 0, "stale reads");
+    t.check_invariants();
+    for (f, st) in stores.iter().enumerate() {
+        t.audit(f as u64, &st.data.lock().unwrap());
+    }
+    let s = t.stats();
+    assert!(s.device.used_bytes <= s.device.capacity_bytes);
+    eprintln!("mt stats: {:?}", s);
+}
+
+#[test]
+fn device_tier_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DeviceTier>();
+}
