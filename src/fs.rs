@@ -308,11 +308,9 @@ impl Pagetier {
         if id == CONTROL_ID || id == STATS_ID {
             return;
         }
-        if let Some(gone) = self.inodes.forget(id, n) {
-            // The kernel no longer knows this file: its device pages could not
-            // be revalidated against a reused inode number, so drop them.
-            self.tier.invalidate_file(gone.id, InvalidationCause::Evict);
-        }
+        // Device pages outlive the kernel's reference: the table remembers
+        // what was seen of the file, and the next open revalidates it.
+        self.inodes.forget(id, n);
     }
 
     /// Attributes of `ino`.
@@ -1115,11 +1113,10 @@ impl Pagetier {
             return self.control_get(&inode, ctl);
         }
         let path = storage::proc_path(inode.fd.as_fd());
-        let len = rustix::fs::getxattr(path.as_c_str(), name, &mut [0u8; 0][..])?;
-        let mut buf = vec![0u8; len];
-        let n = rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..])?;
-        buf.truncate(n);
-        Ok(buf)
+        read_sized(
+            || rustix::fs::getxattr_query(path.as_c_str(), name),
+            |buf| rustix::fs::getxattr(path.as_c_str(), name, buf),
+        )
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -1128,11 +1125,10 @@ impl Pagetier {
         }
         let (inode, _) = self.backing(ino)?;
         let path = storage::proc_path(inode.fd.as_fd());
-        let len = rustix::fs::listxattr(path.as_c_str(), &mut [0u8; 0][..])?;
-        let mut buf = vec![0u8; len];
-        let n = rustix::fs::listxattr(path.as_c_str(), &mut buf[..])?;
-        buf.truncate(n);
-        Ok(buf)
+        read_sized(
+            || rustix::fs::listxattr_query(path.as_c_str()),
+            |buf| rustix::fs::listxattr(path.as_c_str(), buf),
+        )
     }
 
     pub fn setxattr(
@@ -1267,6 +1263,25 @@ impl Pagetier {
         doc["inodes"] = json!(self.inodes.live_count());
         doc["open_handles"] = json!(self.handles.lock().unwrap().len());
         doc
+    }
+}
+
+/// Reads a value whose size is asked first (xattrs), retrying while it
+/// grows between the two calls.
+fn read_sized(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    fetch: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> FsResult<Vec<u8>> {
+    loop {
+        let mut buf = vec![0u8; query()?];
+        match fetch(&mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

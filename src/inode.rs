@@ -14,7 +14,8 @@
 //! root is inode 2. Ids 1 and 2 are the virtual control directory and stats
 //! file; backing objects start at [`FIRST_BACKING_ID`].
 //!
-//! Lock order: the table's `RwLock` is a leaf; never call out while holding it.
+//! Lock order: the table's `RwLock`, then an inode's `seen` mutex (a leaf);
+//! never call out while holding either.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -109,6 +110,10 @@ impl Inode {
 #[derive(Default)]
 struct Inner {
     live: HashMap<InodeId, Arc<Inode>>,
+    /// What the mount last saw of files the kernel forgot: restored when they
+    /// come back, so that their device pages (kept across the forget) are
+    /// revalidated at the next open instead of trusted blindly.
+    forgotten: HashMap<InodeId, Fingerprint>,
     ids: HashMap<InodeKey, InodeId>,
     next: InodeId,
 }
@@ -185,13 +190,14 @@ impl InodeTable {
                 return inode.clone();
             }
         }
+        let seen = inner.forgotten.remove(&id);
         let inode = Arc::new(Inode {
             id,
             key,
             fmt,
             fd,
             nlookup: AtomicU64::new(1),
-            seen: Mutex::new(None),
+            seen: Mutex::new(seen),
             writes_in_flight: AtomicU64::new(0),
         });
         inner.live.insert(id, inode.clone());
@@ -209,7 +215,11 @@ impl InodeTable {
         let left = prev.saturating_sub(n);
         inode.nlookup.store(left, Ordering::Relaxed);
         if left == 0 {
-            inner.live.remove(&id)
+            let gone = inner.live.remove(&id)?;
+            if let Some(fp) = *gone.seen.lock().unwrap() {
+                inner.forgotten.insert(id, fp);
+            }
+            Some(gone)
         } else {
             None
         }
@@ -251,11 +261,24 @@ mod tests {
         assert_eq!(a.id, FIRST_BACKING_ID);
         let b = t.lookup_ref(key, libc::S_IFREG, fd());
         assert_eq!(a.id, b.id);
+        *a.seen.lock().unwrap() = Some(Fingerprint {
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+        });
         assert!(t.forget(a.id, 1).is_none());
         assert!(t.forget(a.id, 1).is_some());
         assert!(t.get(a.id).is_none());
+        let fp = Fingerprint {
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+        };
+        *a.seen.lock().unwrap() = Some(fp);
+        drop((a, b));
         let c = t.lookup_ref(key, libc::S_IFREG, fd());
-        assert_eq!(c.id, a.id, "re-lookup keeps the inode number");
+        assert_eq!(c.id, FIRST_BACKING_ID, "re-lookup keeps the inode number");
+        assert_eq!(*c.seen.lock().unwrap(), Some(fp), "and what was seen of it");
         assert_eq!(t.id_of(InodeKey { dev: 1, ino: 100 }), FIRST_BACKING_ID + 1);
     }
 
