@@ -234,7 +234,7 @@ fn assert_same_tree(mount_side: &Path, reference: &Path, with_times: bool) {
 
 #[test]
 fn create_write_read_round_trip() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let data = pattern(300_000, 7);
     fs::write(m.host("f"), &data).unwrap();
     assert_eq!(fs::read(m.backing("f")).unwrap(), data, "STORAGE content");
@@ -273,7 +273,7 @@ fn create_write_read_round_trip() {
 #[test]
 fn read_and_seek_files_from_storage() {
     let data = pattern(3 * MIB as usize + 17, 3);
-    let m = Mounted::with(&[], |s| fs::write(s.join("big"), &data).unwrap());
+    let m = mounted_with(&[], |s| fs::write(s.join("big"), &data).unwrap());
     let mut f = File::open(m.host("big")).unwrap();
     let mut all = Vec::new();
     f.read_to_end(&mut all).unwrap();
@@ -299,7 +299,7 @@ fn read_and_seek_files_from_storage() {
 
 #[test]
 fn writes_at_offsets_beyond_4g() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let f = File::create(m.host("sparse")).unwrap();
     let off = 5 * 1024 * MIB + 3;
     f.write_all_at(b"far away", off).unwrap();
@@ -317,7 +317,7 @@ fn writes_at_offsets_beyond_4g() {
 
 #[test]
 fn mmap_shared_write_reaches_storage() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("map"), vec![0u8; 65536]).unwrap();
     let f = OpenOptions::new()
         .read(true)
@@ -353,7 +353,7 @@ fn mmap_shared_write_reaches_storage() {
 
 #[test]
 fn fsync_fdatasync_and_directory_fsync() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let mut f = File::create(m.host("s")).unwrap();
     f.write_all(b"durable").unwrap();
     f.sync_data().expect("fdatasync through the mount");
@@ -368,7 +368,7 @@ fn fsync_fdatasync_and_directory_fsync() {
 
 #[test]
 fn concurrent_writers_and_readers() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::create_dir(m.host("c")).unwrap();
     fs::write(m.host("shared"), []).unwrap();
     std::thread::scope(|s| {
@@ -443,7 +443,7 @@ fn prepare_tree(s: &Path) {
 
 #[test]
 fn storage_tree_served_exactly() {
-    let m = Mounted::with(&[], prepare_tree);
+    let m = mounted_with(&[], prepare_tree);
     // Names, types, modes, owners, sizes, link counts, mtime/ctime to the
     // nanosecond, contents, symlink targets, hard-link groups; readdir(plus)
     // inode numbers agree with lookups; the control dir is hidden from the
@@ -459,7 +459,7 @@ fn storage_tree_served_exactly() {
 
 #[test]
 fn readdir_large_directory() {
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         fs::create_dir(s.join("many")).unwrap();
         for i in 0..2000 {
             File::create(s.join(format!("many/entry-with-a-long-name-{i:05}-padding"))).unwrap();
@@ -498,7 +498,7 @@ fn readdir_large_directory() {
 
 #[test]
 fn inode_numbers_stable_across_lookups_and_forgets() {
-    let m = Mounted::with(&[], prepare_tree);
+    let m = mounted_with(&[], prepare_tree);
     let paths = [
         "top",
         "a",
@@ -532,7 +532,7 @@ fn inode_numbers_stable_across_lookups_and_forgets() {
 
 #[test]
 fn external_changes_in_storage_become_visible() {
-    let m = Mounted::with(&[], |s| fs::write(s.join("ext"), b"one").unwrap());
+    let m = mounted_with(&[], |s| fs::write(s.join("ext"), b"one").unwrap());
     assert_eq!(fs::read(m.host("ext")).unwrap(), b"one");
     fs::write(m.backing("ext"), b"two, longer").unwrap();
     assert!(
@@ -559,7 +559,7 @@ fn external_changes_in_storage_become_visible() {
 
 #[test]
 fn errors_are_the_backing_errnos() {
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         fs::write(s.join("file"), b"x").unwrap();
         fs::create_dir(s.join("dir")).unwrap();
     });
@@ -616,7 +616,7 @@ fn errors_are_the_backing_errnos() {
 
 #[test]
 fn chmod_passes_through() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("f"), b"x").unwrap();
     fs::create_dir(m.host("d")).unwrap();
     for mode in [0o640, 0o4755, 0o2711, 0o1777, 0o000, 0o644] {
@@ -635,7 +635,7 @@ fn chmod_passes_through() {
 
 #[test]
 fn chown_passes_through() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("f"), b"x").unwrap();
     std::os::unix::fs::chown(m.host("f"), Some(65534), Some(65533)).unwrap();
     let b = lstat(&m.backing("f"));
@@ -663,7 +663,7 @@ fn chown_passes_through() {
 
 #[test]
 fn truncate_shrinks_and_extends() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let data = pattern(10_000, 9);
     fs::write(m.host("t"), &data).unwrap();
     // truncate(2) by path.
@@ -693,7 +693,7 @@ fn truncate_shrinks_and_extends() {
 
 #[test]
 fn utimens_explicit_omit_and_now() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("u"), b"x").unwrap();
     let t = Timestamps {
         last_access: ts(1_000_000_000, 123_456_789),
@@ -717,7 +717,7 @@ fn utimens_explicit_omit_and_now() {
 
     // UTIME_OMIT for atime, a new mtime.
     let t = Timestamps {
-        last_access: ts(0, UTIME_OMIT as i64),
+        last_access: ts(0, UTIME_OMIT),
         last_modification: ts(1_200_000_000, 5),
     };
     rustix::fs::utimensat(CWD, m.host("u"), &t, AtFlags::empty()).unwrap();
@@ -733,8 +733,8 @@ fn utimens_explicit_omit_and_now() {
     let before = now_secs();
     let f = File::open(m.host("u")).unwrap();
     let t = Timestamps {
-        last_access: ts(0, UTIME_NOW as i64),
-        last_modification: ts(0, UTIME_OMIT as i64),
+        last_access: ts(0, UTIME_NOW),
+        last_modification: ts(0, UTIME_OMIT),
     };
     rustix::fs::futimens(&f, &t).unwrap();
     let after = now_secs();
@@ -751,8 +751,8 @@ fn utimens_explicit_omit_and_now() {
     );
     // Both NOW (utimes(path, NULL)).
     let t = Timestamps {
-        last_access: ts(0, UTIME_NOW as i64),
-        last_modification: ts(0, UTIME_NOW as i64),
+        last_access: ts(0, UTIME_NOW),
+        last_modification: ts(0, UTIME_NOW),
     };
     rustix::fs::utimensat(CWD, m.host("u"), &t, AtFlags::empty()).unwrap();
     let b = lstat(&m.backing("u"));
@@ -761,7 +761,7 @@ fn utimens_explicit_omit_and_now() {
 
 #[test]
 fn writes_update_mtime_coherently() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("w"), b"x").unwrap();
     let old = ts(1_000_000_000, 0);
     let t = Timestamps {
@@ -795,7 +795,7 @@ fn writes_update_mtime_coherently() {
 
 #[test]
 fn mkdir_and_rmdir() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let mask = umask();
     fs::DirBuilder::new()
         .mode(0o750)
@@ -842,7 +842,7 @@ fn mkdir_and_rmdir() {
 
 #[test]
 fn unlink_and_open_unlinked_file() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("u"), b"still here").unwrap();
     fs::create_dir(m.host("d")).unwrap();
     let f = OpenOptions::new()
@@ -886,7 +886,7 @@ fn unlink_and_open_unlinked_file() {
 
 #[test]
 fn rename_moves_and_replaces() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("a"), b"AAA").unwrap();
     fs::write(m.host("c"), b"CCC").unwrap();
     let ino_a = lstat(&m.host("a")).ino();
@@ -949,7 +949,7 @@ fn rename_moves_and_replaces() {
 
 #[test]
 fn rename_noreplace() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("a"), b"A").unwrap();
     fs::write(m.host("b"), b"B").unwrap();
     let r = rustix::fs::renameat_with(CWD, m.host("a"), CWD, m.host("b"), RenameFlags::NOREPLACE);
@@ -968,7 +968,7 @@ fn rename_noreplace() {
 
 #[test]
 fn rename_exchange() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("a"), b"A").unwrap();
     fs::write(m.host("b"), b"BB").unwrap();
     let (ia, ib) = (lstat(&m.host("a")).ino(), lstat(&m.host("b")).ino());
@@ -1005,7 +1005,7 @@ fn rename_exchange() {
 
 #[test]
 fn open_handles_follow_renames() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::create_dir(m.host("dir")).unwrap();
     fs::write(m.host("dir/f"), b"0123456789").unwrap();
     let f = OpenOptions::new()
@@ -1041,7 +1041,7 @@ fn open_handles_follow_renames() {
 
 #[test]
 fn hard_links_share_one_inode() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("a"), b"data").unwrap();
     fs::hard_link(m.host("a"), m.host("b")).unwrap();
     let (ha, hb) = (lstat(&m.host("a")), lstat(&m.host("b")));
@@ -1090,7 +1090,7 @@ fn hard_links_share_one_inode() {
 
 #[test]
 fn hard_links_already_in_storage_are_one_inode() {
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         fs::create_dir(s.join("d")).unwrap();
         fs::write(s.join("x"), b"shared").unwrap();
         fs::hard_link(s.join("x"), s.join("y")).unwrap();
@@ -1127,7 +1127,7 @@ fn hard_links_already_in_storage_are_one_inode() {
 
 #[test]
 fn symlink_and_readlink() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     symlink("target/x", m.host("rel")).unwrap();
     let long = format!("/{}", "p/".repeat(150));
     symlink(&long, m.host("abs")).unwrap();
@@ -1165,7 +1165,7 @@ fn storage_symlink_pointing_outside_is_not_followed_by_the_daemon() {
     fs::write(outside.path().join("secret"), b"keep").unwrap();
     let out_md = lstat(outside.path());
     let out_path = outside.path().to_path_buf();
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         symlink(&out_path, s.join("link")).unwrap();
         symlink(out_path.join("secret"), s.join("flink")).unwrap();
     });
@@ -1257,7 +1257,7 @@ fn storage_symlink_pointing_outside_is_not_followed_by_the_daemon() {
 
 #[test]
 fn mknod_fifo_and_socket() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let mask = umask();
     rustix::fs::mknodat(CWD, m.host("p"), FileType::Fifo, Mode::from(0o640), 0).unwrap();
     let b = lstat(&m.backing("p"));
@@ -1295,7 +1295,7 @@ fn mknod_fifo_and_socket() {
 
 #[test]
 fn mknod_char_device_as_root() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let dev = rustix::fs::makedev(1, 3);
     rustix::fs::mknodat(
         CWD,
@@ -1318,7 +1318,7 @@ fn mknod_char_device_as_root() {
 
 #[test]
 fn o_tmpfile_works_or_is_not_supported() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::create_dir(m.host("d")).unwrap();
     match rustix::fs::open(
         m.host("d"),
@@ -1355,7 +1355,7 @@ fn o_tmpfile_works_or_is_not_supported() {
 
 #[test]
 fn statfs_matches_storage() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let h = rustix::fs::statvfs(&m.mnt).expect("statvfs via mount");
     let b = rustix::fs::statvfs(&m.storage).unwrap();
     assert_eq!(
@@ -1377,7 +1377,7 @@ fn statfs_matches_storage() {
 
 #[test]
 fn xattrs_pass_through() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     fs::write(m.host("f"), b"x").unwrap();
     fs::create_dir(m.host("d")).unwrap();
     let f = m.host("f");
@@ -1475,7 +1475,7 @@ fn xattrs_pass_through() {
 #[test]
 fn access_checks() {
     use rustix::fs::Access;
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         fs::write(s.join("plain"), b"x").unwrap();
         fs::write(s.join("exe"), b"#!/bin/sh\n").unwrap();
         chmod(&s.join("plain"), 0o644);
@@ -1502,7 +1502,7 @@ fn access_checks() {
 
 #[test]
 fn fallocate_allocates() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let f = File::create(m.host("fa")).unwrap();
     rustix::fs::fallocate(&f, FallocateFlags::empty(), 0, MIB).expect("fallocate mode 0");
     let b = lstat(&m.backing("fa"));
@@ -1525,7 +1525,7 @@ fn fallocate_allocates() {
 
 #[test]
 fn fallocate_punch_hole() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1563,7 +1563,7 @@ fn fallocate_punch_hole() {
 
 #[test]
 fn fallocate_zero_range() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1588,7 +1588,10 @@ fn fallocate_zero_range() {
     assert_eq!(f.metadata().unwrap().len(), 262144 + 65536);
 }
 
-fn seek_answers(path: &Path, offsets: &[u64]) -> Vec<(u64, Result<u64, i32>, Result<u64, i32>)> {
+/// (offset, SEEK_DATA answer, SEEK_HOLE answer) for each offset.
+type SeekAnswers = Vec<(u64, Result<u64, i32>, Result<u64, i32>)>;
+
+fn seek_answers(path: &Path, offsets: &[u64]) -> SeekAnswers {
     let f = File::open(path).unwrap();
     offsets
         .iter()
@@ -1604,7 +1607,7 @@ fn seek_answers(path: &Path, offsets: &[u64]) -> Vec<(u64, Result<u64, i32>, Res
 
 #[test]
 fn lseek_data_and_hole() {
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         let f = File::create(s.join("sparse")).unwrap();
         f.write_all_at(&[0x11; 4096], 0).unwrap();
         f.write_all_at(&[0x22; 4096], MIB).unwrap();
@@ -1647,7 +1650,7 @@ fn lseek_data_and_hole() {
 
 #[test]
 fn copy_file_range_copies() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let data = pattern(MIB as usize + 123, 4);
     fs::write(m.host("src"), &data).unwrap();
     let src = File::open(m.host("src")).unwrap();
@@ -1691,7 +1694,7 @@ fn copy_file_range_copies() {
 
 #[test]
 fn created_files_belong_to_the_caller() {
-    let m = Mounted::with(&["--allow-other"], |s| {
+    let m = mounted_with(&["--allow-other"], |s| {
         fs::create_dir(s.join("pub")).unwrap();
         chmod(&s.join("pub"), 0o777);
     });
@@ -1725,7 +1728,7 @@ fn created_files_belong_to_the_caller() {
 
 #[test]
 fn setgid_directory_passes_its_group_on() {
-    let m = Mounted::with(&[], |s| {
+    let m = mounted_with(&[], |s| {
         fs::create_dir(s.join("sg")).unwrap();
         std::os::unix::fs::chown(s.join("sg"), None, Some(4242)).unwrap();
         chmod(&s.join("sg"), 0o2777);
@@ -1744,7 +1747,7 @@ fn setgid_directory_passes_its_group_on() {
 
 #[test]
 fn permissions_enforced_for_other_users() {
-    let m = Mounted::with(&["--allow-other"], |s| {
+    let m = mounted_with(&["--allow-other"], |s| {
         fs::write(s.join("rootfile"), b"orig").unwrap();
         chmod(&s.join("rootfile"), 0o644);
         fs::write(s.join("private"), b"secret").unwrap();
@@ -1794,7 +1797,7 @@ fn permissions_enforced_for_other_users() {
 
 #[test]
 fn read_only_refuses_every_modification() {
-    let m = Mounted::with(&["--read-only"], |s| {
+    let m = mounted_with(&["--read-only"], |s| {
         fs::write(s.join("f"), b"ro").unwrap();
         fs::create_dir(s.join("d")).unwrap();
     });
@@ -1990,7 +1993,7 @@ fn xattrs_of_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
 #[test]
 fn differential_against_plain_dir() {
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let reference = tempfile::Builder::new()
         .prefix("pagetier-ref-")
         .tempdir()
@@ -2052,17 +2055,16 @@ fn differential_against_plain_dir() {
 
 #[test]
 fn fio_write_verify() {
-    let m = Mounted::new();
+    let m = util::Guarded::new(Mounted::new());
     let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fio/write-verify.fio");
     let mut cmd = Command::new("fio");
-    let files: Vec<&str>;
-    if job.exists() {
+    let files: Vec<&str> = if job.exists() {
         // The fixture's variables; its files are DIR/write-verify.<job>.0.
         cmd.arg(&job)
             .env("DIR", &m.mnt)
             .env("SIZE", "8M")
             .env("JOBS", "2");
-        files = vec!["write-verify.0.0", "write-verify.1.0"];
+        vec!["write-verify.0.0", "write-verify.1.0"]
     } else {
         cmd.args([
             "--name=wv",
@@ -2075,10 +2077,10 @@ fn fio_write_verify() {
             "--ioengine=psync",
         ])
         .arg(format!("--directory={}", m.mnt.display()));
-        files = vec!["wv.0.0"];
-    }
+        vec!["wv.0.0"]
+    };
     cmd.current_dir(m.dir.path());
-    let out = util::run_deadline(&mut cmd, Duration::from_secs(300));
+    let out = util::run_deadline(&mut cmd, Duration::from_secs(200));
     assert_eq!(out.code(), 0, "fio failed:\n{}\n{}", out.stdout, out.stderr);
     for f in files {
         let b = fs::read(m.backing(f)).unwrap_or_else(|e| panic!("{f} in STORAGE: {e}"));
@@ -2089,4 +2091,10 @@ fn fio_write_verify() {
             "{f}: mount vs STORAGE content"
         );
     }
+}
+
+/// `Mounted::with` under a watchdog, so that a daemon that stops answering
+/// fails the test instead of hanging it.
+fn mounted_with(opts: &[&str], prepare: impl FnOnce(&Path)) -> util::Guarded {
+    util::Guarded::new(Mounted::with(opts, prepare))
 }

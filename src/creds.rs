@@ -84,3 +84,53 @@ impl Drop for CredGuard {
         }
     }
 }
+
+/// Applies the caller's umask to creations on this thread.
+///
+/// Under `FUSE_DONT_MASK` the kernel leaves the umask to us, so that the
+/// backing filesystem can let a parent's default ACL take precedence over
+/// it, exactly as for a local caller. Invariant: the umask is per *thread*
+/// (the worker thread unshares its fs struct once, on first use) and is
+/// reset to 0 when the guard drops. If the thread cannot get a private fs
+/// struct, nothing is changed and [`UmaskGuard::fallback_mask`] tells the
+/// caller to apply the mask to the mode itself.
+#[must_use]
+pub struct UmaskGuard {
+    active: bool,
+}
+
+impl UmaskGuard {
+    pub fn set(mask: u32) -> UmaskGuard {
+        thread_local! {
+            static OWN_FS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+        }
+        let own = OWN_FS.with(|own| {
+            *own.get().get_or_insert_with(|| {
+                // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd,
+                // root and umask from the other threads; no memory is touched.
+                let ok = unsafe { libc::unshare(libc::CLONE_FS) } == 0;
+                own.set(Some(ok));
+                ok
+            })
+        });
+        if own {
+            // SAFETY: umask only sets this thread's (now private) file mode mask.
+            unsafe { libc::umask((mask & 0o777) as libc::mode_t) };
+        }
+        UmaskGuard { active: own }
+    }
+
+    /// The mask the caller must apply to the mode itself (0 if applied here).
+    pub fn fallback_mask(&self, mask: u32) -> u32 {
+        if self.active { 0 } else { mask & 0o777 }
+    }
+}
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        if self.active {
+            // SAFETY: restores this thread's private umask to 0.
+            unsafe { libc::umask(0) };
+        }
+    }
+}

@@ -331,8 +331,42 @@ impl Pagetier {
         set: SetAttr,
     ) -> FsResult<Attr> {
         let (inode, view) = self.writable(ino)?;
+        self.changing(&inode, || self.apply_setattr(caller, &inode, fh, set))?;
+        self.attr_of(&inode, view)
+    }
+
+    fn apply_setattr(
+        &self,
+        caller: Caller,
+        inode: &Inode,
+        fh: Option<u64>,
+        set: SetAttr,
+    ) -> FsResult<()> {
+        if set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none()
+        {
+            // chown(f, -1, -1) and friends: the kernel sends an empty setattr
+            // for a change that only marks ctime; let the backing fs mark it.
+            let _as = become_caller(caller);
+            rustix::fs::chownat(&inode.fd, "", None, None, AtFlags::EMPTY_PATH)?;
+            return Ok(());
+        }
+        self.apply_setattr_fields(caller, inode, fh, set)
+    }
+
+    fn apply_setattr_fields(
+        &self,
+        caller: Caller,
+        inode: &Inode,
+        fh: Option<u64>,
+        set: SetAttr,
+    ) -> FsResult<()> {
         if let Some(mode) = set.mode {
-            self.chmod(caller, &inode, mode)?;
+            self.chmod(caller, inode, mode)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             let _as = become_caller(caller);
@@ -368,7 +402,6 @@ impl Pagetier {
             let from = old.min(size) & !4095;
             self.tier
                 .invalidate_range(inode.id, from, u64::MAX, InvalidationCause::Truncate);
-            self.note_changed_by_us(&inode);
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {
@@ -379,7 +412,7 @@ impl Pagetier {
             let _as = become_caller(caller);
             rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
         }
-        self.attr_of(&inode, view)
+        Ok(())
     }
 
     fn chmod(&self, caller: Caller, inode: &Inode, mode: u32) -> FsResult<()> {
@@ -404,6 +437,25 @@ impl Pagetier {
             }
             r => Ok(r?),
         }
+    }
+
+    /// Runs `change`, a modification of `inode` made through the mount.
+    /// Before it, a change made behind the mount's back since the mount last
+    /// looked drops the whole file's device pages; while it runs the watcher
+    /// leaves the file alone; after it, what the mount saw is updated so that
+    /// the change is not mistaken for an external one. The caller
+    /// invalidates exactly the device pages its change covers.
+    fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        if !inode.is_reg() {
+            return change();
+        }
+        let _in_flight = InFlight::enter(inode);
+        if let Ok(st) = storage::stat(&inode.fd) {
+            self.revalidate(inode, &st);
+        }
+        let res = change();
+        self.note_changed_by_us(inode);
+        res
     }
 
     /// Remembers the backing file's state after a change made through the
@@ -469,11 +521,14 @@ impl Pagetier {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
         {
             let _as = become_caller(caller);
+            let um = crate::creds::UmaskGuard::set(umask);
+            let mode = mode & !um.fallback_mask(umask);
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(
                 &dir.fd,
@@ -486,10 +541,19 @@ impl Pagetier {
         self.created(&dir, view, name)
     }
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
         {
             let _as = become_caller(caller);
+            let um = crate::creds::UmaskGuard::set(umask);
+            let mode = mode & !um.fallback_mask(umask);
             rustix::fs::mkdirat(&dir.fd, name, Mode::from_bits_truncate(mode & 0o7777))?;
         }
         self.created(&dir, view, name)
@@ -519,17 +583,17 @@ impl Pagetier {
     ) -> FsResult<Attr> {
         let (inode, _) = self.writable(ino)?;
         let (dir, view) = self.dir_for_create(newparent, newname)?;
-        {
+        self.changing(&inode, || {
             let path = storage::proc_path(inode.fd.as_fd());
             let _as = become_caller(caller);
-            rustix::fs::linkat(
+            Ok(rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_c_str(),
                 &dir.fd,
                 newname,
                 AtFlags::SYMLINK_FOLLOW,
-            )?;
-        }
+            )?)
+        })?;
         self.created(&dir, view, newname)
     }
 
@@ -540,13 +604,17 @@ impl Pagetier {
         Some((id, st.st_nlink, storage::fmt_of(&st) == libc::S_IFREG))
     }
 
-    /// A regular file whose last name went away loses its device pages.
+    /// A regular file whose last name went away loses its device pages; one
+    /// that keeps other names only changed its link count and ctime.
     fn drop_if_last_link(&self, victim: Option<(InodeId, u64, bool)>) {
-        if let Some((id, nlink, true)) = victim
-            && nlink <= 1
-        {
+        let Some((id, nlink, true)) = victim else {
+            return;
+        };
+        if nlink <= 1 {
             self.tier
                 .invalidate_file(id, InvalidationCause::UnlinkRename);
+        } else if let Some(inode) = self.inodes.get(id) {
+            self.note_changed_by_us(&inode);
         }
     }
 
@@ -586,11 +654,15 @@ impl Pagetier {
         } else {
             self.child_id(&to, newname)
         };
+        let moved = self.child_id(&from, name);
         {
             let _as = become_caller(caller);
             rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
         }
         self.drop_if_last_link(victim);
+        if let Some(inode) = moved.and_then(|(id, _, _)| self.inodes.get(id)) {
+            self.note_changed_by_us(&inode);
+        }
         Ok(())
     }
 
@@ -702,6 +774,7 @@ impl Pagetier {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, u64, OpenOut)> {
         let (dir, view) = self.dir_for_create(parent, name)?;
@@ -716,6 +789,8 @@ impl Pagetier {
             };
         let file = {
             let _as = become_caller(caller);
+            let um = crate::creds::UmaskGuard::set(umask);
+            let mode = mode & !um.fallback_mask(umask);
             rustix::fs::openat(
                 &dir.fd,
                 name,
@@ -822,22 +897,20 @@ impl Pagetier {
         }
         storage::check_offset(offset)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-        let _in_flight = InFlight::enter(inode);
-        // A change behind the mount's back since we last looked invalidates
-        // the whole file; our own write then invalidates just its range.
-        self.revalidate(inode, &storage::stat(file)?);
-        let n = storage::pwrite_full(file.as_fd(), data, offset)?;
-        // STORAGE has the bytes: now drop the device copies they replace.
-        let from = if *append {
-            let size = storage::stat(file)?.st_size as u64;
-            offset.min(size.saturating_sub(n as u64))
-        } else {
-            offset
-        };
-        let len = if *append { u64::MAX } else { n as u64 };
-        self.tier
-            .invalidate_range(inode.id, from, len, InvalidationCause::Write);
-        self.note_changed_by_us(inode);
+        let n = self.changing(inode, || {
+            let n = storage::pwrite_full(file.as_fd(), data, offset)?;
+            // STORAGE has the bytes: now drop the device copies they replace.
+            let from = if *append {
+                let size = storage::stat(file)?.st_size as u64;
+                offset.min(size.saturating_sub(n as u64))
+            } else {
+                offset
+            };
+            let len = if *append { u64::MAX } else { n as u64 };
+            self.tier
+                .invalidate_range(inode.id, from, len, InvalidationCause::Write);
+            Ok(n)
+        })?;
         self.host.writes.fetch_add(1, Ordering::Relaxed);
         self.host.write_bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n as u32)
@@ -879,20 +952,21 @@ impl Pagetier {
         storage::check_offset(offset)?;
         storage::check_offset(len)?;
         let flags = rustix::fs::FallocateFlags::from_bits(mode as u32).ok_or(Errno::ENOTSUP)?;
-        rustix::fs::fallocate(file, flags, offset, len)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-        let changes_data = libc::FALLOC_FL_PUNCH_HOLE
-            | libc::FALLOC_FL_ZERO_RANGE
-            | libc::FALLOC_FL_COLLAPSE_RANGE
-            | libc::FALLOC_FL_INSERT_RANGE;
-        let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
-        if mode & changes_data != 0 {
-            let span = if mode & shifts != 0 { u64::MAX } else { len };
-            self.tier
-                .invalidate_range(inode.id, offset, span, InvalidationCause::Fallocate);
-        }
-        self.note_changed_by_us(inode);
-        Ok(())
+        self.changing(inode, || {
+            rustix::fs::fallocate(file, flags, offset, len)?;
+            let changes_data = libc::FALLOC_FL_PUNCH_HOLE
+                | libc::FALLOC_FL_ZERO_RANGE
+                | libc::FALLOC_FL_COLLAPSE_RANGE
+                | libc::FALLOC_FL_INSERT_RANGE;
+            let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
+            if mode & changes_data != 0 {
+                let span = if mode & shifts != 0 { u64::MAX } else { len };
+                self.tier
+                    .invalidate_range(inode.id, offset, span, InvalidationCause::Fallocate);
+            }
+            Ok(())
+        })
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
@@ -944,11 +1018,13 @@ impl Pagetier {
         let mut oin = offset_in;
         let mut oout = offset_out;
         let len = len.min(u32::MAX as u64 & !4095) as usize;
-        let n = rustix::fs::copy_file_range(fin, Some(&mut oin), fout, Some(&mut oout), len)?;
         let inode = hout.inode.as_ref().ok_or(Errno::EBADF)?;
-        self.tier
-            .invalidate_range(inode.id, offset_out, n as u64, InvalidationCause::Copy);
-        self.note_changed_by_us(inode);
+        let n = self.changing(inode, || {
+            let n = rustix::fs::copy_file_range(fin, Some(&mut oin), fout, Some(&mut oout), len)?;
+            self.tier
+                .invalidate_range(inode.id, offset_out, n as u64, InvalidationCause::Copy);
+            Ok(n)
+        })?;
         Ok(n as u32)
     }
 
@@ -1119,16 +1195,27 @@ impl Pagetier {
         )
     }
 
-    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+    pub fn listxattr(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
         if Self::is_control(ino) {
             return Ok(Vec::new());
         }
         let (inode, _) = self.backing(ino)?;
         let path = storage::proc_path(inode.fd.as_fd());
-        read_sized(
+        let mut names = read_sized(
             || rustix::fs::listxattr_query(path.as_c_str()),
             |buf| rustix::fs::listxattr(path.as_c_str(), buf),
-        )
+        )?;
+        if caller.uid != 0 {
+            // The daemon lists with CAP_SYS_ADMIN: hide trusted.* as the
+            // backing filesystem does from an unprivileged caller.
+            names = names
+                .split_inclusive(|&b| b == 0)
+                .filter(|n| !n.starts_with(b"trusted."))
+                .flatten()
+                .copied()
+                .collect();
+        }
+        Ok(names)
     }
 
     pub fn setxattr(
@@ -1148,9 +1235,10 @@ impl Pagetier {
         }
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
         let path = storage::proc_path(inode.fd.as_fd());
-        let _as = become_caller(caller);
-        rustix::fs::setxattr(path.as_c_str(), name, value, flags)?;
-        Ok(())
+        self.changing(&inode, || {
+            let _as = become_caller(caller);
+            Ok(rustix::fs::setxattr(path.as_c_str(), name, value, flags)?)
+        })
     }
 
     pub fn removexattr(&self, caller: Caller, ino: u64, name: &OsStr) -> FsResult<()> {
@@ -1162,9 +1250,10 @@ impl Pagetier {
             return Err(self.refuse(view));
         }
         let path = storage::proc_path(inode.fd.as_fd());
-        let _as = become_caller(caller);
-        rustix::fs::removexattr(path.as_c_str(), name)?;
-        Ok(())
+        self.changing(&inode, || {
+            let _as = become_caller(caller);
+            Ok(rustix::fs::removexattr(path.as_c_str(), name)?)
+        })
     }
 
     pub fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {

@@ -90,9 +90,20 @@ fn fopen(o: OpenOut) -> FopenFlags {
     f
 }
 
+/// How long the kernel may cache an entry or attributes of `ino`. Device
+/// view: not at all, so that a host-view unlink, rename or write is seen by
+/// the very next device-view lookup and stat (the device view has no writer
+/// of its own that would keep the kernel informed).
+fn ttl(ino: u64) -> Duration {
+    match crate::inode::decode(ino) {
+        Some((_, crate::inode::View::Device)) => Duration::ZERO,
+        _ => TTL,
+    }
+}
+
 fn reply_entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl(a.ino), &fattr(&a), Generation(0)),
         Err(e) => reply.error(err(e)),
     }
 }
@@ -132,6 +143,8 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_EXPORT_SUPPORT,
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 debug!(?missing, "kernel lacks capability");
@@ -152,7 +165,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&ttl(a.ino), &fattr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -185,7 +198,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
         };
         match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), set) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&ttl(a.ino), &fattr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -203,14 +216,15 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
         reply_entry(
             reply,
-            self.fs.mknod(caller(req), parent.0, name, mode, rdev),
+            self.fs
+                .mknod(caller(req), parent.0, name, mode, umask, rdev),
         );
     }
 
@@ -220,11 +234,14 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _s = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
-        reply_entry(reply, self.fs.mkdir(caller(req), parent.0, name, mode));
+        reply_entry(
+            reply,
+            self.fs.mkdir(caller(req), parent.0, name, mode, umask),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -540,8 +557,8 @@ impl Filesystem for FuseAdapter {
         reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.listxattr(ino.0));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.listxattr(caller(req), ino.0));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -558,15 +575,22 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
-        match self.fs.create(caller(req), parent.0, name, mode, flags) {
-            Ok((a, fh, out)) => {
-                reply.created(&TTL, &fattr(&a), Generation(0), FileHandle(fh), fopen(out))
-            }
+        match self
+            .fs
+            .create(caller(req), parent.0, name, mode, umask, flags)
+        {
+            Ok((a, fh, out)) => reply.created(
+                &ttl(a.ino),
+                &fattr(&a),
+                Generation(0),
+                FileHandle(fh),
+                fopen(out),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }

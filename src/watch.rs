@@ -1,7 +1,8 @@
 //! Watching STORAGE for changes made behind the mount's back.
 //!
 //! An inotify watch on every directory of STORAGE reports changes that other
-//! processes make to backing files. For a file the mount knows (live inode)
+//! processes make to backing files' data (metadata-only changes are caught
+//! by the open-time revalidation). For a file the mount knows (live inode)
 //! whose fingerprint differs from what the mount last saw, the watcher drops
 //! its device pages and the kernel's cached host-view data; for entry
 //! changes it drops the kernel's cached dentries. Invariant: the watcher
@@ -33,7 +34,6 @@ pub struct Watcher {
 
 const MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::CLOSE_WRITE)
-    .union(WatchMask::ATTRIB)
     .union(WatchMask::CREATE)
     .union(WatchMask::DELETE)
     .union(WatchMask::MOVED_FROM)

@@ -135,6 +135,7 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
+        let found = find_daemon_pids(&self.mnt);
         force_unmount(&self.mnt);
         if let Some(mut c) = self.child.take() {
             if !wait_until(Duration::from_secs(10), || {
@@ -144,8 +145,14 @@ impl Drop for MountGuard {
             }
             let _ = c.wait();
         }
-        if let Some(pid) = self.pid {
-            if !wait_until(Duration::from_secs(10), || !pid_alive(pid)) {
+        // Also daemons the test never learnt the pid of (it failed first).
+        let mut pids = found;
+        pids.extend(find_daemon_pids(&self.mnt));
+        pids.extend(self.pid);
+        if !wait_until(Duration::from_secs(10), || {
+            pids.iter().all(|&p| !pid_alive(p))
+        }) {
+            for &pid in &pids {
                 if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
                     let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
                 }
@@ -226,19 +233,104 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The pid of a running `pagetier` whose command line names `mnt` (for
-/// daemons the test did not spawn directly: `--daemon`, mount helpers).
-pub fn find_daemon_pid(mnt: &Path) -> Option<u32> {
+/// The pids of running `pagetier` processes whose command line names `mnt`
+/// (for daemons the test did not spawn directly: `--daemon`, mount helpers).
+pub fn find_daemon_pids(mnt: &Path) -> Vec<u32> {
     let want = mnt.as_os_str().as_encoded_bytes();
     let me = std::process::id();
-    fs::read_dir("/proc").ok()?.find_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        if pid == me || !pid_alive(pid) {
-            return None;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            if pid == me || !pid_alive(pid) {
+                return None;
+            }
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_pagetier = args.first().is_some_and(|a0| a0.ends_with(b"pagetier"));
+            (is_pagetier && args.contains(&want)).then_some(pid)
+        })
+        .collect()
+}
+
+/// The first of [`find_daemon_pids`].
+pub fn find_daemon_pid(mnt: &Path) -> Option<u32> {
+    find_daemon_pids(mnt).first().copied()
+}
+
+/// Fails a test instead of letting it hang on a daemon that stopped
+/// answering: if still armed after `limit`, it force-unmounts `mnt`
+/// (`umount -f` aborts the FUSE connection, so every blocked syscall returns
+/// ENOTCONN and the test fails with that). Disarmed on drop.
+pub struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn arm(mnt: &Path, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mnt = mnt.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "watchdog: test still blocked after {limit:?}; aborting the FUSE \
+                     connection of {} (umount -f)",
+                    mnt.display()
+                );
+                let _ = Command::new("umount")
+                    .arg("-f")
+                    .arg(&mnt)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        });
+        Watchdog {
+            disarm: Some(tx),
+            thread: Some(thread),
         }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_pagetier = args.first().is_some_and(|a0| a0.ends_with(b"pagetier"));
-        (is_pagetier && args.contains(&want)).then_some(pid)
-    })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A harness mount with a [`Watchdog`] (field order: the watchdog is
+/// disarmed before the mount is torn down).
+pub struct Guarded {
+    _watchdog: Watchdog,
+    pub m: crate::common::Mounted,
+}
+
+/// How long one mount test may run before the watchdog aborts its mount.
+pub const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+impl Guarded {
+    pub fn new(m: crate::common::Mounted) -> Self {
+        Guarded {
+            _watchdog: Watchdog::arm(&m.mnt, TEST_LIMIT),
+            m,
+        }
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = crate::common::Mounted;
+    fn deref(&self) -> &Self::Target {
+        &self.m
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.m
+    }
 }
