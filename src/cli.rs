@@ -108,6 +108,12 @@ pub struct MountArgs {
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
+    /// Device tier eviction/admission policy (see README).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Record device-view page accesses to FILE (CSV: file_id,offset,len).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// Everything a mount needs, after merging flags and `-o` options.
@@ -121,6 +127,8 @@ pub struct MountSettings {
     pub huge_pages: bool,
     pub control_dir: String,
     pub clear_stale: bool,
+    /// Eviction/admission policy name (None: the tier's default).
+    pub policy: Option<String>,
     /// Generic mount flags passed to the kernel (nosuid, nodev, ...).
     pub kernel_flags: Vec<String>,
 }
@@ -194,6 +202,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         huge_pages: true,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
+        policy: None,
         kernel_flags: Vec::new(),
     };
     for opt in args.options.iter().flat_map(|o| o.split(',')) {
@@ -223,6 +232,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             ("huge_pages", Some(v)) => s.huge_pages = parse_bool_value(key, v)?,
             ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
             ("clear_stale", None) => s.clear_stale = true,
+            ("policy", Some(v)) => s.policy = Some(v.to_string()),
             ("fsname" | "subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, None) if KERNEL.contains(&k) => s.kernel_flags.push(k.to_string()),
@@ -248,6 +258,9 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
     }
     if let Some(c) = &args.control_dir {
         s.control_dir = check_control_dir(c)?;
+    }
+    if let Some(p) = &args.policy {
+        s.policy = Some(p.clone());
     }
     Ok(s)
 }
