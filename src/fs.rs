@@ -34,12 +34,14 @@ use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, InvalidationCause};
 
 /// Settings of the filesystem core.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FsConfig {
     /// Refuse every modification in both views.
     pub read_only: bool,
     /// Name of the control directory in the root (`.pagetier`).
     pub control_name: OsString,
+    /// Record every device-view read here (CSV `file_id,offset,len`).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// What the caller asked `setattr` to change.
@@ -160,6 +162,7 @@ pub struct Pagetier {
     tier: Arc<DeviceTier>,
     host: HostCounters,
     started: SystemTime,
+    trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 fn ts(t: TimeSpec) -> Timespec {
@@ -202,7 +205,15 @@ impl Pagetier {
         if storage::fmt_of(&st) != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);
         }
+        let trace = match &cfg.trace {
+            Some(path) => {
+                let f = std::fs::File::create(path).map_err(Errno::from)?;
+                Some(Mutex::new(std::io::BufWriter::new(f)))
+            }
+            None => None,
+        };
         Ok(Pagetier {
+            trace,
             inodes: InodeTable::new(storage::key_of(&st), root_fd),
             cfg,
             handles: Mutex::new(HashMap::new()),
@@ -877,6 +888,16 @@ impl Pagetier {
     ) -> std::io::Result<usize> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
         let size = rustix::fs::fstat(file)?.st_size as u64;
+        if let Some(trace) = &self.trace {
+            use std::io::Write;
+            let _ = writeln!(
+                trace.lock().unwrap(),
+                "{},{},{}",
+                inode.id,
+                offset,
+                out.len()
+            );
+        }
         let src = StorageSource {
             fd: direct.unwrap_or(file).as_fd(),
             direct: direct.is_some(),
@@ -1336,6 +1357,14 @@ impl Pagetier {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Writes out buffered trace records (at unmount).
+    pub fn flush_trace(&self) {
+        if let Some(trace) = &self.trace {
+            use std::io::Write;
+            let _ = trace.lock().unwrap().flush();
         }
     }
 

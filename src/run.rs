@@ -240,6 +240,7 @@ pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
             FsConfig {
                 read_only: s.read_only,
                 control_name: OsString::from(&s.control_dir),
+                trace: args.trace.clone(),
             },
             root_fd,
             tier,
@@ -332,6 +333,7 @@ pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
         })?;
 
     let res = session.run();
+    fs.flush_trace();
     sig_handle.close();
     if let Ok(w) = watcher {
         w.stop();
