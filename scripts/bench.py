@@ -98,7 +98,9 @@ def fmt_size(n):
 # ---------------------------------------------------------------------------- mounts
 
 def is_fuse_mounted(path):
-    path = os.path.realpath(path)
+    # resolve the parent only: a stat of a hung FUSE mount point would hang
+    path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                        os.path.basename(path))
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
@@ -277,7 +279,7 @@ def job_file(job, outdir):
     text = open(path).read()
     if "iomem_align=4k" not in text:
         die(f"{path} has no iomem_align=4k to replace")
-    alt = os.path.join(outdir, "raw", f"{job.fio}-unaligned.fio")
+    alt = os.path.join(outdir, f"{job.fio}-unaligned.fio")
     with open(alt, "w") as f:
         f.write(text.replace("iomem_align=4k", "iomem_align=512"))
     return alt
@@ -406,7 +408,7 @@ def main():
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = a.out or os.path.join(REPO, "bench-results", stamp)
-    os.makedirs(os.path.join(outdir, "raw"), exist_ok=True)
+    os.makedirs(outdir, exist_ok=True)
     LOGFILE = open(os.path.join(outdir, "bench.log"), "w")
     log(f"bench: results in {outdir}; systems {','.join(systems)}; jobs {','.join(job_names)}; "
         f"reps {a.reps}; {'cold' if a.cold else 'warm'} page cache")
@@ -449,6 +451,9 @@ def main():
     finally:
         mounts.unmount_all()
 
+    raw = os.path.join(outdir, "fio-raw.jsonl")
+    if os.path.exists(raw):
+        run(["gzip", "-f", raw])
     summary = summarize(runs, jobs, systems)
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump({"machine": meta, "runs": runs, "summary": summary}, f, indent=2)
@@ -558,8 +563,10 @@ def fio_once(system, job, a, outdir, tag, seed=None):
     t0 = time.monotonic()
     r = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=a.runtime * 6 + 120)
-    with open(os.path.join(outdir, "raw", f"{tag}.json"), "w") as f:
-        f.write(r.stdout)
+    # every fio output, one JSON document per line, gzipped at the end of the run
+    with open(os.path.join(outdir, "fio-raw.jsonl"), "a") as f:
+        f.write(json.dumps({"tag": tag, "rc": r.returncode, "stderr": r.stderr[-2000:],
+                            "stdout": r.stdout}) + "\n")
     if r.returncode != 0:
         raise RuntimeError(f"fio exit {r.returncode}: {r.stderr.strip()[-500:]}")
     res = parse_fio(r.stdout)
@@ -580,7 +587,10 @@ def bench_loop(jobs, sysobjs, a, storage, outdir):
                 for e in range(1, epochs + 1):
                     tag = f"{job.name}.{name}.r{rep}" + (f".e{e}" if job.epochs else "")
                     before = pt_stats(s.pt_mount) if s.pt_mount else None
-                    rec = {"job": job.name, "system": name, "rep": rep, **info,
+                    # the tier residency was measured before epoch 1 only
+                    pre = info if e == 1 else {k: v for k, v in info.items()
+                                               if k != "tier_resident"}
+                    rec = {"job": job.name, "system": name, "rep": rep, **pre,
                            "background_cpu": background_cpu()}
                     if job.epochs:
                         rec["epoch"] = e
@@ -716,11 +726,11 @@ def charts(summary, runs, systems, outdir):
     if not py:
         log("warning: no matplotlib: charts skipped")
         return
-    script = os.path.join(outdir, "raw", "charts-input.json")
-    with open(script, "w") as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump({"summary": summary, "runs": runs, "systems": systems}, f)
-    r = subprocess.run([py, os.path.abspath(__file__), "--charts-from", script, outdir],
-                       text=True, capture_output=True)
+        f.flush()
+        r = subprocess.run([py, os.path.abspath(__file__), "--charts-from", f.name, outdir],
+                           text=True, capture_output=True)
     if r.returncode != 0:
         log(f"warning: charts failed: {r.stderr[-1000:]}")
     else:
@@ -758,7 +768,7 @@ def draw_charts(input_json, outdir):
     d = json.load(open(input_json))
     summary, runs, systems = d["summary"], d["runs"], d["systems"]
     keys = list(summary)
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(keys) * max(1, len(systems)) / 4), 5))
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.18 * len(keys) * len(systems) + 3)), 5.5))
     width = 0.8 / max(1, len(systems))
     for i, s in enumerate(systems):
         ys = [summary[k].get(s, {}).get("mbps", 0) for k in keys]
@@ -785,6 +795,7 @@ def draw_charts(input_json, outdir):
                              if r["system"] == s and r["rep"] == rep)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                         label=f"{s} rep {rep}")
+        ax.set_xticks(sorted({r["epoch"] for r in ep}))
         ax.set_xlabel("epoch")
         ax.set_ylabel("device-tier hit ratio")
         ax.set_ylim(-0.05, 1.05)

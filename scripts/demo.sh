@@ -32,21 +32,26 @@ cleanup() {
   if [[ -s $work/pid ]]; then
     pt_wait_pid_gone "$(cat "$work/pid")" 10 || echo "demo: daemon did not exit" >&2
   fi
-  rm -rf "$work"
+  if pt_is_fuse_mounted "$mnt"; then
+    echo "demo: leaving $work: $mnt is still mounted" >&2
+  else
+    rm -rf "$work"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "mount fixtures/data on $mnt (read-only: the fixtures are checked in)"
-"$bin" mount fixtures/data "$mnt" --daemon --read-only --pid-file "$work/pid"
+pt_t 60 "$bin" mount fixtures/data "$mnt" --daemon --read-only --pid-file "$work/pid" ||
+  die "pagetier mount --daemon failed or did not return within 60 s"
 pt_wait_mounted "$mnt" 10 || die "pagetier returned but $mnt is not mounted"
 dev=$mnt/.pagetier/device
-[[ -d $dev ]] || die "no device view at $dev"
+pt_t 10 test -d "$dev" || die "no device view at $dev"
 
 stats_json() {
-  if ! "$bin" stats "$mnt" --json 2>/dev/null; then
-    cat "$mnt/.pagetier/stats"
+  if ! pt_t 20 "$bin" stats "$mnt" --json 2>/dev/null; then
+    pt_t 20 cat "$mnt/.pagetier/stats"
   fi
 }
 # Prints "hits misses" of the device tier from stats JSON on stdin.
@@ -55,17 +60,17 @@ hits_misses() {
 }
 
 say "sha256 of every file through the host view"
-(cd "$mnt" && sha256sum --quiet -c "$repo/fixtures/data.sha256") || die "host view returned wrong bytes"
+(cd "$mnt" && pt_t 60 sha256sum --quiet -c "$repo/fixtures/data.sha256") || die "host view returned wrong bytes"
 echo "ok: $(wc -l <fixtures/data.sha256) files match"
 
 say "fio shards-read through the host view ($mnt)"
-RUNTIME=60 scripts/fio-job shards-read "$mnt" >"$work/fio-host.txt" 2>&1 || { cat "$work/fio-host.txt"; die "fio failed on the host view"; }
+pt_t 120 scripts/fio-job shards-read "$mnt" >"$work/fio-host.txt" 2>&1 || { cat "$work/fio-host.txt"; die "fio failed on the host view"; }
 pt_fio_summary <"$work/fio-host.txt"
 
 before=$(stats_json | hits_misses) || die "stats are not JSON with device.hits/misses"
 for pass in 1 2; do
   say "fio shards-read through the device view, pass $pass ($dev)"
-  scripts/fio-job shards-read "$dev" >"$work/fio-dev$pass.txt" 2>&1 || { cat "$work/fio-dev$pass.txt"; die "fio failed on the device view"; }
+  pt_t 120 scripts/fio-job shards-read "$dev" >"$work/fio-dev$pass.txt" 2>&1 || { cat "$work/fio-dev$pass.txt"; die "fio failed on the device view"; }
   pt_fio_summary <"$work/fio-dev$pass.txt"
   after=$(stats_json | hits_misses)
   read -r h0 m0 <<<"$before"
@@ -80,11 +85,11 @@ for pass in 1 2; do
 done
 
 say "sha256 of every file through the device view"
-(cd "$dev" && sha256sum --quiet -c "$repo/fixtures/data.sha256") || die "device view returned wrong bytes"
+(cd "$dev" && pt_t 60 sha256sum --quiet -c "$repo/fixtures/data.sha256") || die "device view returned wrong bytes"
 echo "ok: $(wc -l <fixtures/data.sha256) files match"
 
 say "pagetier stats $mnt"
-"$bin" stats "$mnt" || { echo "(pagetier stats failed; the raw file:)"; cat "$mnt/.pagetier/stats"; }
+pt_t 20 "$bin" stats "$mnt" || { echo "(pagetier stats failed; the raw file:)"; pt_t 20 cat "$mnt/.pagetier/stats"; }
 
 say "unmount"
 pt_unmount "$mnt" || die "could not unmount $mnt"

@@ -4,7 +4,10 @@
 # Is $1 a FUSE mount point right now (per /proc/self/mountinfo)?
 pt_is_fuse_mounted() {
   local want
-  want=$(realpath -m -- "$1")
+  # resolve the parent only: a stat of a hung FUSE mount point would hang here
+  want=$(realpath -m -- "$(dirname -- "$1")")/$(basename -- "$1")
+  want=${want#/}
+  want=/$want
   # field 5 is the mount point (octal-escaped), the fs type follows the " - " separator
   awk -v want="$want" '
     { split($0, halves, " - ") ; split(halves[1], l, " ") ; split(halves[2], r, " ")
@@ -37,6 +40,17 @@ pt_unmount() {
   ! pt_is_fuse_mounted "$mnt"
 }
 
+# pt_t SECONDS CMD...: CMD with a deadline (SIGTERM, then SIGKILL 5 s later): anything
+# that touches a FUSE mount can hang forever if the daemon does.
+pt_t() {
+  local secs=$1
+  shift
+  timeout -k 5 "$secs" "$@"
+  local rc=$?
+  ((rc == 124 || rc == 137)) && echo "timed out after ${secs}s: $*" >&2
+  return "$rc"
+}
+
 # Waits up to $2 seconds (default 20) for process $1 to exit (not our child: polls /proc).
 pt_wait_pid_gone() {
   local pid=$1 deadline=$((SECONDS + ${2:-20}))
@@ -48,5 +62,5 @@ pt_wait_pid_gone() {
 
 # Prints fio's summary lines (per-job IOPS/BW, latency percentiles header, group totals).
 pt_fio_summary() {
-  grep -E '^\s*(read|write): IOPS=|^\s*(READ|WRITE):|^\s*clat percentiles|^\s*\|\s+(50\.00th|99\.00th)|err=\s*[1-9]' || true
+  grep -E '^\s*(read|write): IOPS=|^\s*clat \(|^\s*(READ|WRITE):|err=\s*[1-9]' || true
 }
