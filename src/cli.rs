@@ -5,7 +5,9 @@
 //! /etc/fstab work through mount.fuse3); a flag given explicitly wins over the
 //! same setting in `-o`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -20,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount STORAGE at MOUNTPOINT and serve it until unmounted.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Show the tier's counters of a mount.
     Stats {
         mountpoint: PathBuf,
@@ -38,14 +40,47 @@ pub enum Command {
         /// Byte range `A-B` (inclusive) or `A-` (to the end); default all.
         #[arg(long, default_value = "0-")]
         range: String,
+        /// Descend into directories.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Files worked on at once (default: CPUs, at most 8).
+        #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: Option<u16>,
+        /// Go on past the tier's capacity (later files then evict earlier ones).
+        #[arg(long)]
+        ignore_capacity: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Drop files' pages from the device tier.
     Evict {
+        /// Descend into directories.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Files worked on at once (default: CPUs, at most 8).
+        #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: Option<u16>,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// A live view of a mount's tier: occupancy, hit ratio, throughput, faults.
+    Top {
+        mountpoint: PathBuf,
+        /// Print one frame (two samples one interval apart) and exit; also
+        /// what happens when stdout is not a terminal.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value = "1", value_parser = parse_interval)]
+        interval: Duration,
+    },
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.05..=3600.0).contains(&x) => Ok(Duration::from_secs_f64(x)),
+        _ => Err(format!("{s:?}: expected seconds from 0.05 to 3600")),
+    }
 }
 
 /// `on` or `off`.
@@ -114,6 +149,28 @@ pub struct MountArgs {
     /// Record device-view page accesses to FILE (CSV: file_id,offset,len).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Serve Prometheus metrics at ADDR (`PORT`, `IP:PORT`, `localhost:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Allow --metrics-addr to be a non-loopback address.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Log to FILE instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Log a summary line at info every SECS seconds (default 60).
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "60"
+    )]
+    pub log_stats: Option<String>,
+    /// On SIGINT/SIGTERM, how long open files may keep the mount before the
+    /// connection is aborted (default 5).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<String>,
 }
 
 /// Everything a mount needs, after merging flags and `-o` options.
@@ -131,7 +188,20 @@ pub struct MountSettings {
     pub policy: Option<String>,
     /// Generic mount flags passed to the kernel (nosuid, nodev, ...).
     pub kernel_flags: Vec<String>,
+    /// Where to serve Prometheus metrics (None: not at all).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Logs go to this file instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// Period of the summary log line (None: no summary).
+    pub log_stats: Option<Duration>,
+    /// How long a signalled unmount waits for open files before aborting.
+    pub drain_timeout: Duration,
 }
+
+/// Default `--drain-timeout`.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// Default period of `--log-stats` given without a value.
+pub const DEFAULT_LOG_STATS: u64 = 60;
 
 /// Default device tier capacity.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -176,6 +246,29 @@ fn check_level(l: &str) -> Result<String, String> {
     }
 }
 
+fn parse_secs(what: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=86_400).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{what} {v:?}: expected whole seconds from 1 to 86400"))
+}
+
+/// Parses a metrics address: `PORT`, `IP:PORT`, `[IPv6]:PORT` or
+/// `localhost:PORT`. A bare port binds loopback.
+pub fn parse_metrics_addr(v: &str) -> Result<SocketAddr, String> {
+    let bad =
+        || format!("metrics address {v:?}: expected PORT, IP:PORT, [IPv6]:PORT or localhost:PORT");
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = v.strip_prefix("localhost:") {
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    v.parse::<SocketAddr>().map_err(|_| bad())
+}
+
 fn check_control_dir(name: &str) -> Result<String, String> {
     if name.is_empty()
         || name == "."
@@ -204,7 +297,12 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         clear_stale: false,
         policy: None,
         kernel_flags: Vec::new(),
+        metrics_addr: None,
+        log_file: None,
+        log_stats: None,
+        drain_timeout: DEFAULT_DRAIN,
     };
+    let mut allow_remote = args.metrics_allow_remote;
     for opt in args.options.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
         if opt.is_empty() {
@@ -233,6 +331,14 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
             ("clear_stale", None) => s.clear_stale = true,
             ("policy", Some(v)) => s.policy = Some(v.to_string()),
+            ("metrics_addr", Some(v)) => s.metrics_addr = Some(parse_metrics_addr(v)?),
+            ("metrics_allow_remote", None) => allow_remote = true,
+            ("log_file", Some(v)) if !v.is_empty() => s.log_file = Some(PathBuf::from(v)),
+            ("log_stats", None) => {
+                s.log_stats = Some(Duration::from_secs(DEFAULT_LOG_STATS));
+            }
+            ("log_stats", Some(v)) => s.log_stats = Some(parse_secs("-o log_stats", v)?),
+            ("drain_timeout", Some(v)) => s.drain_timeout = parse_secs("-o drain_timeout", v)?,
             ("fsname" | "subtype", Some(_)) => {}
             (k, None) if IGNORED.contains(&k) => {}
             (k, None) if KERNEL.contains(&k) => s.kernel_flags.push(k.to_string()),
@@ -262,13 +368,42 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
     if let Some(p) = &args.policy {
         s.policy = Some(p.clone());
     }
+    if let Some(a) = &args.metrics_addr {
+        s.metrics_addr = Some(parse_metrics_addr(a)?);
+    }
+    if let Some(f) = &args.log_file {
+        s.log_file = Some(f.clone());
+    }
+    if let Some(v) = &args.log_stats {
+        s.log_stats = Some(parse_secs("--log-stats", v)?);
+    }
+    if let Some(v) = &args.drain_timeout {
+        s.drain_timeout = parse_secs("--drain-timeout", v)?;
+    }
+    if let Some(a) = s.metrics_addr
+        && !a.ip().is_loopback()
+        && !allow_remote
+    {
+        return Err(format!(
+            "metrics address {a} is not a loopback address: the endpoint has no \
+             authentication; pass --metrics-allow-remote (-o metrics_allow_remote) to serve it there"
+        ));
+    }
     Ok(s)
 }
 
 /// Rewrites `pagetier STORAGE MOUNTPOINT -o ...` (what mount.fuse3 runs) into
 /// `pagetier mount --daemon STORAGE MOUNTPOINT -o ...`.
 pub fn normalize_args(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const SUBCOMMANDS: &[&str] = &["mount", "stats", "residency", "prefetch", "evict", "help"];
+    const SUBCOMMANDS: &[&str] = &[
+        "mount",
+        "stats",
+        "residency",
+        "prefetch",
+        "evict",
+        "top",
+        "help",
+    ];
     if let Some(first) = argv.get(1) {
         let s = first.to_string_lossy();
         if !s.starts_with('-') && !SUBCOMMANDS.contains(&s.as_ref()) {
@@ -341,10 +476,81 @@ mod tests {
             "device_capacity=12XB",
             "control_dir=a/b",
             "log_level=loud",
+            "metrics_addr=nowhere",
+            "metrics_addr=0.0.0.0:9464",
+            "log_stats=0",
+            "log_stats=soon",
+            "drain_timeout=-1",
         ] {
             let e = settings(&args(&[bad]), 2).unwrap_err();
             assert!(!e.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn operations_settings() {
+        let s = settings(&args(&[]), 2).unwrap();
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(s.log_stats, None);
+        assert_eq!(s.drain_timeout, DEFAULT_DRAIN);
+        let s = settings(
+            &args(&["metrics_addr=9464,log_stats,log_file=/var/log/p.log,drain_timeout=9"]),
+            2,
+        )
+        .unwrap();
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(s.log_stats, Some(Duration::from_secs(60)));
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/p.log")));
+        assert_eq!(s.drain_timeout, Duration::from_secs(9));
+        let s = settings(&args(&["log_stats=5,metrics_addr=[::1]:1"]), 2).unwrap();
+        assert_eq!(s.log_stats, Some(Duration::from_secs(5)));
+        assert_eq!(s.metrics_addr, Some("[::1]:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        assert_eq!(
+            parse_metrics_addr("localhost:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert!(parse_metrics_addr("example.com:9").is_err());
+        assert!(parse_metrics_addr("1.2.3.4").is_err());
+        // Non-loopback only when allowed, by flag or option.
+        let mut a = args(&[]);
+        a.metrics_addr = Some("0.0.0.0:9464".into());
+        assert!(
+            settings(&a, 2)
+                .unwrap_err()
+                .contains("--metrics-allow-remote")
+        );
+        a.metrics_allow_remote = true;
+        assert_eq!(
+            settings(&a, 2).unwrap().metrics_addr,
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        let b = args(&["metrics_addr=10.0.0.1:9464,metrics_allow_remote"]);
+        assert!(settings(&b, 2).is_ok());
+    }
+
+    #[test]
+    fn log_stats_flag_takes_an_optional_value() {
+        let parse = |xs: &[&str]| {
+            let mut v = vec!["pagetier", "mount", "/s", "/m"];
+            v.extend(xs);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Mount(a) => settings(&a, 2).unwrap().log_stats,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&["--log-stats"]), Some(Duration::from_secs(60)));
+        assert_eq!(parse(&["--log-stats=7"]), Some(Duration::from_secs(7)));
+        assert_eq!(parse(&[]), None);
+        // A bare flag before the positionals does not swallow STORAGE.
+        let cli = Cli::try_parse_from(["pagetier", "mount", "--log-stats", "/s", "/m"]).unwrap();
+        let Command::Mount(a) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(a.storage, PathBuf::from("/s"));
     }
 
     #[test]

@@ -157,7 +157,9 @@ impl FillSource for StorageSource<'_> {
 pub struct Pagetier {
     cfg: FsConfig,
     inodes: InodeTable,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Open files and directories by handle number (read-mostly: every read
+    /// looks its handle up).
+    handles: std::sync::RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     tier: Arc<DeviceTier>,
     host: HostCounters,
@@ -216,7 +218,7 @@ impl Pagetier {
             trace,
             inodes: InodeTable::new(storage::key_of(&st), root_fd),
             cfg,
-            handles: Mutex::new(HashMap::new()),
+            handles: std::sync::RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tier,
             host: HostCounters::default(),
@@ -682,7 +684,7 @@ impl Pagetier {
     fn add_handle(&self, inode: Option<Arc<Inode>>, kind: HandleKind) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
-            .lock()
+            .write()
             .unwrap()
             .insert(fh, Arc::new(Handle { inode, kind }));
         fh
@@ -690,7 +692,7 @@ impl Pagetier {
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles
-            .lock()
+            .read()
             .unwrap()
             .get(&fh)
             .cloned()
@@ -887,6 +889,29 @@ impl Pagetier {
         out: &mut [u8],
     ) -> std::io::Result<usize> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
+        let mut attempts = 0;
+        loop {
+            match self.device_read_once(inode, file, direct, offset, out) {
+                // The file shrank between our fstat and the fill: look again.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && attempts < 8 => {
+                    attempts += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn device_read_once(
+        &self,
+        inode: &Inode,
+        file: &OwnedFd,
+        direct: Option<&OwnedFd>,
+        offset: u64,
+        out: &mut [u8],
+    ) -> std::io::Result<usize> {
         let size = rustix::fs::fstat(file)?.st_size as u64;
         if let Some(trace) = &self.trace {
             use std::io::Write;
@@ -959,7 +984,7 @@ impl Pagetier {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        self.handles.write().unwrap().remove(&fh);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
@@ -1315,8 +1340,41 @@ impl Pagetier {
                 v["size"] = json!(size);
                 Ok(serde_json::to_vec(&v).unwrap_or_default())
             }
-            ControlXattr::Prefetch | ControlXattr::Evict => Err(Errno::ENODATA),
+            ControlXattr::Prefetch(range) => {
+                if !inode.is_reg() {
+                    return Err(Errno::ENODATA);
+                }
+                let r = self.prefetch(inode, range.as_deref().unwrap_or("0-"))?;
+                Ok(control::prefetch_reply(
+                    r.faulted_bytes,
+                    r.already_resident_bytes,
+                    r.skipped_bytes,
+                ))
+            }
+            ControlXattr::Evict => Err(Errno::ENODATA),
         }
+    }
+
+    /// Faults the byte range `range` (`A-B`, `A-`) of `inode` into the tier.
+    fn prefetch(&self, inode: &Inode, range: &str) -> FsResult<crate::tier::PrefetchReport> {
+        let (start, end) =
+            control::parse_range(range.trim_end_matches('\0').trim()).map_err(|_| Errno::EINVAL)?;
+        let file = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?;
+        let st = storage::stat(&file)?;
+        self.revalidate(inode, &st);
+        let size = st.st_size as u64;
+        let direct = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
+        let src = StorageSource {
+            fd: direct.as_ref().unwrap_or(&file).as_fd(),
+            direct: direct.is_some(),
+        };
+        let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+        if start >= end {
+            return Ok(crate::tier::PrefetchReport::default());
+        }
+        Ok(self
+            .tier
+            .prefetch(inode.id, size, start, end - start, &src)?)
     }
 
     fn control_set(
@@ -1336,26 +1394,10 @@ impl Pagetier {
                     .invalidate_file(inode.id, InvalidationCause::Evict);
                 Ok(())
             }
-            ControlXattr::Prefetch => {
+            ControlXattr::Prefetch(Some(_)) => Err(Errno::EINVAL),
+            ControlXattr::Prefetch(None) => {
                 let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
-                let (start, end) = control::parse_range(text.trim_end_matches('\0').trim())
-                    .map_err(|_| Errno::EINVAL)?;
-                let file = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?;
-                let st = storage::stat(&file)?;
-                self.revalidate(inode, &st);
-                let size = st.st_size as u64;
-                let direct =
-                    storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
-                let src = StorageSource {
-                    fd: direct.as_ref().unwrap_or(&file).as_fd(),
-                    direct: direct.is_some(),
-                };
-                let end = end.map_or(size, |e| e.saturating_add(1).min(size));
-                if start < end {
-                    self.tier
-                        .prefetch(inode.id, size, start, end - start, &src)?;
-                }
-                Ok(())
+                self.prefetch(inode, text).map(|_| ())
             }
         }
     }
@@ -1379,7 +1421,7 @@ impl Pagetier {
             "write_bytes": h.write_bytes.load(Ordering::Relaxed),
         });
         doc["inodes"] = json!(self.inodes.live_count());
-        doc["open_handles"] = json!(self.handles.lock().unwrap().len());
+        doc["open_handles"] = json!(self.handles.read().unwrap().len());
         doc
     }
 }

@@ -20,6 +20,7 @@ use tracing::{debug, debug_span};
 use crate::creds::Caller;
 use crate::errno::Errno;
 use crate::fs::{OpenOut, Pagetier, SetAttr, TimeSpec};
+use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
 use crate::storage::Attr;
 
 /// How long the kernel may cache entries and attributes. External changes
@@ -33,6 +34,25 @@ pub const MAX_IO: u32 = 1 << 20;
 /// fuser's view of the filesystem.
 pub struct FuseAdapter {
     pub fs: Arc<Pagetier>,
+    /// Request latency histograms (None: metrics off, nothing is timed).
+    pub metrics: Option<Arc<RequestMetrics>>,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<Pagetier>) -> Self {
+        FuseAdapter { fs, metrics: None }
+    }
+
+    /// Times one request on `ino` until the returned guard drops (metrics on only).
+    #[inline]
+    fn timed(&self, op: Op, ino: INodeNo) -> Option<RequestTimer<'_>> {
+        self.metrics.as_deref().map(|m| m.start(op, ino.0))
+    }
+}
+
+/// The view label of `ino` for request spans.
+fn view(ino: INodeNo) -> &'static str {
+    ViewLabel::of(ino.0).name()
 }
 
 fn err(e: Errno) -> FErrno {
@@ -154,16 +174,19 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
+        let _t = self.timed(Op::Lookup, parent);
+        let _s = debug_span!("lookup", view = view(parent), parent = parent.0, ?name).entered();
         reply_entry(reply, self.fs.lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.timed(Op::Forget, ino);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _s = debug_span!("getattr", ino = ino.0).entered();
+        let _t = self.timed(Op::Getattr, ino);
+        let _s = debug_span!("getattr", view = view(ino), ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&ttl(a.ino), &fattr(&a)),
             Err(e) => reply.error(err(e)),
@@ -188,7 +211,17 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let _t = self.timed(Op::Setattr, ino);
+        let _s = debug_span!(
+            "setattr",
+            view = view(ino),
+            ino = ino.0,
+            ?mode,
+            ?uid,
+            ?gid,
+            ?size
+        )
+        .entered();
         let set = SetAttr {
             mode,
             uid,
@@ -204,6 +237,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.timed(Op::Readlink, ino);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -220,7 +254,9 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        let _t = self.timed(Op::Mknod, parent);
+        let _s =
+            debug_span!("mknod", view = view(parent), parent = parent.0, ?name, mode).entered();
         reply_entry(
             reply,
             self.fs
@@ -237,7 +273,9 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        let _t = self.timed(Op::Mkdir, parent);
+        let _s =
+            debug_span!("mkdir", view = view(parent), parent = parent.0, ?name, mode).entered();
         reply_entry(
             reply,
             self.fs.mkdir(caller(req), parent.0, name, mode, umask),
@@ -245,12 +283,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
+        let _t = self.timed(Op::Unlink, parent);
+        let _s = debug_span!("unlink", view = view(parent), parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.unlink(caller(req), parent.0, name));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
+        let _t = self.timed(Op::Rmdir, parent);
+        let _s = debug_span!("rmdir", view = view(parent), parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.rmdir(caller(req), parent.0, name));
     }
 
@@ -262,7 +302,14 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let _t = self.timed(Op::Symlink, parent);
+        let _s = debug_span!(
+            "symlink",
+            view = view(parent),
+            parent = parent.0,
+            ?link_name
+        )
+        .entered();
         reply_entry(
             reply,
             self.fs
@@ -280,8 +327,10 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Rename, parent);
         let _s = debug_span!(
             "rename",
+            view = view(parent),
             parent = parent.0,
             ?name,
             newparent = newparent.0,
@@ -309,7 +358,15 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let _t = self.timed(Op::Link, ino);
+        let _s = debug_span!(
+            "link",
+            view = view(ino),
+            ino = ino.0,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
         reply_entry(
             reply,
             self.fs.link(caller(req), ino.0, newparent.0, newname),
@@ -317,7 +374,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        let _t = self.timed(Op::Open, ino);
+        let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
         match self.fs.open(ino.0, flags.0) {
             Ok((fh, out)) => reply.opened(FileHandle(fh), fopen(out)),
             Err(e) => reply.error(err(e)),
@@ -335,7 +393,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        let _t = self.timed(Op::Read, ino);
+        let _s = debug_span!(
+            "read",
+            view = view(ino),
+            ino = ino.0,
+            fh = fh.0,
+            offset,
+            size
+        )
+        .entered();
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(err(e)),
@@ -354,7 +421,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("write", ino = ino.0, fh = fh.0, offset, size = data.len()).entered();
+        let _t = self.timed(Op::Write, ino);
+        let _s = debug_span!(
+            "write",
+            view = view(ino),
+            ino = ino.0,
+            fh = fh.0,
+            offset,
+            size = data.len()
+        )
+        .entered();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
@@ -364,11 +440,12 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Flush, ino);
         // Writes are write-through: there is nothing to flush.
         reply.ok();
     }
@@ -376,13 +453,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Release, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -395,12 +473,14 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fsync", ino = ino.0, fh = fh.0, datasync).entered();
+        let _t = self.timed(Op::Fsync, ino);
+        let _s = debug_span!("fsync", view = view(ino), ino = ino.0, fh = fh.0, datasync).entered();
         reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("opendir", ino = ino.0).entered();
+        let _t = self.timed(Op::Opendir, ino);
+        let _s = debug_span!("opendir", view = view(ino), ino = ino.0).entered();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -415,7 +495,8 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _s = debug_span!("readdir", ino = ino.0, fh = fh.0, offset).entered();
+        let _t = self.timed(Op::Readdir, ino);
+        let _s = debug_span!("readdir", view = view(ino), ino = ino.0, fh = fh.0, offset).entered();
         match self.fs.readdir(ino.0, fh.0, offset, false) {
             Ok(items) => {
                 for it in items {
@@ -442,7 +523,15 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _s = debug_span!("readdirplus", ino = ino.0, fh = fh.0, offset).entered();
+        let _t = self.timed(Op::Readdirplus, ino);
+        let _s = debug_span!(
+            "readdirplus",
+            view = view(ino),
+            ino = ino.0,
+            fh = fh.0,
+            offset
+        )
+        .entered();
         match self.fs.readdir(ino.0, fh.0, offset, true) {
             Ok(items) => {
                 let mut full = false;
@@ -506,11 +595,12 @@ impl Filesystem for FuseAdapter {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Releasedir, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -518,15 +608,17 @@ impl Filesystem for FuseAdapter {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Fsyncdir, ino);
         reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.timed(Op::Statfs, ino);
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -545,7 +637,8 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
+        let _t = self.timed(Op::Setxattr, ino);
+        let _s = debug_span!("setxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_empty(
             reply,
             self.fs.setxattr(caller(req), ino.0, name, value, flags),
@@ -553,19 +646,23 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _s = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        let _t = self.timed(Op::Getxattr, ino);
+        let _s = debug_span!("getxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.timed(Op::Listxattr, ino);
         reply_xattr(reply, size, self.fs.listxattr(caller(req), ino.0));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Removexattr, ino);
         reply_empty(reply, self.fs.removexattr(caller(req), ino.0, name));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Access, ino);
         reply_empty(reply, self.fs.access(caller(req), ino.0, mask.bits()));
     }
 
@@ -579,7 +676,16 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        let _t = self.timed(Op::Create, parent);
+        let _s = debug_span!(
+            "create",
+            view = view(parent),
+            parent = parent.0,
+            ?name,
+            mode,
+            flags
+        )
+        .entered();
         match self
             .fs
             .create(caller(req), parent.0, name, mode, umask, flags)
@@ -605,19 +711,29 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        let _t = self.timed(Op::Fallocate, ino);
+        let _s = debug_span!(
+            "fallocate",
+            view = view(ino),
+            ino = ino.0,
+            offset,
+            length,
+            mode
+        )
+        .entered();
         reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _t = self.timed(Op::Lseek, ino);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -627,7 +743,7 @@ impl Filesystem for FuseAdapter {
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
         _ino_out: INodeNo,
@@ -637,7 +753,15 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("copy_file_range", offset_in, offset_out, len).entered();
+        let _t = self.timed(Op::CopyFileRange, ino_in);
+        let _s = debug_span!(
+            "copy_file_range",
+            view = view(ino_in),
+            offset_in,
+            offset_out,
+            len
+        )
+        .entered();
         match self.fs.copy_file_range(
             fh_in.0,
             offset_in,

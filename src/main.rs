@@ -8,22 +8,53 @@ fn main() {
     let cli = Cli::parse_from(argv);
     let res = match cli.command {
         Command::Mount(args) => {
+            let args = *args;
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
             match pagetier::cli::settings(&args, cpus) {
-                Ok(s) => {
-                    pagetier::run::init_logging(
-                        s.log_level.as_deref(),
-                        args.log_format.unwrap_or_default(),
-                    );
-                    pagetier::run::mount(args, s)
-                }
+                Ok(s) => pagetier::run::init_logging_with(&pagetier::run::LogConfig {
+                    level: s.log_level.clone(),
+                    format: args.log_format.unwrap_or_default(),
+                    file: s.log_file.clone(),
+                    stats: s.log_stats.is_some(),
+                })
+                .and_then(|log| pagetier::run::mount_with_log(args, s, log)),
                 Err(e) => Err(anyhow::anyhow!(e)),
             }
         }
         Command::Stats { mountpoint, json } => pagetier::tools::stats(&mountpoint, json),
         Command::Residency { paths } => pagetier::tools::residency(&paths),
-        Command::Prefetch { range, paths } => pagetier::tools::prefetch(&range, &paths),
-        Command::Evict { paths } => pagetier::tools::evict(&paths),
+        Command::Prefetch {
+            range,
+            recursive,
+            jobs,
+            ignore_capacity,
+            paths,
+        } => pagetier::tools::prefetch(
+            &range,
+            &paths,
+            &pagetier::tools::BatchOptions {
+                recursive,
+                jobs: jobs.map(usize::from),
+                ignore_capacity,
+            },
+        ),
+        Command::Evict {
+            recursive,
+            jobs,
+            paths,
+        } => pagetier::tools::evict(
+            &paths,
+            &pagetier::tools::BatchOptions {
+                recursive,
+                jobs: jobs.map(usize::from),
+                ignore_capacity: true,
+            },
+        ),
+        Command::Top {
+            mountpoint,
+            once,
+            interval,
+        } => pagetier::top::top(&mountpoint, once, interval),
     };
     if let Err(e) = res {
         eprintln!("pagetier: error: {e:#}");

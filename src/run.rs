@@ -1,15 +1,20 @@
-//! Mount lifecycle: checks, daemonizing, signals, stale mounts.
+//! Mount lifecycle: checks, daemonizing, logging, signals, stale mounts.
 //!
 //! Invariants: every refusal is a one-line error (never a panic or a hang);
 //! `--daemon` returns only after the kernel has the mount live, and its exit
-//! status says whether it is; SIGINT/SIGTERM unmount and exit 0.
+//! status says whether it is; SIGINT/SIGTERM unmount and exit 0: the mount
+//! leaves the namespace at once (lazily), requests in flight complete, and
+//! files still open after `--drain-timeout` get ENOTCONN (the connection is
+//! aborted) rather than keeping the daemon alive; SIGHUP reopens `--log-file`.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{Config, MountOption, SessionACL};
@@ -18,25 +23,126 @@ use tracing::{info, warn};
 use crate::cli::{LogFormat, MountArgs, MountSettings};
 use crate::fs::{FsConfig, Pagetier};
 use crate::fuse::FuseAdapter;
+use crate::metrics::RequestMetrics;
 use crate::tier::{DeviceTier, TierConfig};
 use crate::watch;
 
+/// The `--log-file`: appended to, and reopened by path on SIGHUP (so that
+/// logrotate can move it away and signal).
+pub struct LogFile {
+    path: PathBuf,
+    file: RwLock<Arc<fs::File>>,
+}
+
+impl LogFile {
+    fn open_file(path: &Path) -> std::io::Result<fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+    }
+
+    /// Opens (creates, appends to) `path`.
+    pub fn open(path: &Path) -> Result<Arc<LogFile>> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let file =
+            Self::open_file(&path).with_context(|| format!("--log-file {}", path.display()))?;
+        Ok(Arc::new(LogFile {
+            path,
+            file: RwLock::new(Arc::new(file)),
+        }))
+    }
+
+    /// Opens the path anew; lines being written meanwhile go to the old file.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let f = Arc::new(Self::open_file(&self.path)?);
+        *self.file.write().unwrap_or_else(|e| e.into_inner()) = f;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// tracing's handle on a [`LogFile`]: each event writes to the current file.
+struct LogSink(Arc<LogFile>);
+
+/// One event's writer: the file current when the event began.
+struct LogWriter(Arc<fs::File>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(
+            self.0
+                .file
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Where and how a mount logs.
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    pub level: Option<String>,
+    pub format: LogFormat,
+    /// Log here instead of stderr.
+    pub file: Option<PathBuf>,
+    /// `--log-stats` is on: its summary lines (target `pagetier::stats`) are
+    /// enabled at info whatever the level.
+    pub stats: bool,
+}
+
 /// Sets up tracing: quiet by default, `--log-level` or RUST_LOG to change.
 pub fn init_logging(level: Option<&str>, format: LogFormat) {
+    let _ = init_logging_with(&LogConfig {
+        level: level.map(str::to_string),
+        format,
+        ..Default::default()
+    });
+}
+
+/// Sets up tracing as `cfg` says; returns the log file to reopen on SIGHUP.
+pub fn init_logging_with(cfg: &LogConfig) -> Result<Option<Arc<LogFile>>> {
     use tracing_subscriber::EnvFilter;
-    let filter = match level {
+    let mut filter = match &cfg.level {
         Some(l) => EnvFilter::new(format!("{l},fuser={l}")),
         // fuser warns when the kernel already unmounted on `fusermount3 -u`.
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("warn,fuser::session=error")),
     };
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().try_init(),
+    if cfg.stats
+        && let Ok(d) = "pagetier::stats=info".parse()
+    {
+        filter = filter.add_directive(d);
+    }
+    let file = cfg.file.as_deref().map(LogFile::open).transpose()?;
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match (&file, cfg.format) {
+        (None, LogFormat::Text) => b.with_writer(std::io::stderr).try_init(),
+        (None, LogFormat::Json) => b.with_writer(std::io::stderr).json().try_init(),
+        (Some(f), LogFormat::Text) => b
+            .with_ansi(false)
+            .with_writer(LogSink(f.clone()))
+            .try_init(),
+        (Some(f), LogFormat::Json) => b.with_writer(LogSink(f.clone())).json().try_init(),
     };
+    Ok(file)
 }
 
 /// Is `path` (absolute, canonical) a mount point right now?
@@ -214,9 +320,32 @@ fn detach_stdio() {
     }
 }
 
+/// Aborts the FUSE connection `conn` (fusectl); false if that is impossible.
+fn abort_connection(conn: Option<u32>) -> bool {
+    conn.is_some_and(|c| fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1").is_ok())
+}
+
+/// What the stopper thread hears about.
+enum Life {
+    /// SIGINT or SIGTERM.
+    Stop(i32),
+    /// The session loop returned.
+    Ended,
+}
+
 /// Mounts and serves until unmounted or signalled.
 pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
+    mount_with_log(args, s, None)
+}
+
+/// [`mount`] with the log file to reopen on SIGHUP (from [`init_logging_with`]).
+pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile>>) -> Result<()> {
     let (storage, mnt) = preflight(&args, &s)?;
+    // Bound before forking, so that a taken port is a plain startup error.
+    let metrics_listener = match s.metrics_addr {
+        Some(a) => Some(crate::metrics::bind(a).map_err(|e| anyhow!("--metrics-addr {a}: {e}"))?),
+        None => None,
+    };
     let report = if args.daemon && !args.foreground {
         Some(daemonize()?)
     } else {
@@ -281,7 +410,13 @@ pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
 
-    let adapter = FuseAdapter { fs: fs.clone() };
+    let req_metrics = metrics_listener
+        .is_some()
+        .then(|| Arc::new(RequestMetrics::new()));
+    let adapter = FuseAdapter {
+        fs: fs.clone(),
+        metrics: req_metrics.clone(),
+    };
     let mut session = fuser::Session::new(adapter, &mnt, &config)
         .map_err(|e| anyhow!("mounting {}: {e}", mnt.display()))?;
     // Not a stat of MOUNTPOINT: nothing serves the mount until `run` below.
@@ -291,6 +426,15 @@ pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
     let watcher = watch::Watcher::start(&storage, fs.clone(), session.notifier());
     if let Err(e) = &watcher {
         warn!("not watching STORAGE for external changes: {e}");
+    }
+
+    if let (Some(l), Some(m)) = (metrics_listener, &req_metrics) {
+        crate::metrics::serve(l, fs.clone(), m.clone())
+            .map_err(|e| anyhow!("starting the metrics endpoint: {e}"))?;
+    }
+    if let Some(period) = s.log_stats {
+        let json = args.log_format == Some(LogFormat::Json);
+        crate::metrics::log_stats_every(period, fs.clone(), json)?;
     }
 
     if let Some(pid_file) = &args.pid_file {
@@ -303,36 +447,80 @@ pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
         detach_stdio();
     }
 
-    // Signals: SIGINT/SIGTERM unmount (lazily, aborting the connection if
-    // files are still busy), which ends the session loop below.
-    let mut unmounter = session.unmount_callable();
-    let mnt_sig = mnt.clone();
+    // Signals: SIGHUP reopens the log file; SIGINT/SIGTERM go to the stopper.
+    let (life_tx, life_rx) = channel::<Life>();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ])?;
     let sig_handle = signals.handle();
+    let sig_tx = life_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if sig == signal_hook::consts::SIGHUP {
-                    info!("SIGHUP: logs go to stderr; nothing to reopen");
+                if sig != signal_hook::consts::SIGHUP {
+                    let _ = sig_tx.send(Life::Stop(sig));
                     continue;
                 }
-                info!(sig, "signal: unmounting");
-                if unmounter.unmount().is_err() {
-                    let _ = lazy_unmount(&mnt_sig);
-                    if let Some(c) = conn {
-                        let _ = fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1");
-                    }
+                match &log {
+                    Some(l) => match l.reopen() {
+                        Ok(()) => {
+                            info!(file = %l.path().display(), "SIGHUP: reopened the log file")
+                        }
+                        Err(e) => {
+                            warn!(file = %l.path().display(), "SIGHUP: reopening the log file: {e}")
+                        }
+                    },
+                    None => info!("SIGHUP: logs go to stderr; nothing to reopen"),
                 }
-                break;
             }
         })?;
 
+    // The stopper: on the first SIGINT/SIGTERM, unmount lazily (new opens
+    // fail, requests in flight complete, open files keep working); once the
+    // drain timeout passes or a second signal comes, abort the connection so
+    // that whatever still holds files gets ENOTCONN instead of a daemon that
+    // never exits.
+    let mut unmounter = session.unmount_callable();
+    let mnt_stop = mnt.clone();
+    let drain = s.drain_timeout;
+    let fs_stop = fs.clone();
+    std::thread::Builder::new()
+        .name("stopper".into())
+        .spawn(move || {
+            let sig = match life_rx.recv() {
+                Ok(Life::Stop(sig)) => sig,
+                Ok(Life::Ended) | Err(_) => return,
+            };
+            info!(sig, "signal: unmounting");
+            if unmounter.unmount().is_err() {
+                let _ = lazy_unmount(&mnt_stop);
+            }
+            match life_rx.recv_timeout(drain) {
+                Ok(Life::Ended) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Life::Stop(_)) => warn!("second signal: aborting the connection"),
+                Err(RecvTimeoutError::Timeout) => warn!(
+                    open_handles = %fs_stop.stats_json()["open_handles"],
+                    "files still open {} s after the unmount: aborting the connection",
+                    drain.as_secs()
+                ),
+            }
+            if abort_connection(conn) {
+                match life_rx.recv_timeout(Duration::from_secs(2)) {
+                    Ok(Life::Ended) | Err(RecvTimeoutError::Disconnected) => return,
+                    _ => {}
+                }
+            }
+            // No fusectl (or it did not help): exiting closes /dev/fuse,
+            // which aborts the connection all the same.
+            warn!("exiting with files still open: they get ENOTCONN");
+            std::process::exit(0);
+        })?;
+
     let res = session.run();
+    let _ = life_tx.send(Life::Ended);
     fs.flush_trace();
     sig_handle.close();
     if let Ok(w) = watcher {

@@ -2,6 +2,8 @@
 //!
 //! They talk to a mount only through its files: `.pagetier/stats` and the
 //! `user.pagetier.*` xattrs, so they work for any user who can read the mount.
+//! `prefetch` and `evict` walk directories (`-r`) and work on several files
+//! at once (`-j`); `prefetch` stops at the tier's capacity.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,7 +18,7 @@ fn stats_path(mnt: &Path) -> PathBuf {
     mnt.join(".pagetier/stats")
 }
 
-fn human(b: u64) -> String {
+pub fn human(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;
@@ -150,32 +152,310 @@ pub fn residency(paths: &[PathBuf]) -> Result<()> {
     }
 }
 
-/// `pagetier prefetch [--range R] PATH...`.
-pub fn prefetch(range: &str, paths: &[PathBuf]) -> Result<()> {
-    let bar = indicatif::ProgressBar::new(paths.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let start = Instant::now();
-    for p in paths {
-        bar.set_message(p.display().to_string());
-        xattr_set(p, "user.pagetier.prefetch", range.as_bytes())?;
-        bar.inc(1);
+/// How `prefetch` and `evict` go through their paths.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOptions {
+    /// Descend into directories (never following symlinks below the paths given).
+    pub recursive: bool,
+    /// Files worked on at once (None: CPUs, at most 8).
+    pub jobs: Option<usize>,
+    /// `prefetch`: go on past the tier's capacity.
+    pub ignore_capacity: bool,
+}
+
+impl BatchOptions {
+    fn jobs(&self) -> usize {
+        self.jobs
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .min(8)
+            })
+            .max(1)
     }
-    bar.finish_and_clear();
-    println!(
-        "prefetched {} file(s) in {:.2}s",
-        paths.len(),
-        start.elapsed().as_secs_f64()
+}
+
+/// A regular file found under the paths given.
+struct Item {
+    path: PathBuf,
+    size: u64,
+}
+
+/// Lists the regular files of `paths` (descending into directories when
+/// `recursive`), in a stable order. Other kinds below a directory are
+/// skipped silently; a non-regular path given by name is an error.
+fn collect_files(paths: &[PathBuf], recursive: bool) -> Result<Vec<Item>> {
+    fn walk(dir: &Path, out: &mut Vec<Item>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}", dir.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("{}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(&e.path(), out)?;
+            } else if ft.is_file() {
+                let size = e.metadata()?.len();
+                out.push(Item {
+                    path: e.path(),
+                    size,
+                });
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let md = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        if md.is_dir() {
+            if !recursive {
+                return Err(anyhow!("{} is a directory (use -r)", p.display()));
+            }
+            walk(p, &mut out)?;
+        } else if md.is_file() {
+            out.push(Item {
+                path: p.clone(),
+                size: md.len(),
+            });
+        } else {
+            return Err(anyhow!("{} is not a regular file", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+/// The FUSE mount holding `path` (its mount point), per /proc/self/mountinfo.
+fn mount_root_of(path: &Path) -> Option<PathBuf> {
+    let abs = std::fs::canonicalize(path).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            // "fuse.pagetier" through mount.fuse3, plain "fuse" when mounted directly.
+            right.starts_with("fuse").then_some(())?;
+            let mp = PathBuf::from(left.split_whitespace().nth(4)?.replace("\\040", " "));
+            abs.starts_with(&mp).then_some(mp)
+        })
+        .max_by_key(|mp| mp.as_os_str().len())
+}
+
+/// The device tier's capacity as the stats of the mount holding `path` say.
+fn tier_capacity(path: &Path) -> Result<u64> {
+    let root = mount_root_of(path)
+        .ok_or_else(|| anyhow!("{} is not in a pagetier mount", path.display()))?;
+    let stats = stats_path(&root);
+    let text = std::fs::read_to_string(&stats)
+        .with_context(|| format!("reading the tier's capacity from {}", stats.display()))?;
+    let v: Value = serde_json::from_str(&text)?;
+    v["device"]["capacity_bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}: no device.capacity_bytes", stats.display()))
+}
+
+fn resident_bytes(path: &Path) -> Result<u64> {
+    let v: Value = serde_json::from_slice(&xattr_get(path, "user.pagetier.residency")?)?;
+    Ok(v["resident_bytes"].as_u64().unwrap_or(0))
+}
+
+/// A byte progress bar on stderr, hidden when stderr is not a terminal.
+fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{wide_bar}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}} {{msg}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar
+}
+
+/// Runs `work` over `items` on `jobs` threads, in order of admission: `admit`
+/// (called under a lock, in list order) may stop the batch before an item.
+fn run_batch<T: Send>(
+    items: &[Item],
+    jobs: usize,
+    mut admit: impl FnMut(&Item) -> bool + Send,
+    work: impl Fn(&Item) -> T + Sync,
+) -> Vec<Option<T>> {
+    let next = std::sync::Mutex::new((0usize, false));
+    let results: Vec<std::sync::Mutex<Option<T>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let admit = std::sync::Mutex::new(&mut admit);
+    std::thread::scope(|sc| {
+        for _ in 0..jobs.min(items.len().max(1)) {
+            sc.spawn(|| {
+                loop {
+                    let i = {
+                        let mut g = next.lock().unwrap();
+                        if g.1 || g.0 >= items.len() {
+                            return;
+                        }
+                        if !(admit.lock().unwrap())(&items[g.0]) {
+                            g.1 = true;
+                            return;
+                        }
+                        g.0 += 1;
+                        g.0 - 1
+                    };
+                    let r = work(&items[i]);
+                    *results[i].lock().unwrap() = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or(None))
+        .collect()
+}
+
+/// What happened to one file of a batch.
+struct Done {
+    before: u64,
+    after: u64,
+}
+
+/// `pagetier prefetch [-r] [-j N] [--ignore-capacity] [--range R] PATH...`.
+///
+/// Files are admitted in order while the bytes they will occupy (their
+/// size, or the range's length within them, in 4 KiB pages) add up to no
+/// more than the tier's capacity; past that the rest is skipped (later files
+/// would only evict earlier ones) unless `--ignore-capacity`.
+pub fn prefetch(range: &str, paths: &[PathBuf], opts: &BatchOptions) -> Result<()> {
+    let (start, last) =
+        crate::control::parse_range(range).map_err(|e| anyhow!("--range {range}: {e}"))?;
+    let items = collect_files(paths, opts.recursive)?;
+    let footprint = |it: &Item| -> u64 {
+        let end = last.map_or(it.size, |l| l.saturating_add(1).min(it.size));
+        end.saturating_sub(start).div_ceil(4096) * 4096
+    };
+    let capacity =
+        match (opts.ignore_capacity, items.first()) {
+            (false, Some(first)) => Some(tier_capacity(&first.path).map_err(|e| {
+                anyhow!("{e:#}; pass --ignore-capacity to prefetch without a limit")
+            })?),
+            _ => None,
+        };
+    let total: u64 = items.iter().map(footprint).sum();
+    let bar = progress(total, "prefetch");
+    let t0 = Instant::now();
+    let mut admitted = 0u64;
+    let results = run_batch(
+        &items,
+        opts.jobs(),
+        |it| {
+            let fp = footprint(it);
+            match capacity {
+                Some(cap) if admitted + fp > cap => false,
+                _ => {
+                    admitted += fp;
+                    true
+                }
+            }
+        },
+        |it| {
+            let r = (|| -> Result<Done> {
+                let before = resident_bytes(&it.path)?;
+                xattr_set(&it.path, "user.pagetier.prefetch", range.as_bytes())?;
+                let after = resident_bytes(&it.path)?;
+                Ok(Done { before, after })
+            })();
+            bar.inc(footprint(it));
+            r
+        },
+    );
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+
+    let (mut done, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut faulted, mut resident, mut skipped_bytes) = (0u64, 0u64, 0u64);
+    for (it, r) in items.iter().zip(&results) {
+        match r {
+            Some(Ok(d)) => {
+                done += 1;
+                resident += d.before;
+                faulted += d.after.saturating_sub(d.before);
+            }
+            Some(Err(e)) => {
+                eprintln!("pagetier: {e:#}");
+                failed += 1;
+            }
+            None => {
+                skipped += 1;
+                skipped_bytes += footprint(it);
+            }
+        }
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "prefetched {done} file(s) in {secs:.2} s: {} faulted ({}/s), {} already resident",
+        human(faulted),
+        human((faulted as f64 / secs.max(1e-3)) as u64),
+        human(resident)
+    )?;
+    if skipped > 0 {
+        writeln!(
+            out,
+            "skipped {skipped} file(s), {}: over the tier's capacity of {} \
+             (--ignore-capacity to prefetch them anyway)",
+            human(skipped_bytes),
+            human(capacity.unwrap_or(0))
+        )?;
+    }
+    if failed > 0 {
+        writeln!(out, "failed {failed} file(s)")?;
+    }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if failed > 0 {
+        return Err(anyhow!("{failed} file(s) failed"));
+    }
     Ok(())
 }
 
-/// `pagetier evict PATH...`.
-pub fn evict(paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        xattr_set(p, "user.pagetier.evict", b"1")?;
+/// `pagetier evict [-r] [-j N] PATH...`.
+pub fn evict(paths: &[PathBuf], opts: &BatchOptions) -> Result<()> {
+    let items = collect_files(paths, opts.recursive)?;
+    let bar = progress(items.iter().map(|i| i.size).sum(), "evict");
+    let results = run_batch(
+        &items,
+        opts.jobs(),
+        |_| true,
+        |it| {
+            let r = (|| -> Result<Done> {
+                let before = resident_bytes(&it.path)?;
+                xattr_set(&it.path, "user.pagetier.evict", b"1")?;
+                Ok(Done { before, after: 0 })
+            })();
+            bar.inc(it.size);
+            r
+        },
+    );
+    bar.finish_and_clear();
+    let (mut done, mut failed, mut dropped) = (0u64, 0u64, 0u64);
+    for r in results.iter().flatten() {
+        match r {
+            Ok(d) => {
+                done += 1;
+                dropped += d.before.saturating_sub(d.after);
+            }
+            Err(e) => {
+                eprintln!("pagetier: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "evicted {done} file(s): {} dropped from the tier",
+        human(dropped)
+    );
+    if failed > 0 {
+        return Err(anyhow!("{failed} file(s) failed"));
     }
     Ok(())
 }

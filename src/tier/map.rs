@@ -13,15 +13,18 @@
 //! - every `Ready` folio's bytes equal the file's bytes at the time of its fill, and no
 //!   invalidation of its range has happened since (otherwise it would have been removed);
 //! - `seq` (the file's [`InvalidationSeq`]) changes on every invalidation and is drawn from a
-//!   tier-wide counter, so a forgotten and re-created file never repeats an old value.
+//!   tier-wide counter, so a forgotten and re-created file never repeats an old value;
+//! - `pinned` holds exactly the keys of `Ready` folios kept out of the eviction policy (the
+//!   `pin` hint); every other `Ready` folio is tracked by the policy;
+//! - a state with a hint other than `Normal` is kept even when it holds no page.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::tier::arena::ChunkIndex;
 use crate::tier::evict::FolioKey;
 use crate::tier::folio::{Folio, FolioId};
 use crate::tier::sync::Arc;
-use crate::tier::{InvalidationSeq, SLOTS_PER_CHUNK};
+use crate::tier::{Hint, InvalidationSeq, SLOTS_PER_CHUNK};
 
 pub enum Entry {
     Ready(Arc<Folio>),
@@ -34,6 +37,14 @@ pub struct FileState {
     pub last_end: u64,
     pub huge: BTreeMap<u64, Entry>,
     pub base: BTreeMap<u64, Entry>,
+    /// The file's hint (`user.pagetier.hint`).
+    pub hint: Hint,
+    /// Ready folios kept out of the eviction policy (see module docs).
+    pub pinned: HashSet<FolioKey>,
+    /// Readahead frontier: the end of what readahead has been issued for (0: none).
+    pub ra_next: u64,
+    /// Current readahead window in bytes (0: not reading sequentially).
+    pub ra_window: u64,
 }
 
 impl FileState {
@@ -43,6 +54,10 @@ impl FileState {
             last_end: 0,
             huge: BTreeMap::new(),
             base: BTreeMap::new(),
+            hint: Hint::Normal,
+            pinned: HashSet::new(),
+            ra_next: 0,
+            ra_window: 0,
         }
     }
 
@@ -99,8 +114,9 @@ impl FileState {
         (ready(&self.huge), ready(&self.base))
     }
 
+    /// No pages, no fills and no hint: the state can be forgotten.
     pub fn is_empty(&self) -> bool {
-        self.huge.is_empty() && self.base.is_empty()
+        self.huge.is_empty() && self.base.is_empty() && self.hint == Hint::Normal
     }
 }
 

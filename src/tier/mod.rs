@@ -25,6 +25,31 @@
 //! directly into the caller's buffer (a *bypass*). A fault never fails for lack of space.
 //! Bytes past EOF in a tail page are zero and are never served.
 //!
+//! # Eviction and admission
+//! The [`EvictionPolicy`] (chosen by name with [`policy_by_name`]; default [`DEFAULT_POLICY`],
+//! see `evict.rs` for the measurements behind it) orders resident folios and also decides
+//! *admission*: every miss is recorded with the policy, and when a read misses a page while
+//! the arena is full the policy is asked whether evicting a victim for it pays off. If not,
+//! the read is served straight from storage without installing the page (a bypass, counted
+//! in `admission_refusals`); an explicit [`DeviceTier::prefetch`] always admits, readahead
+//! stops. Capacity is never exceeded and a fault never fails for lack of space either way.
+//!
+//! # Hints and pinning
+//! [`DeviceTier::set_hint`] sets a file's [`Hint`] (the `user.pagetier.hint` xattr): `random`
+//! turns off readahead and huge faults for the file, `sequential` makes every read sequential
+//! and readahead start at its largest window, `epoch` is passed to the policy, and `pin` keeps
+//! the file's folios out of the policy — they are never evicted, only invalidated — as long as
+//! all pinned folios fit in [`TierOptions::pin_share`] of the capacity; folios beyond that
+//! share are evictable as usual. Changing the hint away from `pin` hands the folios back to
+//! the policy. A hint survives [`DeviceTier::invalidate_file`]; clear it with `Hint::Normal`.
+//!
+//! # Readahead
+//! [`DeviceTier::read_with_readahead`] is [`DeviceTier::read`] plus readahead: when a file is
+//! read sequentially, the extents ahead of the reader are faulted by a small pool of tier
+//! threads through an owned `Arc` source, in a window that grows on sustained sequential
+//! reads and closes on a random one (`readahead.rs`). Readahead fills are ordinary fills:
+//! the same `Filling` reservations and the same invalidation-sequence check.
+//!
 //! # Concurrency and freshness
 //! State is sharded by file ([`SHARDS`] shards). A fault reserves its folios and marks them
 //! `Filling` in the file's page map under the shard lock, remembers the file's
@@ -39,8 +64,9 @@
 //! across one memcpy, never while blocking or locking.
 //!
 //! # Lock order
-//! `shard.files` → (`policy` | `arena.alloc`). At most one shard lock is held at a time;
-//! `policy` and `arena.alloc` are leaves and never nested with each other. No storage I/O and
+//! `shard.files` → (`policy` | `arena.alloc` | readahead `queue`). At most one shard lock is
+//! held at a time; `policy`, `arena.alloc` and the readahead queue are leaves and never nested
+//! with each other. No storage I/O and
 //! no freeing of folios happens under a shard lock (removed folios are dropped after unlock).
 //!
 //! # Invalidation
@@ -54,13 +80,18 @@
 mod arena;
 mod evict;
 mod folio;
+mod hint;
 mod map;
 pub mod range;
+mod readahead;
+mod s3fifo;
+pub mod sim;
 pub mod size;
 mod stats;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod tinylfu;
 
 use std::collections::HashMap;
 use std::io;
@@ -70,14 +101,24 @@ use serde::Serialize;
 use self::arena::{Arena, Need};
 use self::folio::{Folio, contiguous_mut};
 use self::map::{Entry, FileState};
+use self::readahead::{Job, Readahead};
 use self::stats::{Counters, add, sub};
 use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock, wait};
 
-pub use self::evict::{EvictionPolicy, FolioKey, LruPolicy};
+pub use self::evict::{
+    DEFAULT_POLICY, EvictionPolicy, FolioKey, LruPolicy, POLICY_NAMES, UnknownPolicy,
+    policy_by_name,
+};
 pub use self::folio::FolioId;
+pub use self::hint::{Hint, HintError};
 pub use self::range::{ByteRange, RangeError};
+pub use self::readahead::{
+    RA_INITIAL_WINDOW, RA_MAX_WINDOW, RA_QUEUE_JOBS, RA_THREADS, SharedSource,
+};
+pub use self::s3fifo::S3FifoPolicy;
 pub use self::size::{ByteSize, SizeError, parse_capacity, parse_size};
 pub use self::stats::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+pub use self::tinylfu::{FrequencySketch, TINYLFU_MARGIN, TinyLfuPolicy};
 
 /// Base page size.
 pub const PAGE_SIZE: u64 = 4096;
@@ -117,6 +158,20 @@ impl Default for TierConfig {
             capacity: 1 << 30,
             huge_pages: true,
         }
+    }
+}
+
+/// Tier settings beyond [`TierConfig`] (kept apart so that `TierConfig` literals elsewhere
+/// stay valid).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TierOptions {
+    /// Share of the capacity that pinned (`pin` hint) folios may hold, 0.0..=1.0.
+    pub pin_share: f64,
+}
+
+impl Default for TierOptions {
+    fn default() -> Self {
+        TierOptions { pin_share: 0.5 }
     }
 }
 
@@ -211,6 +266,18 @@ struct Acct {
     resident_bytes: u64,
     faulted_bytes: u64,
     skipped_bytes: u64,
+    refused: u64,
+}
+
+/// Who asks [`DeviceTier::serve`] for pages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// A device read: subject to admission; refused pages are bypassed.
+    Read,
+    /// An explicit prefetch: always admitted.
+    Prefetch,
+    /// Readahead: subject to admission; a refused page ends the job.
+    Readahead,
 }
 
 /// The device tier. `Send + Sync`; see the module docs for semantics.
@@ -222,6 +289,10 @@ pub struct DeviceTier {
     policy: Mutex<Box<dyn EvictionPolicy>>,
     seq: AtomicU64,
     stats: Counters,
+    /// Arena slots held by pinned folios; at most `pin_budget` (see `track`).
+    pinned_slots: AtomicU64,
+    pin_budget: u64,
+    readahead: Readahead,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -255,13 +326,25 @@ impl DeviceTier {
     /// Maps the arena. Capacity is rounded down to 2 MiB and must be at least one chunk and
     /// at most `MemAvailable` (when `/proc/meminfo` is readable).
     pub fn new(cfg: TierConfig) -> Result<DeviceTier, TierError> {
-        Self::with_policy(cfg, Box::new(LruPolicy::new()))
+        Self::with_policy(
+            cfg,
+            policy_by_name(DEFAULT_POLICY).expect("the default policy exists"),
+        )
     }
 
     /// Like [`DeviceTier::new`] with another eviction policy.
     pub fn with_policy(
         cfg: TierConfig,
         policy: Box<dyn EvictionPolicy>,
+    ) -> Result<DeviceTier, TierError> {
+        Self::with_options(cfg, policy, TierOptions::default())
+    }
+
+    /// Like [`DeviceTier::with_policy`] with [`TierOptions`].
+    pub fn with_options(
+        cfg: TierConfig,
+        policy: Box<dyn EvictionPolicy>,
+        opts: TierOptions,
     ) -> Result<DeviceTier, TierError> {
         let chunks = cfg.capacity / HUGE_PAGE_SIZE;
         if chunks == 0 {
@@ -286,7 +369,15 @@ impl DeviceTier {
                 filled: Condvar::new(),
             })
             .collect();
-        tracing::debug!(capacity, huge_pages = cfg.huge_pages, "device tier mapped");
+        let slots = capacity / PAGE_SIZE;
+        let pin_budget = (slots as f64 * opts.pin_share.clamp(0.0, 1.0)) as u64;
+        tracing::debug!(
+            capacity,
+            huge_pages = cfg.huge_pages,
+            policy = policy.name(),
+            pin_budget,
+            "device tier mapped"
+        );
         Ok(DeviceTier {
             cfg: TierConfig { capacity, ..cfg },
             arena,
@@ -294,7 +385,15 @@ impl DeviceTier {
             policy: Mutex::new(policy),
             seq: AtomicU64::new(1),
             stats: Counters::default(),
+            pinned_slots: AtomicU64::new(0),
+            pin_budget,
+            readahead: Readahead::default(),
         })
+    }
+
+    /// The eviction policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        lock(&self.policy).name()
     }
 
     /// The effective configuration (capacity rounded to chunks).
@@ -336,14 +435,39 @@ impl DeviceTier {
             return Ok(0);
         }
         let end = offset.saturating_add(out.len() as u64).min(file_size);
-        let n = (end - offset) as usize;
         let sequential = {
             let mut g = lock(&self.shard(file).files);
             let st = self.state(&mut g, file);
-            let seq = offset == st.last_end || n as u64 >= SEQUENTIAL_MIN_READ;
-            st.last_end = end;
-            seq
+            Self::note_read(st, offset, end).0
         };
+        self.read_sequential(file, file_size, offset, end, out, sequential, src)
+    }
+
+    /// Sequential-access detection for a read of `[offset, end)`: returns (may fault huge
+    /// pages, continues the previous read) and remembers `end`. Hints override.
+    fn note_read(st: &mut FileState, offset: u64, end: u64) -> (bool, bool) {
+        let continues = offset == st.last_end;
+        st.last_end = end;
+        match st.hint {
+            Hint::Random => (false, false),
+            Hint::Sequential => (true, true),
+            _ => (continues || end - offset >= SEQUENTIAL_MIN_READ, continues),
+        }
+    }
+
+    /// The body of [`DeviceTier::read`] once sequential detection is done.
+    #[allow(clippy::too_many_arguments)]
+    fn read_sequential(
+        &self,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        end: u64,
+        out: &mut [u8],
+        sequential: bool,
+        src: &dyn FillSource,
+    ) -> io::Result<usize> {
+        let n = (end - offset) as usize;
         let mut acct = Acct::default();
         let r = self.serve(
             file,
@@ -352,9 +476,11 @@ impl DeviceTier {
             end,
             Some(&mut out[..n]),
             sequential,
+            Mode::Read,
             src,
             &mut acct,
         );
+        add(&self.stats.admission_refusals, acct.refused);
         add(&self.stats.hits, acct.hits);
         add(&self.stats.misses, acct.misses);
         add(&self.stats.lookups, acct.hits + acct.misses);
@@ -380,7 +506,17 @@ impl DeviceTier {
         }
         let end = offset.saturating_add(len).min(file_size);
         let mut acct = Acct::default();
-        self.serve(file, file_size, offset, end, None, true, src, &mut acct)?;
+        self.serve(
+            file,
+            file_size,
+            offset,
+            end,
+            None,
+            true,
+            Mode::Prefetch,
+            src,
+            &mut acct,
+        )?;
         Ok(PrefetchReport {
             faulted_bytes: acct.faulted_bytes,
             already_resident_bytes: acct.resident_bytes,
@@ -401,12 +537,14 @@ impl DeviceTier {
         end: u64,
         mut out: Option<&mut [u8]>,
         sequential: bool,
+        mode: Mode,
         src: &dyn FillSource,
         acct: &mut Acct,
     ) -> io::Result<()> {
         let shard = self.shard(file);
         let mut pos = start;
         let mut failures_at: (u64, u32, u32) = (u64::MAX, 0, 0); // (extent, huge, base) rounds
+        let mut recorded_at = u64::MAX; // the miss at this position was told to the policy
         while pos < end {
             let ext = pos / HUGE_PAGE_SIZE;
             let ext_start = ext * HUGE_PAGE_SIZE;
@@ -478,15 +616,38 @@ impl DeviceTier {
             // 3. A miss at `pos`: fault a huge page or a run of base pages.
             let want_huge = self.cfg.huge_pages
                 && sequential
+                && st.hint != Hint::Random
                 && ext_start + HUGE_PAGE_SIZE <= file_size
                 && failures_at.1 < HUGE_EVICT_ROUNDS
                 && st.base_in_extent(ext).next().is_none();
+            let run = match st.base.range(first_page..=last_page).next() {
+                Some((&p, _)) => p - first_page,
+                None => last_page + 1 - first_page,
+            } as usize;
+            if recorded_at != pos {
+                recorded_at = pos;
+                let mut policy = lock(&self.policy);
+                if want_huge {
+                    policy.record_miss(&FolioKey::huge(file, ext));
+                } else {
+                    for i in 0..run as u64 {
+                        policy.record_miss(&FolioKey::base(file, first_page + i));
+                    }
+                }
+            }
             let (keys, folios) = if want_huge {
                 match self.arena.alloc_huge() {
                     Some(f) => (vec![FolioKey::huge(file, ext)], vec![f]),
                     None => {
                         drop(g);
                         failures_at.1 += 1;
+                        let admitted = mode == Mode::Prefetch
+                            || lock(&self.policy).admit(&FolioKey::huge(file, ext));
+                        if !admitted {
+                            // Fall back to base pages: free slots, or admission per page.
+                            failures_at.1 = HUGE_EVICT_ROUNDS;
+                            continue;
+                        }
                         if !self.evict(Need::Chunk) || failures_at.1 >= HUGE_EVICT_ROUNDS {
                             failures_at.1 = HUGE_EVICT_ROUNDS;
                             add(&self.stats.huge_fallbacks, 1);
@@ -495,10 +656,6 @@ impl DeviceTier {
                     }
                 }
             } else {
-                let run = match st.base.range(first_page..=last_page).next() {
-                    Some((&p, _)) => p - first_page,
-                    None => last_page + 1 - first_page,
-                } as usize;
                 let home = if self.cfg.huge_pages {
                     st.home_chunk(ext)
                         .map(|c| (c, (first_page % SLOTS_PER_CHUNK as u64) as u16))
@@ -509,6 +666,15 @@ impl DeviceTier {
                 if folios.is_empty() {
                     drop(g);
                     failures_at.2 += 1;
+                    let admitted = mode == Mode::Prefetch
+                        || lock(&self.policy).admit(&FolioKey::base(file, first_page));
+                    if !admitted {
+                        acct.refused += 1;
+                        if mode == Mode::Readahead {
+                            return Ok(());
+                        }
+                        failures_at.2 = BASE_EVICT_ROUNDS + 1;
+                    }
                     if failures_at.2 <= BASE_EVICT_ROUNDS && self.evict(Need::Slots(run)) {
                         continue;
                     }
@@ -632,7 +798,7 @@ impl DeviceTier {
             if !installed.is_empty() {
                 let mut policy = lock(&self.policy);
                 for (k, id) in &installed {
-                    policy.insert(*k, *id);
+                    self.track(st, &mut **policy, *k, *id);
                 }
                 drop(policy);
                 let huge = installed.iter().filter(|(k, _)| k.is_huge()).count() as u64;
@@ -693,9 +859,14 @@ impl DeviceTier {
             Ok(huge) => {
                 let mut policy = lock(&self.policy);
                 for (i, id) in ids.iter().enumerate() {
-                    policy.remove(&FolioKey::base(file, first + i as u64), *id);
+                    self.untrack(
+                        st,
+                        &mut **policy,
+                        &FolioKey::base(file, first + i as u64),
+                        *id,
+                    );
                 }
-                policy.insert(FolioKey::huge(file, ext), huge.id());
+                self.track(st, &mut **policy, FolioKey::huge(file, ext), huge.id());
                 drop(policy);
                 st.huge.insert(ext, Entry::Ready(Arc::new(huge)));
                 sub(&self.stats.resident_base, SLOTS_PER_CHUNK as u64);
@@ -708,6 +879,208 @@ impl DeviceTier {
                 }
             }
         }
+    }
+
+    /// Registers a newly resident folio of `st`: pinned (kept out of the policy) if the file
+    /// has the `pin` hint and the pin budget has room, else tracked by the policy. Caller
+    /// holds the shard lock and the policy lock.
+    fn track(
+        &self,
+        st: &mut FileState,
+        policy: &mut dyn EvictionPolicy,
+        key: FolioKey,
+        id: FolioId,
+    ) {
+        if st.hint == Hint::Pin && self.reserve_pin(slots_of(&key)) {
+            st.pinned.insert(key);
+        } else {
+            policy.insert(key, id);
+        }
+    }
+
+    /// Undoes [`DeviceTier::track`] for a folio leaving the page map (not via `pop_victim`).
+    fn untrack(
+        &self,
+        st: &mut FileState,
+        policy: &mut dyn EvictionPolicy,
+        key: &FolioKey,
+        id: FolioId,
+    ) {
+        if st.pinned.remove(key) {
+            sub(&self.pinned_slots, slots_of(key));
+        } else {
+            policy.remove(key, id);
+        }
+    }
+
+    /// Takes `slots` from the pin budget if it has room.
+    fn reserve_pin(&self, slots: u64) -> bool {
+        self.pinned_slots
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + slots <= self.pin_budget).then_some(used + slots)
+            })
+            .is_ok()
+    }
+
+    /// Sets the file's [`Hint`] (see the module docs); `Hint::Normal` clears it. Pinning
+    /// takes the file's resident folios out of the policy while the pin budget has room;
+    /// unpinning hands them back.
+    pub fn set_hint(&self, file: FileId, hint: Hint) {
+        let mut g = lock(&self.shard(file).files);
+        let st = self.state(&mut g, file);
+        let old = st.hint;
+        st.hint = hint;
+        let mut policy = lock(&self.policy);
+        policy.set_hint(file, hint);
+        if hint == Hint::Random {
+            st.ra_window = 0;
+            st.ra_next = 0;
+        }
+        if old == Hint::Pin && hint != Hint::Pin {
+            let keys: Vec<FolioKey> = st.pinned.drain().collect();
+            for k in keys {
+                if let Some(Entry::Ready(f)) = st.get(&k) {
+                    policy.insert(k, f.id());
+                }
+                sub(&self.pinned_slots, slots_of(&k));
+            }
+        } else if hint == Hint::Pin && old != Hint::Pin {
+            let ready: Vec<(FolioKey, FolioId)> = st
+                .huge
+                .iter()
+                .map(|(&e, x)| (FolioKey::huge(file, e), x))
+                .chain(st.base.iter().map(|(&p, x)| (FolioKey::base(file, p), x)))
+                .filter_map(|(k, x)| match x {
+                    Entry::Ready(f) => Some((k, f.id())),
+                    Entry::Filling(_) => None,
+                })
+                .collect();
+            for (k, id) in ready {
+                if !self.reserve_pin(slots_of(&k)) {
+                    break;
+                }
+                policy.remove(&k, id);
+                st.pinned.insert(k);
+            }
+        }
+        drop(policy);
+        if st.is_empty() {
+            g.remove(&file);
+        }
+    }
+
+    /// The file's hint.
+    pub fn hint(&self, file: FileId) -> Hint {
+        lock(&self.shard(file).files)
+            .get(&file)
+            .map_or(Hint::Normal, |st| st.hint)
+    }
+
+    /// [`DeviceTier::read`] plus readahead: a read that continues the file's previous read (or
+    /// starts at 0) opens or advances a readahead window, whose extents are faulted by the
+    /// tier's readahead threads through `src` (module docs, `readahead.rs`). The window is
+    /// queued before this read is served, so the two overlap.
+    pub fn read_with_readahead(
+        self: &Arc<Self>,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        out: &mut [u8],
+        src: SharedSource,
+    ) -> io::Result<usize> {
+        if offset >= file_size || out.is_empty() {
+            add(&self.stats.reads, 1);
+            return Ok(0);
+        }
+        let end = offset.saturating_add(out.len() as u64).min(file_size);
+        let sequential = {
+            let mut g = lock(&self.shard(file).files);
+            let st = self.state(&mut g, file);
+            let (sequential, continues) = Self::note_read(st, offset, end);
+            if continues {
+                self.advance_readahead(st, file, file_size, end, &src);
+            } else {
+                st.ra_window = 0;
+                st.ra_next = 0;
+            }
+            sequential
+        };
+        add(&self.stats.reads, 1);
+        self.read_sequential(file, file_size, offset, end, out, sequential, &*src)
+    }
+
+    /// Issues the next readahead window if the reader (now at `end`) is within half a window
+    /// of the frontier. Caller holds the shard lock (the queue lock nests inside it).
+    fn advance_readahead(
+        self: &Arc<Self>,
+        st: &mut FileState,
+        file: FileId,
+        file_size: u64,
+        end: u64,
+        src: &SharedSource,
+    ) {
+        let window = match (st.ra_window, st.hint) {
+            (_, Hint::Sequential) => RA_MAX_WINDOW,
+            (0, _) => RA_INITIAL_WINDOW,
+            (w, _) => w,
+        };
+        let frontier = st.ra_next.max(end);
+        if frontier >= file_size || frontier - end >= window / 2 {
+            st.ra_window = window;
+            st.ra_next = frontier;
+            return;
+        }
+        // Issue up to the window's end past the reader, aligned to an extent boundary.
+        let target = (end + window)
+            .next_multiple_of(HUGE_PAGE_SIZE)
+            .min(file_size);
+        let issued = self.readahead.submit(
+            self,
+            file,
+            file_size,
+            frontier,
+            target - frontier,
+            st.seq,
+            src,
+        );
+        if issued < target {
+            add(&self.stats.readahead_dropped, target - issued);
+        }
+        st.ra_next = issued;
+        st.ra_window = (window * 2).min(RA_MAX_WINDOW);
+    }
+
+    /// Runs one readahead job (on a readahead thread).
+    fn run_readahead(&self, job: &Job) {
+        {
+            let g = lock(&self.shard(job.file).files);
+            if g.get(&job.file).is_none_or(|st| st.seq != job.seq) {
+                return; // invalidated since it was queued
+            }
+        }
+        let mut acct = Acct::default();
+        let end = job.offset + job.len;
+        let r = self.serve(
+            job.file,
+            job.file_size,
+            job.offset,
+            end,
+            None,
+            true,
+            Mode::Readahead,
+            &*job.src,
+            &mut acct,
+        );
+        add(&self.stats.readahead_bytes, acct.faulted_bytes);
+        add(&self.stats.admission_refusals, acct.refused);
+        if let Err(e) = r {
+            tracing::debug!(file = job.file, offset = job.offset, error = %e, "readahead failed");
+        }
+    }
+
+    /// Blocks until all queued readahead has run (for tests, benchmarks and orderly exits).
+    pub fn wait_readahead(&self) {
+        self.readahead.wait_idle();
     }
 
     /// Promotes resident folios in the eviction policy; skipped if the policy is busy (an
@@ -869,17 +1242,17 @@ impl DeviceTier {
             dropped += ce - cs;
             splits += 1;
         }
-        if st.is_empty() {
-            g.remove(&file);
-        }
         if !gone.is_empty() || !added.is_empty() {
             let mut policy = lock(&self.policy);
             for (k, id) in &gone {
-                policy.remove(k, *id);
+                self.untrack(st, &mut **policy, k, *id);
             }
             for (k, id) in &added {
-                policy.insert(*k, *id);
+                self.track(st, &mut **policy, *k, *id);
             }
+        }
+        if st.is_empty() {
+            g.remove(&file);
         }
         shard.filled.notify_all();
         drop(g);
@@ -898,8 +1271,16 @@ impl DeviceTier {
     pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
         let shard = self.shard(file);
         let mut g = lock(&shard.files);
-        let Some(st) = g.remove(&file) else { return 0 };
+        let Some(mut st) = g.remove(&file) else {
+            return 0;
+        };
+        if st.hint != Hint::Normal {
+            let mut fresh = FileState::new(self.next_seq());
+            fresh.hint = st.hint;
+            g.insert(file, fresh);
+        }
         shard.filled.notify_all();
+        let pinned = std::mem::take(&mut st.pinned);
         let mut gone = Vec::new();
         let mut garbage = Vec::new();
         for (k, e) in st
@@ -920,9 +1301,13 @@ impl DeviceTier {
         if !gone.is_empty() {
             let mut policy = lock(&self.policy);
             for (k, id) in &gone {
-                policy.remove(k, *id);
+                if !pinned.contains(k) {
+                    policy.remove(k, *id);
+                }
             }
         }
+        let unpinned: u64 = pinned.iter().map(slots_of).sum();
+        sub(&self.pinned_slots, unpinned);
         drop(g);
         let gone_huge = gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
         sub(&self.stats.resident_huge, gone_huge);
@@ -950,14 +1335,20 @@ impl DeviceTier {
 
     /// A snapshot of all counters.
     pub fn stats(&self) -> TierStats {
-        let policy_entries = lock(&self.policy).len() as u64;
-        self.stats.snapshot(
+        let (policy_entries, policy) = {
+            let p = lock(&self.policy);
+            (p.len() as u64, p.name())
+        };
+        let mut s = self.stats.snapshot(
             self.cfg.capacity,
             self.arena.used_slots() * PAGE_SIZE,
             self.cfg.huge_pages,
             self.metadata_bytes(),
             policy_entries,
-        )
+        );
+        s.diagnostics.policy = policy;
+        s.diagnostics.pinned_bytes = self.pinned_slots.load(Ordering::Relaxed) * PAGE_SIZE;
+        s
     }
 
     /// Estimated heap and table bytes of tier metadata: chunk table, shard tables, per-file
@@ -986,8 +1377,18 @@ impl DeviceTier {
         self.arena.check_invariants();
         let (mut huge, mut base) = (0, 0);
         let mut filling = 0;
+        let (mut pinned, mut pinned_slots) = (0u64, 0u64);
         for s in self.shards.iter() {
             for st in lock(&s.files).values() {
+                for k in &st.pinned {
+                    assert!(
+                        matches!(st.get(k), Some(Entry::Ready(_))),
+                        "pinned key {k:?} is not resident"
+                    );
+                    assert_eq!(st.hint, Hint::Pin, "pinned folio of an unpinned file");
+                    pinned += 1;
+                    pinned_slots += slots_of(k);
+                }
                 let (h, b) = st.resident_counts();
                 huge += h;
                 base += b;
@@ -1006,15 +1407,29 @@ impl DeviceTier {
         assert_eq!(huge, self.stats.resident_huge.load(Ordering::Relaxed));
         assert_eq!(base, self.stats.resident_base.load(Ordering::Relaxed));
         assert_eq!(
-            lock(&self.policy).len() as u64,
+            lock(&self.policy).len() as u64 + pinned,
             huge + base,
-            "policy tracks exactly the resident folios"
+            "policy tracks exactly the resident unpinned folios"
         );
+        assert_eq!(self.pinned_slots.load(Ordering::Relaxed), pinned_slots);
+        assert!(pinned_slots <= self.pin_budget, "pin budget exceeded");
         assert_eq!(
             self.arena.used_slots(),
             huge * SLOTS_PER_CHUNK as u64 + base,
             "no leaked arena memory"
         );
+    }
+
+    /// Keys of the file's pinned folios, sorted.
+    #[cfg(test)]
+    fn pinned_keys(&self, file: FileId) -> Vec<FolioKey> {
+        let g = lock(&self.shard(file).files);
+        let mut v: Vec<FolioKey> = g
+            .get(&file)
+            .map(|st| st.pinned.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Asserts every resident byte of `file` equals `truth` (zero past its end).
@@ -1089,6 +1504,16 @@ fn read_fully(
             Err(e) => return Err(e),
         }
     }
+    // Storage ended before the size the caller saw: the file shrank (or was
+    // replaced) since. Installing the zeros would serve bytes that were never
+    // in the file, so the fill fails and the caller retries with a fresh size.
+    let expected = file_size.saturating_sub(offset).min(buf.len() as u64) as usize;
+    if done < expected {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "storage is shorter than the file size it reported: the file changed during the fill",
+        ));
+    }
     let valid = (file_size.saturating_sub(offset)).min(done as u64) as usize;
     buf[valid..].fill(0);
     Ok(done)
@@ -1110,4 +1535,13 @@ fn bypass_read(
     let s = (from - a) as usize;
     out.copy_from_slice(&bounce[s..s + out.len()]);
     Ok(())
+}
+
+/// Arena slots a folio of this key occupies.
+fn slots_of(key: &FolioKey) -> u64 {
+    if key.is_huge() {
+        SLOTS_PER_CHUNK as u64
+    } else {
+        1
+    }
 }

@@ -28,6 +28,9 @@ pub struct Counters {
     pub refused_writes: AtomicU64,
     pub bypass_reads: AtomicU64,
     pub huge_fallbacks: AtomicU64,
+    pub admission_refusals: AtomicU64,
+    pub readahead_bytes: AtomicU64,
+    pub readahead_dropped: AtomicU64,
     /// Installed (ready) folios.
     pub resident_huge: AtomicU64,
     pub resident_base: AtomicU64,
@@ -96,8 +99,19 @@ pub struct TierDiagnostics {
     pub bypass_reads: u64,
     /// Huge faults that fell back to base pages because no chunk could be freed quickly.
     pub huge_fallbacks: u64,
-    /// Resident folios tracked by the eviction policy.
+    /// Resident folios tracked by the eviction policy (pinned folios are not).
     pub policy_entries: u64,
+    /// The eviction policy's name.
+    pub policy: &'static str,
+    /// Missed pages the policy refused to install in a full tier (served by bypass, or
+    /// ending a readahead job).
+    pub admission_refusals: u64,
+    /// Bytes faulted into the tier by readahead threads.
+    pub readahead_bytes: u64,
+    /// Readahead bytes not issued because the readahead queue was full.
+    pub readahead_dropped: u64,
+    /// Arena bytes held by pinned folios (the `pin` hint).
+    pub pinned_bytes: u64,
 }
 
 /// A snapshot of the tier's counters.
@@ -159,6 +173,11 @@ impl Counters {
                 bypass_reads: get(&self.bypass_reads),
                 huge_fallbacks: get(&self.huge_fallbacks),
                 policy_entries,
+                policy: "",
+                admission_refusals: get(&self.admission_refusals),
+                readahead_bytes: get(&self.readahead_bytes),
+                readahead_dropped: get(&self.readahead_dropped),
+                pinned_bytes: 0,
             },
         }
     }

@@ -9,7 +9,7 @@
 //! panic, so a poisoned lock is recovered with [`lock`] instead of cascading the panic.
 
 pub use std::sync::atomic::{AtomicU64, Ordering};
-pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// Locks `m`, recovering the guard if a previous holder panicked (see module docs).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -60,11 +60,19 @@ fn pattern(len: u64, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A tier with the reference LRU policy (the unit tests below assume its victim order).
 fn tier(chunks: u64, huge: bool) -> DeviceTier {
-    DeviceTier::new(TierConfig {
-        capacity: chunks * HUGE_PAGE_SIZE,
-        huge_pages: huge,
-    })
+    tier_with(chunks, huge, "lru")
+}
+
+fn tier_with(chunks: u64, huge: bool, policy: &str) -> DeviceTier {
+    DeviceTier::with_policy(
+        TierConfig {
+            capacity: chunks * HUGE_PAGE_SIZE,
+            huge_pages: huge,
+        },
+        policy_by_name(policy).unwrap(),
+    )
     .unwrap()
 }
 
@@ -490,6 +498,15 @@ enum Op {
     Evict {
         file: usize,
     },
+    Hint {
+        file: usize,
+        hint: Hint,
+    },
+    /// A read through `read_with_readahead` continuing the previous one.
+    ReadAhead {
+        file: usize,
+        len: u64,
+    },
 }
 
 const FILES: usize = 3;
@@ -514,12 +531,15 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (f.clone(), offset(), length(), any::<u8>()).prop_map(|(file, off, len, byte)| Op::Write { file, off, len: len.min(MIB), byte }),
         1 => (f.clone(), 0u64..7 * MIB).prop_map(|(file, size)| Op::Truncate { file, size }),
         1 => (f.clone(), offset(), length()).prop_map(|(file, off, len)| Op::Prefetch { file, off, len }),
-        1 => f.prop_map(|file| Op::Evict { file }),
+        1 => f.clone().prop_map(|file| Op::Evict { file }),
+        1 => (f.clone(), proptest::sample::select(Hint::ALL.to_vec())).prop_map(|(file, hint)| Op::Hint { file, hint }),
+        2 => (f, length()).prop_map(|(file, len)| Op::ReadAhead { file, len }),
     ]
 }
 
-fn run_model(chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
-    let t = tier(chunks, huge);
+fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
+    let t = Arc::new(tier_with(chunks, huge, policy));
+    let mut pinned_before: Vec<(usize, FolioKey)> = Vec::new();
     let mut files: Vec<Vec<u8>> = sizes
         .iter()
         .enumerate()
@@ -612,7 +632,49 @@ fn run_model(chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
                 let n = t.invalidate_file(file as u64, InvalidationCause::Evict);
                 assert_eq!(n, before.huge_pages + before.base_pages);
             }
+            Op::Hint { file, hint } => {
+                t.set_hint(file as u64, hint);
+                assert_eq!(t.hint(file as u64), hint);
+            }
+            Op::ReadAhead { file, len } => {
+                let d = &files[file];
+                let off = next[file];
+                let src: SharedSource = Arc::new(VecSource::new(d.clone()));
+                let mut out = vec![0xAA; len as usize];
+                let n = t
+                    .read_with_readahead(file as u64, d.len() as u64, off, &mut out, src)
+                    .unwrap();
+                let want = d
+                    .get(off as usize..(off as usize + len as usize).min(d.len()))
+                    .unwrap_or(&[]);
+                assert!(
+                    out[..n] == *want,
+                    "step {step}: {op:?} at {off} returned stale or wrong bytes"
+                );
+                next[file] = if n == 0 { 0 } else { off + n as u64 };
+                // The snapshot source must not outlive the next write: settle readahead.
+                t.wait_readahead();
+            }
         }
+        // Pinned folios stay resident unless their file was invalidated or re-hinted.
+        let touched = match *op {
+            Op::Write { file, .. }
+            | Op::Truncate { file, .. }
+            | Op::Evict { file }
+            | Op::Hint { file, .. } => Some(file),
+            _ => None,
+        };
+        for (file, key) in &pinned_before {
+            if touched != Some(*file) {
+                assert!(
+                    t.pinned_keys(*file as u64).contains(key),
+                    "step {step}: pinned {key:?} of file {file} was evicted"
+                );
+            }
+        }
+        pinned_before = (0..FILES)
+            .flat_map(|f| t.pinned_keys(f as u64).into_iter().map(move |k| (f, k)))
+            .collect();
         // Invariants after every step.
         let s = t.stats();
         assert!(
@@ -651,6 +713,7 @@ fn run_model(chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// Every case runs against every policy.
     #[test]
     fn reference_model(
         chunks in 2u64..=6,
@@ -658,7 +721,9 @@ proptest! {
         sizes in proptest::array::uniform3(0u64..6 * MIB),
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        run_model(chunks, huge, sizes, &ops);
+        for policy in POLICY_NAMES {
+            run_model(policy, chunks, huge, sizes, &ops);
+        }
     }
 }
 
@@ -790,4 +855,213 @@ fn concurrent_readers_never_see_stale_pages() {
 fn device_tier_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<DeviceTier>();
+}
+
+// ---------------------------------------------------------------------------------------
+// Policies in the tier, hints, pinning, readahead.
+
+fn tier_opts(chunks: u64, huge: bool, policy: &str, pin_share: f64) -> DeviceTier {
+    DeviceTier::with_options(
+        TierConfig {
+            capacity: chunks * HUGE_PAGE_SIZE,
+            huge_pages: huge,
+        },
+        policy_by_name(policy).unwrap(),
+        TierOptions { pin_share },
+    )
+    .unwrap()
+}
+
+#[test]
+fn pinned_file_survives_pressure_within_its_share() {
+    for policy in POLICY_NAMES {
+        let t = tier_opts(4, true, policy, 0.5);
+        let a = pattern(4 * MIB, 1);
+        let b = pattern(4 * MIB, 2);
+        let other = pattern(16 * MIB, 3);
+        t.set_hint(1, Hint::Pin);
+        read_vec(&t, 1, 4 * MIB, 0, 4 * MIB as usize, &SliceSource(&a));
+        assert_eq!(
+            t.pinned_keys(1).len(),
+            2,
+            "{policy}: both huge pages pinned"
+        );
+        t.set_hint(2, Hint::Pin);
+        read_vec(&t, 2, 4 * MIB, 0, 4 * MIB as usize, &SliceSource(&b));
+        assert!(
+            t.pinned_keys(2).is_empty(),
+            "{policy}: the pin share is used up"
+        );
+        for _ in 0..3 {
+            for off in (0..16 * MIB).step_by(MIB as usize) {
+                read_vec(&t, 3, 16 * MIB, off, MIB as usize, &SliceSource(&other));
+                assert!(t.stats().device.used_bytes <= 8 * MIB);
+            }
+        }
+        assert_eq!(
+            t.residency(1).huge_pages,
+            2,
+            "{policy}: pinned pages evicted"
+        );
+        assert_eq!(t.stats().diagnostics.pinned_bytes, 4 * MIB);
+        t.check_invariants();
+        t.audit(1, &a);
+        // Unpinned, the file competes again; a pinned file's invalidation frees its share.
+        t.set_hint(1, Hint::Normal);
+        assert!(t.pinned_keys(1).is_empty());
+        assert_eq!(t.stats().diagnostics.pinned_bytes, 0);
+        t.check_invariants();
+        t.set_hint(2, Hint::Pin);
+        t.invalidate_range(2, 0, 4096, InvalidationCause::Write);
+        t.check_invariants();
+        t.invalidate_file(2, InvalidationCause::Evict);
+        assert_eq!(t.hint(2), Hint::Pin, "hints survive invalidate_file");
+        assert_eq!(t.stats().diagnostics.pinned_bytes, 0);
+        t.check_invariants();
+    }
+}
+
+#[test]
+fn random_hint_faults_base_pages_and_sequential_hint_huge() {
+    let d = pattern(4 * MIB, 4);
+    let t = tier(4, true);
+    t.set_hint(1, Hint::Random);
+    read_vec(&t, 1, 4 * MIB, 0, MIB as usize, &SliceSource(&d));
+    assert_eq!(t.residency(1).huge_pages, 0);
+    assert_eq!(t.residency(1).base_pages, 256);
+    t.set_hint(2, Hint::Sequential);
+    read_vec(&t, 2, 4 * MIB, 12288, 4096, &SliceSource(&d));
+    assert_eq!(t.residency(2).huge_pages, 1, "sequential hint: huge fault");
+    t.check_invariants();
+}
+
+#[test]
+fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
+    const SIZE: u64 = 32 * MIB;
+    let d = pattern(SIZE, 5);
+    let src: SharedSource = Arc::new(VecSource::new(d.clone()));
+    let t = Arc::new(tier(32, true));
+    let mut buf = vec![0u8; 128 << 10];
+    let n = t
+        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+        .unwrap();
+    assert_eq!(&buf[..n], &d[..n]);
+    t.wait_readahead();
+    let first = t.residency(1).resident_bytes;
+    assert!(first >= RA_INITIAL_WINDOW, "window faulted ahead: {first}");
+    let mut off = n as u64;
+    while off < SIZE {
+        let n = t
+            .read_with_readahead(1, SIZE, off, &mut buf, src.clone())
+            .unwrap();
+        assert_eq!(&buf[..n], &d[off as usize..off as usize + n]);
+        off += n as u64;
+    }
+    t.wait_readahead();
+    let s = t.stats();
+    // The reader faults a page itself only when it overtakes a job not yet started.
+    assert!(s.diagnostics.readahead_bytes >= SIZE / 2, "{s:?}");
+    assert!(
+        s.device.misses <= 4,
+        "the reader found readahead's pages: {s:?}"
+    );
+    // Random reads of another file: no readahead.
+    for i in [7u64, 3, 11, 5] {
+        t.read_with_readahead(2, SIZE, i * MIB, &mut buf[..4096], src.clone())
+            .unwrap();
+    }
+    t.wait_readahead();
+    assert_eq!(t.residency(2).resident_bytes, 4 * 4096);
+    // The random hint turns it off even for sequential reads.
+    t.set_hint(3, Hint::Random);
+    for i in 0..4u64 {
+        t.read_with_readahead(3, SIZE, i * 4096, &mut buf[..4096], src.clone())
+            .unwrap();
+    }
+    t.wait_readahead();
+    assert_eq!(t.residency(3).resident_bytes, 4 * 4096);
+    t.check_invariants();
+}
+
+/// A source whose reads from readahead threads wait for a gate, holding live data.
+struct GatedSource {
+    data: StdMutex<Vec<u8>>,
+    open: StdMutex<bool>,
+    cv: std::sync::Condvar,
+    waiting: AtomicUsize,
+}
+
+impl FillSource for GatedSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if std::thread::current().name() == Some("pagetier-ra") {
+            // Read the data first, then wait: the fill holds pre-write bytes.
+            let n = slice_read(&self.data.lock().unwrap(), buf, offset)?;
+            self.waiting.fetch_add(1, O::SeqCst);
+            let mut g = self.open.lock().unwrap();
+            while !*g {
+                g = self.cv.wait(g).unwrap();
+            }
+            return Ok(n);
+        }
+        slice_read(&self.data.lock().unwrap(), buf, offset)
+    }
+}
+
+#[test]
+fn readahead_fill_racing_a_write_is_discarded() {
+    const SIZE: u64 = 8 * MIB;
+    let src = Arc::new(GatedSource {
+        data: StdMutex::new(pattern(SIZE, 6)),
+        open: StdMutex::new(false),
+        cv: std::sync::Condvar::new(),
+        waiting: AtomicUsize::new(0),
+    });
+    let t = Arc::new(tier(8, true));
+    let mut buf = vec![0u8; 4096];
+    t.read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+        .unwrap();
+    while src.waiting.load(O::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    // A write lands in the range being read ahead.
+    src.data.lock().unwrap()[3 * MIB as usize..3 * MIB as usize + 100].fill(0xEE);
+    t.invalidate_range(1, 3 * MIB, 100, InvalidationCause::Write);
+    *src.open.lock().unwrap() = true;
+    src.cv.notify_all();
+    t.wait_readahead();
+    t.check_invariants();
+    t.audit(1, &src.data.lock().unwrap());
+    assert!(t.stats().device.discarded_fills > 0);
+}
+
+#[test]
+fn tinylfu_keeps_epoch_data_where_lru_churns() {
+    // 8 MiB dataset of 4 KiB reads in shuffled order, tier of 4 MiB, base pages.
+    let d = pattern(8 * MIB, 8);
+    let pages = 8 * MIB / 4096;
+    let mut hit = Vec::new();
+    for policy in ["lru", "tinylfu"] {
+        let t = tier_with(2, false, policy);
+        let mut rng = XorShift(42);
+        let mut order: Vec<u64> = (0..pages).collect();
+        for _ in 0..4 {
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            for &p in &order {
+                let got = read_vec(&t, 1, 8 * MIB, p * 4096, 4096, &SliceSource(&d));
+                assert!(got[..] == d[(p * 4096) as usize..][..4096]);
+            }
+            assert!(t.stats().device.used_bytes <= 4 * MIB);
+        }
+        let s = t.stats();
+        hit.push(s.device.hits as f64 / (s.device.hits + s.device.misses) as f64);
+        t.check_invariants();
+        if policy == "tinylfu" {
+            assert!(s.diagnostics.admission_refusals > 0);
+        }
+    }
+    // 3 warm epochs of 4: at most 3/4 × 1/2 = 0.375.
+    assert!(hit[1] > 0.33, "tinylfu {hit:?}");
+    assert!(hit[0] < 0.2, "lru {hit:?}");
 }
