@@ -1,6 +1,8 @@
 //! Device-tier micro-benchmarks: resident lookups (4 KiB / 1 MiB), fault install, eviction,
 //! range invalidation and split; plus a one-off measurement of real metadata heap bytes per
-//! GiB resident (huge pages on/off) with a counting allocator, printed before the benchmarks.
+//! GiB resident (huge pages on/off) with a counting allocator, and a one-off measurement of a
+//! cold sequential read with and without readahead (simulated storage latency, and a real
+//! `O_DIRECT` file when the temp directory allows it), printed before the benchmarks.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -8,7 +10,13 @@ use std::io;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
-use pagetier::tier::{DeviceTier, FillSource, HUGE_PAGE_SIZE, InvalidationCause, TierConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pagetier::tier::{
+    DeviceTier, FillSource, HUGE_PAGE_SIZE, InvalidationCause, SharedSource, TierConfig,
+    policy_by_name,
+};
 
 /// Counts live heap bytes (for the metadata measurement).
 struct Counting;
@@ -42,12 +50,18 @@ const MIB: u64 = 1 << 20;
 /// Storage in memory, so the benchmarks time the tier and not a disk.
 struct Mem(Vec<u8>);
 
+impl Mem {
+    fn read(data: &[u8], buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let off = (offset as usize).min(data.len());
+        let n = buf.len().min(data.len() - off);
+        buf[..n].copy_from_slice(&data[off..off + n]);
+        Ok(n)
+    }
+}
+
 impl FillSource for Mem {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let off = (offset as usize).min(self.0.len());
-        let n = buf.len().min(self.0.len() - off);
-        buf[..n].copy_from_slice(&self.0[off..off + n]);
-        Ok(n)
+        Mem::read(&self.0, buf, offset)
     }
 }
 
@@ -76,6 +90,114 @@ fn report_metadata() {
             t.metadata_bytes() as isize * scale
         );
     }
+}
+
+/// Storage with a fixed latency per call and a bandwidth, that serves calls in parallel (as
+/// an SSD does at queue depth > 1): each call sleeps for its own service time.
+struct Slow {
+    data: Vec<u8>,
+    latency: Duration,
+    bytes_per_sec: f64,
+}
+
+impl FillSource for Slow {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::thread::sleep(
+            self.latency + Duration::from_secs_f64(buf.len() as f64 / self.bytes_per_sec),
+        );
+        Mem::read(&self.data, buf, offset)
+    }
+}
+
+/// An `O_DIRECT` file.
+struct Direct(std::fs::File);
+
+impl FillSource for Direct {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.0, buf, offset)
+    }
+}
+
+/// Reads `size` bytes sequentially in 128 KiB reads through a fresh tier; returns MB/s.
+fn cold_sequential(size: u64, src: SharedSource, readahead: bool) -> f64 {
+    let t = Arc::new(
+        DeviceTier::with_policy(
+            TierConfig {
+                capacity: size + 4 * HUGE_PAGE_SIZE,
+                huge_pages: true,
+            },
+            policy_by_name("lru").unwrap(),
+        )
+        .unwrap(),
+    );
+    let mut buf = vec![0u8; 128 << 10];
+    let start = Instant::now();
+    let mut off = 0;
+    while off < size {
+        let n = if readahead {
+            t.read_with_readahead(1, size, off, &mut buf, src.clone())
+        } else {
+            t.read(1, size, off, &mut buf, &*src)
+        }
+        .unwrap();
+        black_box(&buf);
+        off += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    t.wait_readahead();
+    size as f64 / secs / 1e6
+}
+
+fn report_readahead() {
+    const SIZE: u64 = 256 * MIB;
+    let slow: SharedSource = Arc::new(Slow {
+        data: vec![5u8; SIZE as usize],
+        latency: Duration::from_micros(100),
+        bytes_per_sec: 2e9,
+    });
+    eprintln!(
+        "readahead: cold sequential 128 KiB reads, simulated storage (100 us + 2 GB/s per call, parallel): sync faults {:.0} MB/s, readahead {:.0} MB/s",
+        cold_sequential(SIZE, slow.clone(), false),
+        cold_sequential(SIZE, slow, true)
+    );
+    // A real file read with O_DIRECT, if the filesystem of the temp directory allows it.
+    let Ok(dir) = tempfile::tempdir_in(std::env::var("PAGETIER_BENCH_DIR").unwrap_or(".".into()))
+    else {
+        return;
+    };
+    let path = dir.path().join("seq");
+    if std::fs::write(&path, vec![9u8; SIZE as usize]).is_err() {
+        return;
+    }
+    let open = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+    };
+    let Ok(f) = open() else {
+        eprintln!(
+            "readahead: O_DIRECT not supported in {}",
+            dir.path().display()
+        );
+        return;
+    };
+    let raw = {
+        let mut bounce = memmap2::MmapMut::map_anon(4 << 20).unwrap();
+        let start = Instant::now();
+        let mut off = 0;
+        while off < SIZE {
+            off += std::os::unix::fs::FileExt::read_at(&f, &mut bounce, off).unwrap() as u64;
+        }
+        SIZE as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    let sync = cold_sequential(SIZE, Arc::new(Direct(open().unwrap())), false);
+    let ra = cold_sequential(SIZE, Arc::new(Direct(open().unwrap())), true);
+    eprintln!(
+        "readahead: O_DIRECT file in {}: raw 4 MiB reads {raw:.0} MB/s; tier sync faults {sync:.0} MB/s, readahead {ra:.0} MB/s",
+        dir.path().display()
+    );
 }
 
 fn lookups(c: &mut Criterion) {
@@ -180,6 +302,7 @@ criterion_group!(benches, lookups, faults, eviction, invalidation);
 
 fn main() {
     report_metadata();
+    report_readahead();
     benches();
     criterion::Criterion::default()
         .configure_from_args()

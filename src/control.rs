@@ -20,6 +20,9 @@ pub enum ControlXattr {
     Prefetch(Option<String>),
     /// set: drop the file's device pages.
     Evict,
+    /// get/set/remove: the file's access hint (`normal`, `sequential`,
+    /// `random`, `epoch`, `pin`).
+    Hint,
 }
 
 /// Prefix shared by every control xattr.
@@ -31,6 +34,7 @@ pub fn parse_name(name: &OsStr) -> Option<ControlXattr> {
         b"residency" => Some(ControlXattr::Residency),
         b"prefetch" => Some(ControlXattr::Prefetch(None)),
         b"evict" => Some(ControlXattr::Evict),
+        b"hint" => Some(ControlXattr::Hint),
         other => {
             let range = other.strip_prefix(b"prefetch:")?;
             Some(ControlXattr::Prefetch(Some(

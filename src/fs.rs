@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
 use crate::storage::{self, Attr, RawEntry};
-use crate::tier::{DeviceTier, FillSource, InvalidationCause};
+use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, SharedSource};
 
 /// Settings of the filesystem core.
 #[derive(Clone, Debug, Default)]
@@ -110,8 +110,8 @@ enum HandleKind {
     /// An open regular file of either view.
     File {
         file: OwnedFd,
-        /// Device view: the `O_DIRECT` descriptor faults read through.
-        direct: Option<OwnedFd>,
+        /// Device view: what faults (and readahead) read storage through.
+        source: Option<SharedSource>,
         view: View,
         append: bool,
     },
@@ -132,18 +132,31 @@ struct Handle {
 }
 
 /// Reads a backing file for the device tier: `O_DIRECT` when the backing
-/// filesystem allows it, else buffered reads that drop what they cached.
-struct StorageSource<'a> {
-    fd: BorrowedFd<'a>,
+/// filesystem allows it, else buffered reads that drop what they cached. It
+/// owns its descriptor so that readahead can use it after the read returns.
+struct StorageSource {
+    fd: OwnedFd,
     direct: bool,
 }
 
-impl FillSource for StorageSource<'_> {
+impl StorageSource {
+    /// A source for the backing object behind `inode`.
+    fn open(inode: &Inode) -> FsResult<SharedSource> {
+        let (fd, direct) = match storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT)
+        {
+            Ok(fd) => (fd, true),
+            Err(_) => (storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?, false),
+        };
+        Ok(Arc::new(StorageSource { fd, direct }))
+    }
+}
+
+impl FillSource for StorageSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let n = storage::pread_full(self.fd, buf, offset)?;
+        let n = storage::pread_full(self.fd.as_fd(), buf, offset)?;
         if !self.direct {
             let _ = rustix::fs::fadvise(
-                self.fd,
+                &self.fd,
                 offset,
                 std::num::NonZeroU64::new(buf.len() as u64),
                 rustix::fs::Advice::DontNeed,
@@ -626,6 +639,10 @@ impl Pagetier {
         if nlink <= 1 {
             self.tier
                 .invalidate_file(id, InvalidationCause::UnlinkRename);
+            // A later file that reuses the inode number starts without it.
+            self.tier.set_hint(id, Hint::Normal);
+            // Nor may readahead keep the deleted file's space allocated.
+            self.tier.cancel_readahead(id);
         } else if let Some(inode) = self.inodes.get(id) {
             self.note_changed_by_us(&inode);
         }
@@ -745,7 +762,7 @@ impl Pagetier {
                     Some(inode),
                     HandleKind::File {
                         file,
-                        direct: None,
+                        source: None,
                         view,
                         append,
                     },
@@ -759,13 +776,12 @@ impl Pagetier {
                 ))
             }
             View::Device => {
-                let direct =
-                    storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
+                let source = Some(StorageSource::open(&inode)?);
                 let fh = self.add_handle(
                     Some(inode),
                     HandleKind::File {
                         file,
-                        direct,
+                        source,
                         view,
                         append: false,
                     },
@@ -820,7 +836,7 @@ impl Pagetier {
             Some(inode),
             HandleKind::File {
                 file,
-                direct: None,
+                source: None,
                 view,
                 append: flags & libc::O_APPEND != 0,
             },
@@ -849,7 +865,7 @@ impl Pagetier {
             return reply(Ok(&json[start..end]));
         }
         let HandleKind::File {
-            file, direct, view, ..
+            file, source, view, ..
         } = &handle.kind
         else {
             return reply(Err(Errno::EISDIR));
@@ -871,7 +887,10 @@ impl Pagetier {
                     }
                     r
                 }
-                View::Device => self.device_read(&handle, file, direct.as_ref(), offset, out),
+                View::Device => match source {
+                    Some(src) => self.device_read(&handle, file, src, offset, out),
+                    None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+                },
             };
             match res {
                 Ok(n) => reply(Ok(&buf[..n])),
@@ -884,14 +903,14 @@ impl Pagetier {
         &self,
         handle: &Handle,
         file: &OwnedFd,
-        direct: Option<&OwnedFd>,
+        src: &SharedSource,
         offset: u64,
         out: &mut [u8],
     ) -> std::io::Result<usize> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
         let mut attempts = 0;
         loop {
-            match self.device_read_once(inode, file, direct, offset, out) {
+            match self.device_read_once(inode, file, src, offset, out) {
                 // The file shrank between our fstat and the fill: look again.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && attempts < 8 => {
                     attempts += 1;
@@ -908,7 +927,7 @@ impl Pagetier {
         &self,
         inode: &Inode,
         file: &OwnedFd,
-        direct: Option<&OwnedFd>,
+        src: &SharedSource,
         offset: u64,
         out: &mut [u8],
     ) -> std::io::Result<usize> {
@@ -923,11 +942,8 @@ impl Pagetier {
                 out.len()
             );
         }
-        let src = StorageSource {
-            fd: direct.unwrap_or(file).as_fd(),
-            direct: direct.is_some(),
-        };
-        self.tier.read(inode.id, size, offset, out, &src)
+        self.tier
+            .read_with_readahead(inode.id, size, offset, out, src.clone())
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -1289,8 +1305,13 @@ impl Pagetier {
 
     pub fn removexattr(&self, caller: Caller, ino: u64, name: &OsStr) -> FsResult<()> {
         let (inode, view) = self.backing(ino)?;
-        if control::parse_name(name).is_some() {
-            return Err(Errno::EPERM);
+        match control::parse_name(name) {
+            Some(ControlXattr::Hint) if inode.is_reg() => {
+                self.tier.set_hint(inode.id, Hint::Normal);
+                return Ok(());
+            }
+            Some(_) => return Err(Errno::EPERM),
+            None => {}
         }
         if view == View::Device || self.cfg.read_only {
             return Err(self.refuse(view));
@@ -1352,6 +1373,7 @@ impl Pagetier {
                 ))
             }
             ControlXattr::Evict => Err(Errno::ENODATA),
+            ControlXattr::Hint => Ok(self.tier.hint(inode.id).name().as_bytes().to_vec()),
         }
     }
 
@@ -1359,22 +1381,17 @@ impl Pagetier {
     fn prefetch(&self, inode: &Inode, range: &str) -> FsResult<crate::tier::PrefetchReport> {
         let (start, end) =
             control::parse_range(range.trim_end_matches('\0').trim()).map_err(|_| Errno::EINVAL)?;
-        let file = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?;
-        let st = storage::stat(&file)?;
+        let src = StorageSource::open(inode)?;
+        let st = storage::stat(&inode.fd)?;
         self.revalidate(inode, &st);
         let size = st.st_size as u64;
-        let direct = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT).ok();
-        let src = StorageSource {
-            fd: direct.as_ref().unwrap_or(&file).as_fd(),
-            direct: direct.is_some(),
-        };
         let end = end.map_or(size, |e| e.saturating_add(1).min(size));
         if start >= end {
             return Ok(crate::tier::PrefetchReport::default());
         }
         Ok(self
             .tier
-            .prefetch(inode.id, size, start, end - start, &src)?)
+            .prefetch(inode.id, size, start, end - start, src.as_ref())?)
     }
 
     fn control_set(
@@ -1395,6 +1412,16 @@ impl Pagetier {
                 Ok(())
             }
             ControlXattr::Prefetch(Some(_)) => Err(Errno::EINVAL),
+            ControlXattr::Hint => {
+                let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
+                let hint: Hint = text
+                    .trim_end_matches('\0')
+                    .trim()
+                    .parse()
+                    .map_err(|_| Errno::EINVAL)?;
+                self.tier.set_hint(inode.id, hint);
+                Ok(())
+            }
             ControlXattr::Prefetch(None) => {
                 let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
                 self.prefetch(inode, text).map(|_| ())
@@ -1413,7 +1440,9 @@ impl Pagetier {
     /// The `.pagetier/stats` document.
     pub fn stats_json(&self) -> serde_json::Value {
         let h = &self.host;
-        let mut doc = control::stats_document(&self.tier.stats());
+        let tier = self.tier.stats();
+        let mut doc = control::stats_document(&tier);
+        doc["diagnostics"] = serde_json::to_value(&tier.diagnostics).unwrap_or_default();
         doc["host"] = json!({
             "reads": h.reads.load(Ordering::Relaxed),
             "writes": h.writes.load(Ordering::Relaxed),

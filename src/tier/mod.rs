@@ -1083,6 +1083,12 @@ impl DeviceTier {
         self.readahead.wait_idle();
     }
 
+    /// Cancels `file`'s queued readahead and waits for its running jobs: after
+    /// this no readahead holds the file's storage open.
+    pub fn cancel_readahead(&self, file: FileId) {
+        self.readahead.cancel(file);
+    }
+
     /// Promotes resident folios in the eviction policy; skipped if the policy is busy (an
     /// approximate LRU under contention keeps the hit path from queueing on a global lock).
     fn touch(&self, keys: &[FolioKey]) {

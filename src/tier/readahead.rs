@@ -55,6 +55,8 @@ pub struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     running: usize,
+    /// Files of the jobs running now (one entry per running job).
+    running_files: Vec<FileId>,
     shutdown: bool,
 }
 
@@ -132,6 +134,17 @@ impl Readahead {
         }
     }
 
+    /// Drops the queued jobs of `file` and waits until none of its jobs runs,
+    /// so that no readahead holds the file open any more (its space is freed
+    /// at once when it was deleted).
+    pub fn cancel(&self, file: FileId) {
+        let mut q = lock(&self.shared.queue);
+        q.jobs.retain(|j| j.file != file);
+        while q.running_files.contains(&file) {
+            q = wait(&self.shared.idle, q);
+        }
+    }
+
     /// Blocks until no job is queued or running.
     pub fn wait_idle(&self) {
         let mut q = lock(&self.shared.queue);
@@ -169,6 +182,7 @@ fn worker(shared: &Shared) {
                 }
                 if let Some(j) = q.jobs.pop_front() {
                     q.running += 1;
+                    q.running_files.push(j.file);
                     break j;
                 }
                 q = wait(&shared.work, q);
@@ -177,11 +191,15 @@ fn worker(shared: &Shared) {
         if let Some(tier) = job.tier.upgrade() {
             tier.run_readahead(&job);
         }
+        let file = job.file;
+        // The job's source (an open backing file) is closed before the job
+        // counts as finished, so a cancelled file is really let go.
         drop(job);
         let mut q = lock(&shared.queue);
         q.running -= 1;
-        if q.jobs.is_empty() && q.running == 0 {
-            shared.idle.notify_all();
+        if let Some(i) = q.running_files.iter().position(|f| *f == file) {
+            q.running_files.swap_remove(i);
         }
+        shared.idle.notify_all();
     }
 }
