@@ -417,6 +417,13 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         fs: fs.clone(),
         metrics: req_metrics.clone(),
     };
+    // Signal handlers go in before the mount is live: a SIGTERM sent as soon
+    // as the mount shows up waits in `signals` instead of killing us.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
     let mut session = fuser::Session::new(adapter, &mnt, &config)
         .map_err(|e| anyhow!("mounting {}: {e}", mnt.display()))?;
     // Not a stat of MOUNTPOINT: nothing serves the mount until `run` below.
@@ -449,11 +456,6 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
 
     // Signals: SIGHUP reopens the log file; SIGINT/SIGTERM go to the stopper.
     let (life_tx, life_rx) = channel::<Life>();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
     let sig_handle = signals.handle();
     let sig_tx = life_tx.clone();
     std::thread::Builder::new()

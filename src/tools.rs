@@ -320,6 +320,42 @@ struct Done {
     after: u64,
 }
 
+/// Prefetches `range` of one file. First by getting `user.pagetier.prefetch:RANGE`
+/// (needs only read permission; answers with what it did); a mount without
+/// that form gets the setxattr form, with residency read before and after.
+fn prefetch_one(path: &Path, range: &str) -> Result<Done> {
+    let name = if range == "0-" {
+        "user.pagetier.prefetch".to_string()
+    } else {
+        format!("user.pagetier.prefetch:{range}")
+    };
+    let mut buf = vec![0u8; 4096];
+    match rustix::fs::getxattr(path, name.as_str(), &mut buf[..]) {
+        Ok(n) => {
+            let v: Value = serde_json::from_slice(&buf[..n])
+                .with_context(|| format!("{}: {name}: not a prefetch report", path.display()))?;
+            let before = v["already_resident_bytes"].as_u64().unwrap_or(0);
+            let faulted = v["faulted_bytes"].as_u64().unwrap_or(0);
+            return Ok(Done {
+                before,
+                after: before + faulted,
+            });
+        }
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+        Err(e) => {
+            return Err(anyhow!(
+                "{}: {name}: {}",
+                path.display(),
+                std::io::Error::from(e)
+            ));
+        }
+    }
+    let before = resident_bytes(path)?;
+    xattr_set(path, "user.pagetier.prefetch", range.as_bytes())?;
+    let after = resident_bytes(path)?;
+    Ok(Done { before, after })
+}
+
 /// `pagetier prefetch [-r] [-j N] [--ignore-capacity] [--range R] PATH...`.
 ///
 /// Files are admitted in order while the bytes they will occupy (their
@@ -359,12 +395,7 @@ pub fn prefetch(range: &str, paths: &[PathBuf], opts: &BatchOptions) -> Result<(
             }
         },
         |it| {
-            let r = (|| -> Result<Done> {
-                let before = resident_bytes(&it.path)?;
-                xattr_set(&it.path, "user.pagetier.prefetch", range.as_bytes())?;
-                let after = resident_bytes(&it.path)?;
-                Ok(Done { before, after })
-            })();
+            let r = prefetch_one(&it.path, range);
             bar.inc(footprint(it));
             r
         },
