@@ -63,6 +63,31 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Replay page-access traces through every policy and Belady's OPT.
+    Simulate {
+        /// A trace recorded with `mount --trace FILE` (CSV file_id,offset,len); repeatable.
+        #[arg(long = "trace")]
+        traces: Vec<PathBuf>,
+        /// A synthetic trace, e.g. `shuffled:pages=64k,epochs=5` (kinds: seq, shuffled,
+        /// zipf, hotset); repeatable. Without any trace: the standard synthetic set.
+        #[arg(long = "synthetic")]
+        synthetic: Vec<String>,
+        /// Tier capacity to simulate (repeatable; default 1/1.5, 1/2 and 1/4 of 256 MiB).
+        #[arg(long = "capacity")]
+        capacities: Vec<String>,
+        /// Replay page size: 4k (base pages) or 2m (huge pages).
+        #[arg(long, default_value = "4k")]
+        page_size: String,
+        /// Policies to replay (default: all).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Mark every file of an epoch trace with the `epoch` hint.
+        #[arg(long)]
+        epoch_hint: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A live view of a mount's tier: occupancy, hit ratio, throughput, faults.
     Top {
         mountpoint: PathBuf,
@@ -143,9 +168,12 @@ pub struct MountArgs {
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
-    /// Device tier eviction/admission policy (see README).
+    /// Device tier eviction/admission policy: tinylfu (default), lru, s3fifo.
     #[arg(long)]
     pub policy: Option<String>,
+    /// Share of the tier that files with the `pin` hint may hold (0 to 1; default 0.5).
+    #[arg(long)]
+    pub pin_share: Option<f64>,
     /// Record device-view page accesses to FILE (CSV: file_id,offset,len).
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -174,7 +202,7 @@ pub struct MountArgs {
 }
 
 /// Everything a mount needs, after merging flags and `-o` options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MountSettings {
     pub threads: u16,
     pub allow_other: bool,
@@ -184,8 +212,10 @@ pub struct MountSettings {
     pub huge_pages: bool,
     pub control_dir: String,
     pub clear_stale: bool,
-    /// Eviction/admission policy name (None: the tier's default).
-    pub policy: Option<String>,
+    /// Eviction/admission policy name (checked against the tier's list).
+    pub policy: String,
+    /// Share of the tier pinned files may hold.
+    pub pin_share: f64,
     /// Generic mount flags passed to the kernel (nosuid, nodev, ...).
     pub kernel_flags: Vec<String>,
     /// Where to serve Prometheus metrics (None: not at all).
@@ -284,6 +314,24 @@ fn check_control_dir(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+fn check_policy(name: &str) -> Result<String, String> {
+    crate::tier::policy_by_name(name)
+        .map(|_| name.to_string())
+        .map_err(|_| {
+            format!(
+                "policy {name:?}: expected one of {}",
+                crate::tier::POLICY_NAMES.join(", ")
+            )
+        })
+}
+
+fn check_pin_share(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| (0.0..=1.0).contains(x))
+        .ok_or_else(|| format!("pin share {v:?}: expected a fraction from 0 to 1"))
+}
+
 /// Merges `-o` options and flags into settings. `cpus` is the default thread count.
 pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> {
     let mut s = MountSettings {
@@ -295,7 +343,8 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         huge_pages: true,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
-        policy: None,
+        policy: crate::tier::DEFAULT_POLICY.to_string(),
+        pin_share: 0.5,
         kernel_flags: Vec::new(),
         metrics_addr: None,
         log_file: None,
@@ -330,7 +379,8 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             ("huge_pages", Some(v)) => s.huge_pages = parse_bool_value(key, v)?,
             ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
             ("clear_stale", None) => s.clear_stale = true,
-            ("policy", Some(v)) => s.policy = Some(v.to_string()),
+            ("policy", Some(v)) => s.policy = check_policy(v)?,
+            ("pin_share", Some(v)) => s.pin_share = check_pin_share(v)?,
             ("metrics_addr", Some(v)) => s.metrics_addr = Some(parse_metrics_addr(v)?),
             ("metrics_allow_remote", None) => allow_remote = true,
             ("log_file", Some(v)) if !v.is_empty() => s.log_file = Some(PathBuf::from(v)),
@@ -366,7 +416,10 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         s.control_dir = check_control_dir(c)?;
     }
     if let Some(p) = &args.policy {
-        s.policy = Some(p.clone());
+        s.policy = check_policy(p)?;
+    }
+    if let Some(p) = args.pin_share {
+        s.pin_share = check_pin_share(&p.to_string())?;
     }
     if let Some(a) = &args.metrics_addr {
         s.metrics_addr = Some(parse_metrics_addr(a)?);
@@ -395,18 +448,12 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
 /// Rewrites `pagetier STORAGE MOUNTPOINT -o ...` (what mount.fuse3 runs) into
 /// `pagetier mount --daemon STORAGE MOUNTPOINT -o ...`.
 pub fn normalize_args(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const SUBCOMMANDS: &[&str] = &[
-        "mount",
-        "stats",
-        "residency",
-        "prefetch",
-        "evict",
-        "top",
-        "help",
-    ];
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let is_subcommand = |name: &str| name == "help" || cli.find_subcommand(name).is_some();
     if let Some(first) = argv.get(1) {
         let s = first.to_string_lossy();
-        if !s.starts_with('-') && !SUBCOMMANDS.contains(&s.as_ref()) {
+        if !s.starts_with('-') && !is_subcommand(&s) {
             let foreground = argv.iter().any(|a| a == "-f" || a == "--foreground");
             argv.insert(1, "mount".into());
             if !foreground {
@@ -572,6 +619,41 @@ mod tests {
             normalize_args(v(&["pagetier", "stats", "/m"])),
             v(&["pagetier", "stats", "/m"])
         );
+    }
+
+    #[test]
+    fn policy_and_pin_share_are_checked() {
+        let mut a = args(&["policy=lru,pin_share=0.25"]);
+        let s = settings(&a, 2).unwrap();
+        assert_eq!((s.policy.as_str(), s.pin_share), ("lru", 0.25));
+        assert_eq!(
+            settings(&args(&[]), 2).unwrap().policy,
+            crate::tier::DEFAULT_POLICY
+        );
+        a.policy = Some("belady".into());
+        assert!(settings(&a, 2).unwrap_err().contains("tinylfu"));
+        assert!(settings(&args(&["pin_share=1.5"]), 2).is_err());
+        assert!(settings(&args(&["policy=mru"]), 2).is_err());
+    }
+
+    #[test]
+    fn every_subcommand_is_left_alone() {
+        let v = |xs: &[&str]| {
+            xs.iter()
+                .map(Into::into)
+                .collect::<Vec<std::ffi::OsString>>()
+        };
+        for sub in [
+            "simulate",
+            "top",
+            "stats",
+            "prefetch",
+            "evict",
+            "residency",
+            "help",
+        ] {
+            assert_eq!(normalize_args(v(&["pagetier", sub])), v(&["pagetier", sub]));
+        }
     }
 
     #[test]

@@ -50,6 +50,23 @@ fn main() {
                 ignore_capacity: true,
             },
         ),
+        Command::Simulate {
+            traces,
+            synthetic,
+            capacities,
+            page_size,
+            policies,
+            epoch_hint,
+            json,
+        } => pagetier::tools::simulate(pagetier::tools::SimulateArgs {
+            traces,
+            synthetic,
+            capacities,
+            page_size,
+            policies,
+            epoch_hint,
+            json,
+        }),
         Command::Top {
             mountpoint,
             once,

@@ -356,10 +356,16 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     raise_fd_limit();
 
     let tier = Arc::new(
-        DeviceTier::new(TierConfig {
-            capacity: s.device_capacity,
-            huge_pages: s.huge_pages,
-        })
+        DeviceTier::with_options(
+            TierConfig {
+                capacity: s.device_capacity,
+                huge_pages: s.huge_pages,
+            },
+            crate::tier::policy_by_name(&s.policy).map_err(|e| anyhow!("--policy: {e}"))?,
+            crate::tier::TierOptions {
+                pin_share: s.pin_share,
+            },
+        )
         .map_err(|e| anyhow!("--device-capacity: {e}"))?,
     );
     let root_fd = crate::storage::open_root(&storage)

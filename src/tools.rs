@@ -490,3 +490,66 @@ pub fn evict(paths: &[PathBuf], opts: &BatchOptions) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `pagetier simulate` was asked.
+#[derive(Debug, Default)]
+pub struct SimulateArgs {
+    pub traces: Vec<PathBuf>,
+    pub synthetic: Vec<String>,
+    pub capacities: Vec<String>,
+    pub page_size: String,
+    pub policies: Vec<String>,
+    pub epoch_hint: bool,
+    pub json: bool,
+}
+
+/// `pagetier simulate`: replays traces through the policies and OPT.
+pub fn simulate(a: SimulateArgs) -> Result<()> {
+    use crate::tier::sim::{SimConfig, TraceSpec, run_simulation};
+    let page_size = match a.page_size.to_ascii_lowercase().as_str() {
+        "4k" | "4096" | "4kib" => 4096,
+        "2m" | "2097152" | "2mib" => 2 << 20,
+        other => return Err(anyhow!("--page-size {other:?}: expected 4k or 2m")),
+    };
+    for p in &a.policies {
+        crate::tier::policy_by_name(p).map_err(|_| {
+            anyhow!(
+                "--policy {p:?}: expected one of {}",
+                crate::tier::POLICY_NAMES.join(", ")
+            )
+        })?;
+    }
+    let mut cfg = SimConfig::default();
+    if !a.traces.is_empty() || !a.synthetic.is_empty() {
+        cfg.traces.clear();
+        for t in &a.traces {
+            cfg.traces.push(
+                TraceSpec::from_csv_file(t, page_size)
+                    .map_err(|e| anyhow!("--trace {}: {e}", t.display()))?,
+            );
+        }
+        for t in &a.synthetic {
+            cfg.traces.push(
+                t.parse::<TraceSpec>()
+                    .map_err(|e| anyhow!("--synthetic {t:?}: {e}"))?,
+            );
+        }
+    }
+    if !a.capacities.is_empty() {
+        cfg.capacities = a
+            .capacities
+            .iter()
+            .map(|c| crate::tier::parse_size(c).map_err(|e| anyhow!("--capacity {c:?}: {e}")))
+            .collect::<Result<_>>()?;
+    }
+    cfg.page_size = page_size;
+    cfg.policies = a.policies;
+    cfg.epoch_hint = a.epoch_hint;
+    let report = run_simulation(cfg);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

@@ -729,30 +729,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    #[ignore = "prints the standard table; run with --release --ignored --nocapture"]
-    fn print_standard_table() {
-        let r = run_simulation(SimConfig::default());
-        println!("{r}");
-        let mut c = SimConfig {
-            epoch_hint: true,
-            ..SimConfig::default()
-        };
-        c.traces.truncate(2);
-        println!("with the epoch hint:\n{}", run_simulation(c));
-        for spec in SimConfig::default().traces {
-            let t = spec.generate();
-            let cap = spec.dataset_pages() / 2;
-            let o = opt_hits(&t, cap) as f64;
-            for m in 0..3 {
-                let h = policy_hits(&mut crate::tier::TinyLfuPolicy::with_margin(m), &t, cap);
-                println!(
-                    "{} tinylfu margin {m}: {:.3} of OPT",
-                    spec.label(),
-                    h as f64 / o
-                );
-            }
-        }
-    }
 }
