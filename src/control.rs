@@ -97,24 +97,7 @@ mod tests {
         .unwrap();
         let doc = stats_document(&tier.stats());
         assert_eq!(doc["version"], 1);
-        for k in [
-            "capacity_bytes",
-            "used_bytes",
-            "huge_pages_enabled",
-            "huge_pages",
-            "base_pages",
-            "reads",
-            "hits",
-            "misses",
-            "bytes_served",
-            "bytes_faulted",
-            "evictions",
-            "splits",
-            "collapses",
-            "discarded_fills",
-            "refused_writes",
-            "metadata_bytes",
-        ] {
+        for k in crate::tier::DEVICE_FIELDS {
             assert!(doc["device"].get(k).is_some(), "device.{k}");
         }
         assert_eq!(doc["device"]["capacity_bytes"], 4 << 20);

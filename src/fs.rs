@@ -551,19 +551,10 @@ impl Pagetier {
         rdev: u32,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
-        {
-            let _as = become_caller(caller);
-            let um = crate::creds::UmaskGuard::set(umask);
-            let mode = mode & !um.fallback_mask(umask);
+        as_creator(caller, mode, umask, |perm| {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
-            rustix::fs::mknodat(
-                &dir.fd,
-                name,
-                kind,
-                Mode::from_bits_truncate(mode & 0o7777),
-                rdev as u64,
-            )?;
-        }
+            rustix::fs::mknodat(&dir.fd, name, kind, perm, rdev as u64)
+        })?;
         self.created(&dir, view, name)
     }
 
@@ -576,12 +567,9 @@ impl Pagetier {
         umask: u32,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
-        {
-            let _as = become_caller(caller);
-            let um = crate::creds::UmaskGuard::set(umask);
-            let mode = mode & !um.fallback_mask(umask);
-            rustix::fs::mkdirat(&dir.fd, name, Mode::from_bits_truncate(mode & 0o7777))?;
-        }
+        as_creator(caller, mode, umask, |perm| {
+            rustix::fs::mkdirat(&dir.fd, name, perm)
+        })?;
         self.created(&dir, view, name)
     }
 
@@ -816,17 +804,9 @@ impl Pagetier {
             } else {
                 OFlags::empty()
             };
-        let file = {
-            let _as = become_caller(caller);
-            let um = crate::creds::UmaskGuard::set(umask);
-            let mode = mode & !um.fallback_mask(umask);
-            rustix::fs::openat(
-                &dir.fd,
-                name,
-                oflags,
-                Mode::from_bits_truncate(mode & 0o7777),
-            )?
-        };
+        let file = as_creator(caller, mode, umask, |perm| {
+            rustix::fs::openat(&dir.fd, name, oflags, perm)
+        })?;
         let attr = self.created(&dir, view, name)?;
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
         self.tier
@@ -1453,6 +1433,21 @@ impl Pagetier {
         doc["open_handles"] = json!(self.handles.read().unwrap().len());
         doc
     }
+}
+
+/// Creates something as `caller`: with its credentials and umask, and the
+/// permission bits of `mode` (masked here if the thread could not take the
+/// umask itself).
+fn as_creator<T>(
+    caller: Caller,
+    mode: u32,
+    umask: u32,
+    create: impl FnOnce(Mode) -> rustix::io::Result<T>,
+) -> FsResult<T> {
+    let _as = become_caller(caller);
+    let um = crate::creds::UmaskGuard::set(umask);
+    let mode = mode & !um.fallback_mask(umask);
+    Ok(create(Mode::from_bits_truncate(mode & 0o7777))?)
 }
 
 /// Reads a value whose size is asked first (xattrs), retrying while it

@@ -117,7 +117,7 @@ pub use self::readahead::{
 };
 pub use self::s3fifo::S3FifoPolicy;
 pub use self::size::{ByteSize, SizeError, parse_capacity, parse_size};
-pub use self::stats::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+pub use self::stats::{DEVICE_FIELDS, DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
 pub use self::tinylfu::{FrequencySketch, TINYLFU_MARGIN, TinyLfuPolicy};
 
 /// Base page size.

@@ -53,6 +53,27 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// The field names of [`DeviceStats`] in its JSON form (the stable `"device"`
+/// object of `.pagetier/stats`), in order.
+pub const DEVICE_FIELDS: [&str; 16] = [
+    "capacity_bytes",
+    "used_bytes",
+    "huge_pages_enabled",
+    "huge_pages",
+    "base_pages",
+    "reads",
+    "hits",
+    "misses",
+    "bytes_served",
+    "bytes_faulted",
+    "evictions",
+    "splits",
+    "collapses",
+    "discarded_fills",
+    "refused_writes",
+    "metadata_bytes",
+];
+
 /// The `"device"` object of the stats JSON, field for field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceStats {
@@ -201,24 +222,7 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         let dev = v["device"].as_object().unwrap();
         let keys: Vec<&str> = dev.keys().map(String::as_str).collect();
-        for k in [
-            "capacity_bytes",
-            "used_bytes",
-            "huge_pages_enabled",
-            "huge_pages",
-            "base_pages",
-            "reads",
-            "hits",
-            "misses",
-            "bytes_served",
-            "bytes_faulted",
-            "evictions",
-            "splits",
-            "collapses",
-            "discarded_fills",
-            "refused_writes",
-            "metadata_bytes",
-        ] {
+        for k in DEVICE_FIELDS {
             assert!(keys.contains(&k), "missing {k}");
         }
         assert_eq!(keys.len(), 16);
