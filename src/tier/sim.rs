@@ -26,8 +26,6 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-#[cfg(test)]
-use crate::tier::evict::DEFAULT_POLICY;
 use crate::tier::evict::{EvictionPolicy, FolioKey, POLICY_NAMES, policy_by_name};
 use crate::tier::{FileId, Hint, PAGE_SIZE};
 
@@ -618,7 +616,7 @@ mod tests {
         for row in &r.rows {
             let opt = row.opt.unwrap();
             let lru = r.ratio(row, "lru").unwrap();
-            let ours = r.ratio(row, DEFAULT_POLICY).unwrap();
+            let ours = r.ratio(row, "tinylfu").unwrap();
             if row.trace.contains("epochs") {
                 assert!(ours >= 0.9 * opt, "{}: {ours} vs OPT {opt}\n{r}", row.trace);
             } else {
