@@ -146,6 +146,19 @@ fn resident_bytes(p: &Path) -> u64 {
     residency(p)["resident_bytes"].as_u64().unwrap()
 }
 
+/// The stats once the tier has settled: readahead runs in the background, and
+/// a fill in flight holds arena bytes that no resident page accounts for yet.
+/// Polls (with a deadline) until no fill is in flight, then returns the stats.
+fn settled(m: &Mounted) -> Value {
+    let mut s = m.stats();
+    wait_until(Duration::from_secs(10), || {
+        s = m.stats();
+        let resident = dev(&s, "huge_pages") * 2 * MIB + dev(&s, "base_pages") * 4 * KIB;
+        resident == dev(&s, "used_bytes")
+    });
+    s
+}
+
 /// Stats invariants that hold at rest (no device read or fill in flight).
 #[track_caller]
 fn assert_stats_at_rest(s: &Value, what: &str) {
@@ -430,7 +443,7 @@ fn storage_full_gives_enospc_and_loses_nothing_acknowledged() {
     // Free space: the daemon serves as before.
     fs::remove_file(m.host("fill")).unwrap();
     assert_serving(&m, "after-enospc");
-    assert_stats_at_rest(&m.stats(), "after ENOSPC");
+    assert_stats_at_rest(&settled(&m), "after ENOSPC");
 }
 
 // ----- faults: storage read errors ----------------------------------------------------------
@@ -525,7 +538,7 @@ fn storage_read_errors(refuse_direct: bool) {
         0,
         "bad-file resident after EIO"
     );
-    let s = m.stats();
+    let s = settled(&m);
     assert_stats_at_rest(&s, "after bad-file");
     assert_eq!(
         dev(&s, "used_bytes"),
@@ -546,7 +559,7 @@ fn storage_read_errors(refuse_direct: bool) {
         0,
         "good resident while faults on"
     );
-    assert_stats_at_rest(&m.stats(), "faults on");
+    assert_stats_at_rest(&settled(&m), "faults on");
     assert!(failed_reads(&m) > 0, "faultfs failed no read");
 
     // Faults in one range: reads touching it fail, others succeed; the failed
@@ -590,7 +603,7 @@ fn storage_read_errors(refuse_direct: bool) {
         res >= ok_bytes.min(6 * MIB) && res <= 8 * MIB - 4096,
         "resident {res} after reading {ok_bytes} good bytes around a faulty page"
     );
-    assert_stats_at_rest(&m.stats(), "range faults");
+    assert_stats_at_rest(&settled(&m), "range faults");
 
     // Clear the faults: every byte reads right in both views (a poisoned page
     // would now be served as a hit with wrong bytes).
@@ -622,7 +635,7 @@ fn storage_read_errors(refuse_direct: bool) {
         &stamped(5, 1, 3 * MIB),
         "other file",
     );
-    assert_stats_at_rest(&m.stats(), "after faults cleared");
+    assert_stats_at_rest(&settled(&m), "after faults cleared");
     assert_serving(&m, "after-eio");
 }
 
@@ -1062,7 +1075,7 @@ fn rss_stays_within_capacity_plus_constant() {
             peak = peak.max(rss(pid));
         }
     }
-    let s = m.stats();
+    let s = settled(&m);
     eprintln!(
         "RSS: start {} MiB, peak {} MiB; evictions {}",
         base / MIB,
@@ -1529,7 +1542,7 @@ fn extreme_offsets_and_sizes_match_ext4() {
     );
     assert_same(&read(&m.backing("f")), &want, "STORAGE after extremes");
     assert_serving(&m, "after-offsets");
-    assert_stats_at_rest(&m.stats(), "after offsets");
+    assert_stats_at_rest(&settled(&m), "after offsets");
 }
 
 /// O_DIRECT with unaligned buffers, offsets and lengths through the host view:
@@ -1819,7 +1832,7 @@ fn fio_mixed_host_writes_and_device_reads() {
         }
     }
     assert!(dev_read_bytes > 0, "device readers read nothing");
-    let s0 = m.stats();
+    let s0 = settled(&m);
     assert_stats_at_rest(&s0, "after fio");
     assert!(
         dev(&s0, "bytes_served") >= dev_read_bytes,
@@ -1863,7 +1876,7 @@ fn fio_mixed_host_writes_and_device_reads() {
             &format!("{name}: host view vs STORAGE"),
         );
     }
-    let s1 = m.stats();
+    let s1 = settled(&m);
     assert_eq!(
         dev(&s1, "bytes_served") - dev(&s0, "bytes_served"),
         read_bytes,
@@ -2004,5 +2017,5 @@ fn device_reads_are_never_older_than_completed_writes() {
         let want = read(&m.backing(&name));
         assert_same(&read(&m.device().join(&name)), &want, "device at rest");
     }
-    assert_stats_at_rest(&m.stats(), "after linearizability run");
+    assert_stats_at_rest(&settled(&m), "after linearizability run");
 }
