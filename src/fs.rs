@@ -381,16 +381,6 @@ impl Pagetier {
             rustix::fs::chownat(&inode.fd, "", None, None, AtFlags::EMPTY_PATH)?;
             return Ok(());
         }
-        self.apply_setattr_fields(caller, inode, fh, set)
-    }
-
-    fn apply_setattr_fields(
-        &self,
-        caller: Caller,
-        inode: &Inode,
-        fh: Option<u64>,
-        set: SetAttr,
-    ) -> FsResult<()> {
         if let Some(mode) = set.mode {
             self.chmod(caller, inode, mode)?;
         }
