@@ -423,6 +423,39 @@ fn encode_stats(doc: &Value, enc: &mut DescriptorEncoder) -> Result<(), std::fmt
                     )?;
                 }
             }
+            ("diagnostics", Value::Object(o)) => {
+                // Fault latency: rate(fill_seconds) / rate(fill_reads) is the mean.
+                if let Some(n) = o.get("fill_reads").and_then(Value::as_u64) {
+                    encode_counter(
+                        enc,
+                        "pagetier_device_fill_reads",
+                        "Storage reads made to fill device pages (faults, prefetch, readahead)",
+                        n,
+                    )?;
+                }
+                if let Some(ns) = o.get("fill_nanos").and_then(Value::as_u64) {
+                    let c = ConstCounter::new(ns as f64 / 1e9);
+                    c.encode(enc.encode_descriptor(
+                        "pagetier_device_fill_seconds",
+                        "Time spent in storage reads that fill device pages",
+                        None,
+                        c.metric_type(),
+                    )?)?;
+                }
+                for (k, v) in o {
+                    if k.starts_with("fill_") {
+                        continue;
+                    }
+                    if let Some(x) = as_gauge(v) {
+                        encode_gauge(
+                            enc,
+                            &format!("pagetier_diagnostics_{}", metric_key(k)),
+                            "A diagnostic field of the stats document",
+                            x,
+                        )?;
+                    }
+                }
+            }
             // Anything added to the document later: numbers as gauges.
             (_, Value::Object(o)) => {
                 for (k, v) in o {
@@ -747,6 +780,8 @@ mod tests {
             "host": {"reads": 4, "read_bytes": 100},
             "inodes": 9,
             "open_handles": 2,
+            "diagnostics": {"fill_reads": 4, "fill_nanos": 2_000_000_000u64, "policy": "lru",
+                            "bypass_reads": 1},
             "future": {"thing": 3}
         });
         let req = RequestMetrics::new();
@@ -771,6 +806,9 @@ mod tests {
             "pagetier_live_inodes 9",
             "pagetier_open_handles 2",
             "pagetier_future_thing 3",
+            "pagetier_device_fill_reads_total 4",
+            "pagetier_device_fill_seconds_total 2.0",
+            "pagetier_diagnostics_bypass_reads 1",
             "# TYPE pagetier_device_hits counter",
             "# TYPE pagetier_request_duration_seconds histogram",
             "pagetier_request_duration_seconds_count{op=\"read\",view=\"device\"} 1",

@@ -766,7 +766,11 @@ impl DeviceTier {
                 Some(b) => b,
                 None => fill.folios[i].bytes_mut(),
             };
-            let got = read_fully(src, buf, f_start, file_size)?;
+            let started = std::time::Instant::now();
+            let got = read_fully(src, buf, f_start, file_size);
+            add(&self.stats.fill_reads, 1);
+            add(&self.stats.fill_nanos, started.elapsed().as_nanos() as u64);
+            let got = got?;
             add(&self.stats.bytes_faulted, got as u64);
             i = j;
         }

@@ -31,6 +31,9 @@ pub struct Counters {
     pub admission_refusals: AtomicU64,
     pub readahead_bytes: AtomicU64,
     pub readahead_dropped: AtomicU64,
+    /// Storage reads made to fill folios, and their total time in nanoseconds.
+    pub fill_reads: AtomicU64,
+    pub fill_nanos: AtomicU64,
     /// Installed (ready) folios.
     pub resident_huge: AtomicU64,
     pub resident_base: AtomicU64,
@@ -133,6 +136,10 @@ pub struct TierDiagnostics {
     pub readahead_dropped: u64,
     /// Arena bytes held by pinned folios (the `pin` hint).
     pub pinned_bytes: u64,
+    /// Storage reads made to fill folios (faults, prefetch and readahead).
+    pub fill_reads: u64,
+    /// Their total time in nanoseconds: `fill_nanos / fill_reads` is the mean fault latency.
+    pub fill_nanos: u64,
 }
 
 /// A snapshot of the tier's counters.
@@ -199,6 +206,8 @@ impl Counters {
                 readahead_bytes: get(&self.readahead_bytes),
                 readahead_dropped: get(&self.readahead_dropped),
                 pinned_bytes: 0,
+                fill_reads: get(&self.fill_reads),
+                fill_nanos: get(&self.fill_nanos),
             },
         }
     }
