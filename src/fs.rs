@@ -320,12 +320,7 @@ impl Pagetier {
             _ => {}
         }
         storage::check_name(name)?;
-        let dir = self.node(pid)?;
-        let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
-        let inode = self
-            .inodes
-            .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd);
-        Ok(Attr::from_stat(encode(inode.id, view), &st))
+        self.created(&*self.node(pid)?, view, name)
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -522,7 +517,8 @@ impl Pagetier {
         Ok((dir, view))
     }
 
-    /// After creating `name` in `dir`, looks it up (one reference).
+    /// Looks the child `name` of `dir` up in STORAGE, taking one reference
+    /// (also right after creating it).
     fn created(&self, dir: &Inode, view: View, name: &OsStr) -> FsResult<Attr> {
         let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
         let inode = self
