@@ -670,20 +670,12 @@ struct Reaped {
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        if is_fuse_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
-        }
+        common::force_unmount(&self.mnt);
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        if is_fuse_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        common::force_unmount(&self.mnt);
     }
 }
 
@@ -2192,4 +2184,32 @@ fn fio_second_pass_adds_no_misses() {
         dev(&s2, "hits") > dev(&s1, "hits"),
         "fio pass 2 added no hits"
     );
+}
+
+/// A device-view listing must not leave entries the kernel keeps (whether it
+/// lists with readdir or readdirplus): a host-view unlink right after is seen
+/// by the next device lookup.
+#[test]
+fn device_listing_caches_no_entries() {
+    let m = Mounted::with(&[], |s| {
+        fs::write(s.join("gone.bin"), b"old bytes").unwrap();
+        fs::write(s.join("kept.bin"), b"kept").unwrap();
+    });
+    // Like `ls -l`, twice: the kernel may switch to readdirplus once entries are stat'ed.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        names = fs::read_dir(m.device())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let _ = e.metadata();
+                e.file_name()
+            })
+            .collect();
+    }
+    assert!(names.iter().any(|n| n == "gone.bin"), "{names:?}");
+    fs::remove_file(m.host("gone.bin")).unwrap();
+    let err = fs::metadata(m.device().join("gone.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "stale device entry");
+    assert_eq!(fs::read(m.device().join("kept.bin")).unwrap(), b"kept");
 }

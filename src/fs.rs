@@ -261,9 +261,6 @@ impl Pagetier {
         if id == CONTROL_ID || id == STATS_ID {
             return Err(Errno::EPERM);
         }
-        if view == View::Device && id == ROOT_ID && ino != encode(ROOT_ID, View::Device) {
-            return Err(Errno::EINVAL);
-        }
         Ok((self.node(id)?, view))
     }
 
@@ -320,7 +317,7 @@ impl Pagetier {
             _ => {}
         }
         storage::check_name(name)?;
-        self.created(&*self.node(pid)?, view, name)
+        self.lookup_child(&*self.node(pid)?, view, name)
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -501,16 +498,8 @@ impl Pagetier {
     }
 
     fn dir_for_create(&self, parent: u64, name: &OsStr) -> FsResult<(Arc<Inode>, View)> {
-        let (pid, view) = decode(parent).ok_or(Errno::EINVAL)?;
-        if pid == CONTROL_ID || pid == STATS_ID {
-            return Err(Errno::EROFS);
-        }
-        let (dir, view) = if view == View::Device || self.cfg.read_only {
-            return Err(self.refuse(view));
-        } else {
-            (self.node(pid)?, view)
-        };
-        if pid == ROOT_ID && name == self.cfg.control_name.as_os_str() {
+        let (dir, view) = self.writable(parent)?;
+        if dir.id == ROOT_ID && name == self.cfg.control_name.as_os_str() {
             return Err(Errno::EEXIST);
         }
         storage::check_name(name)?;
@@ -519,7 +508,7 @@ impl Pagetier {
 
     /// Looks the child `name` of `dir` up in STORAGE, taking one reference
     /// (also right after creating it).
-    fn created(&self, dir: &Inode, view: View, name: &OsStr) -> FsResult<Attr> {
+    fn lookup_child(&self, dir: &Inode, view: View, name: &OsStr) -> FsResult<Attr> {
         let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
         let inode = self
             .inodes
@@ -541,7 +530,7 @@ impl Pagetier {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(&dir.fd, name, kind, perm, rdev as u64)
         })?;
-        self.created(&dir, view, name)
+        self.lookup_child(&dir, view, name)
     }
 
     pub fn mkdir(
@@ -556,7 +545,7 @@ impl Pagetier {
         as_creator(caller, mode, umask, |perm| {
             rustix::fs::mkdirat(&dir.fd, name, perm)
         })?;
-        self.created(&dir, view, name)
+        self.lookup_child(&dir, view, name)
     }
 
     pub fn symlink(
@@ -571,7 +560,7 @@ impl Pagetier {
             let _as = become_caller(caller);
             rustix::fs::symlinkat(target, &dir.fd, name)?;
         }
-        self.created(&dir, view, name)
+        self.lookup_child(&dir, view, name)
     }
 
     pub fn link(
@@ -594,7 +583,7 @@ impl Pagetier {
                 AtFlags::SYMLINK_FOLLOW,
             )?)
         })?;
-        self.created(&dir, view, newname)
+        self.lookup_child(&dir, view, newname)
     }
 
     /// The live id of the child `name` of `dir`, with its link count, if any.
@@ -793,7 +782,7 @@ impl Pagetier {
         let file = as_creator(caller, mode, umask, |perm| {
             rustix::fs::openat(&dir.fd, name, oflags, perm)
         })?;
-        let attr = self.created(&dir, view, name)?;
+        let attr = self.lookup_child(&dir, view, name)?;
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
         self.tier
             .invalidate_file(inode.id, InvalidationCause::UnlinkRename);

@@ -91,6 +91,27 @@ fn fattr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes sent with "." and ".." in readdirplus replies (ignored by the kernel).
+fn dot_attr(ino: u64, fmt: u32) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: kind(fmt),
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -538,37 +559,13 @@ impl Filesystem for FuseAdapter {
                 for it in items {
                     let counted = it.attr.is_some() && it.name != b"." && it.name != b"..";
                     if !full {
-                        let attr = match &it.attr {
-                            Some(a) => fattr(a),
-                            None => {
-                                // "." and "..": the kernel ignores their attributes.
-                                let mut a = fattr(&Attr::synthetic(
-                                    it.ino,
-                                    it.fmt,
-                                    0,
-                                    1,
-                                    &Attr {
-                                        ino: it.ino,
-                                        size: 0,
-                                        blocks: 0,
-                                        atime: std::time::UNIX_EPOCH,
-                                        mtime: std::time::UNIX_EPOCH,
-                                        ctime: std::time::UNIX_EPOCH,
-                                        fmt: it.fmt,
-                                        perm: 0,
-                                        nlink: 1,
-                                        uid: 0,
-                                        gid: 0,
-                                        rdev: 0,
-                                        blksize: 4096,
-                                    },
-                                ));
-                                a.ino = INodeNo(it.ino);
-                                a
-                            }
-                        };
+                        // "." and "..": the kernel ignores their attributes.
+                        let attr = it
+                            .attr
+                            .as_ref()
+                            .map_or_else(|| dot_attr(it.ino, it.fmt), fattr);
                         let ttl = if it.attr.is_some() {
-                            TTL
+                            ttl(it.ino)
                         } else {
                             Duration::ZERO
                         };

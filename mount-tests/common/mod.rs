@@ -45,6 +45,25 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
     })
 }
 
+/// Unmounts `mnt` if a FUSE filesystem is mounted there: `fusermount3 -u`,
+/// then a lazy `umount -l` if that did not do it (a busy or dead mount).
+pub fn force_unmount(mnt: &Path) {
+    if is_fuse_mounted(mnt) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+    if is_fuse_mounted(mnt) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A live pagetier mount over a temp STORAGE directory.
 pub struct Mounted {
     pub dir: tempfile::TempDir,
@@ -146,20 +165,7 @@ impl Mounted {
 
     /// Unmounts and waits for the daemon to exit; returns its exit status code.
     pub fn unmount(&mut self) -> Option<i32> {
-        if is_fuse_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
-            if is_fuse_mounted(&self.mnt) {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mnt)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        force_unmount(&self.mnt);
         let mut child = self.child.take()?;
         let exited = wait_until(Duration::from_secs(20), || {
             matches!(child.try_wait(), Ok(Some(_)))
@@ -180,8 +186,6 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         self.unmount();
         // A test that killed the daemon may leave a dead mount behind.
-        if is_fuse_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        force_unmount(&self.mnt);
     }
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::common::{is_fuse_mounted, wait_until};
+pub use crate::common::force_unmount;
+use crate::common::wait_until;
 
 /// What a finished child did.
 #[derive(Debug)]
@@ -93,24 +94,6 @@ pub fn pid_alive(pid: u32) -> bool {
             .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
-    }
-}
-
-/// Unmounts `mnt` (fusermount3 -u, then a lazy umount) if it is mounted.
-pub fn force_unmount(mnt: &Path) {
-    if is_fuse_mounted(mnt) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_fuse_mounted(mnt) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
