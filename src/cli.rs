@@ -174,6 +174,10 @@ pub struct MountArgs {
     /// Share of the tier that files with the `pin` hint may hold (0 to 1; default 0.5).
     #[arg(long)]
     pub pin_share: Option<f64>,
+    /// Largest device-view readahead window (e.g. 32M, the default); 0 or `off` disables
+    /// readahead.
+    #[arg(long, value_name = "SIZE")]
+    pub readahead: Option<String>,
     /// Record device-view page accesses to FILE (CSV: file_id,offset,len).
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -216,6 +220,8 @@ pub struct MountSettings {
     pub policy: String,
     /// Share of the tier pinned files may hold.
     pub pin_share: f64,
+    /// Largest readahead window in bytes (0: off).
+    pub readahead: u64,
     /// Generic mount flags passed to the kernel (nosuid, nodev, ...).
     pub kernel_flags: Vec<String>,
     /// Where to serve Prometheus metrics (None: not at all).
@@ -325,6 +331,23 @@ fn check_policy(name: &str) -> Result<String, String> {
         })
 }
 
+fn check_readahead(v: &str) -> Result<u64, String> {
+    if v.trim().eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let n = crate::tier::parse_size(v).map_err(|e| format!("readahead: {e}"))?;
+    if n > READAHEAD_LIMIT {
+        return Err(format!(
+            "readahead {v:?}: at most {} MiB",
+            READAHEAD_LIMIT >> 20
+        ));
+    }
+    Ok(n)
+}
+
+/// Largest readahead window accepted (the readahead queue holds 32 jobs of one 2 MiB extent).
+const READAHEAD_LIMIT: u64 = 64 << 20;
+
 fn check_pin_share(v: &str) -> Result<f64, String> {
     v.parse::<f64>()
         .ok()
@@ -345,6 +368,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
         pin_share: 0.5,
+        readahead: crate::tier::RA_MAX_WINDOW,
         kernel_flags: Vec::new(),
         metrics_addr: None,
         log_file: None,
@@ -381,6 +405,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             ("clear_stale", None) => s.clear_stale = true,
             ("policy", Some(v)) => s.policy = check_policy(v)?,
             ("pin_share", Some(v)) => s.pin_share = check_pin_share(v)?,
+            ("readahead", Some(v)) => s.readahead = check_readahead(v)?,
             ("metrics_addr", Some(v)) => s.metrics_addr = Some(parse_metrics_addr(v)?),
             ("metrics_allow_remote", None) => allow_remote = true,
             ("log_file", Some(v)) if !v.is_empty() => s.log_file = Some(PathBuf::from(v)),
@@ -420,6 +445,9 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
     }
     if let Some(p) = args.pin_share {
         s.pin_share = check_pin_share(&p.to_string())?;
+    }
+    if let Some(r) = &args.readahead {
+        s.readahead = check_readahead(r)?;
     }
     if let Some(a) = &args.metrics_addr {
         s.metrics_addr = Some(parse_metrics_addr(a)?);
@@ -633,6 +661,16 @@ mod tests {
         a.policy = Some("belady".into());
         assert!(settings(&a, 2).unwrap_err().contains("tinylfu"));
         assert!(settings(&args(&["pin_share=1.5"]), 2).is_err());
+        assert_eq!(
+            settings(&args(&["readahead=8M"]), 2).unwrap().readahead,
+            8 << 20
+        );
+        assert_eq!(settings(&args(&["readahead=off"]), 2).unwrap().readahead, 0);
+        assert_eq!(settings(&args(&["readahead=0"]), 2).unwrap().readahead, 0);
+        let e = settings(&args(&["readahead=1G"]), 2).unwrap_err();
+        assert!(e.contains("at most 64 MiB"), "{e}");
+        let e = settings(&args(&["readahead=lots"]), 2).unwrap_err();
+        assert!(e.contains("readahead"), "{e}");
         assert!(settings(&args(&["policy=mru"]), 2).is_err());
     }
 

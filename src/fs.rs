@@ -828,6 +828,22 @@ impl Pagetier {
         if storage::check_offset(offset).is_err() {
             return reply(Err(Errno::EINVAL));
         }
+        if *view == View::Device
+            && let (Some(src), Some(inode)) = (source, handle.inode.as_ref())
+        {
+            // A hit inside one resident huge page is replied straight from the arena.
+            let file_size = match rustix::fs::fstat(file) {
+                Ok(st) => st.st_size as u64,
+                Err(e) => return reply(Err(e.into())),
+            };
+            if let Some(bytes) =
+                self.tier
+                    .read_resident(inode.id, file_size, offset, u64::from(size), src)
+            {
+                self.trace_read(inode.id, offset, size as usize);
+                return reply(Ok(&bytes));
+            }
+        }
         BUF.with_borrow_mut(|buf| {
             if buf.len() < size as usize {
                 buf.resize(size as usize, 0);
@@ -878,6 +894,14 @@ impl Pagetier {
         }
     }
 
+    /// Appends a device read to the `--trace` file, if any.
+    fn trace_read(&self, id: u64, offset: u64, len: usize) {
+        if let Some(trace) = &self.trace {
+            use std::io::Write;
+            let _ = writeln!(trace.lock().unwrap(), "{id},{offset},{len}");
+        }
+    }
+
     fn device_read_once(
         &self,
         inode: &Inode,
@@ -887,16 +911,7 @@ impl Pagetier {
         out: &mut [u8],
     ) -> std::io::Result<usize> {
         let size = rustix::fs::fstat(file)?.st_size as u64;
-        if let Some(trace) = &self.trace {
-            use std::io::Write;
-            let _ = writeln!(
-                trace.lock().unwrap(),
-                "{},{},{}",
-                inode.id,
-                offset,
-                out.len()
-            );
-        }
+        self.trace_read(inode.id, offset, out.len());
         self.tier
             .read_with_readahead(inode.id, size, offset, out, src.clone())
     }

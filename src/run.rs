@@ -364,6 +364,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
             crate::tier::policy_by_name(&s.policy).map_err(|e| anyhow!("--policy: {e}"))?,
             crate::tier::TierOptions {
                 pin_share: s.pin_share,
+                readahead_max: s.readahead,
             },
         )
         .map_err(|e| anyhow!("--device-capacity: {e}"))?,

@@ -129,10 +129,22 @@ impl FolioKey {
 
 /// A replacement policy over resident folios. See the module docs for the contract.
 pub trait EvictionPolicy: Send {
+    /// Called once, before anything else, with the tier's capacity in base-page slots and
+    /// the weight of a huge folio in slots (1 when every key weighs the same).
+    fn configure(&mut self, _capacity: u64, _huge_weight: u64) {}
     /// A folio became resident.
     fn insert(&mut self, key: FolioKey, id: FolioId);
-    /// A resident folio was read.
+    /// A folio became resident by readahead: nobody has read it yet.
+    fn insert_speculative(&mut self, key: FolioKey, id: FolioId) {
+        self.insert(key, id)
+    }
+    /// A resident folio was used (read by a read that entered it).
     fn touch(&mut self, key: &FolioKey);
+    /// A resident folio was read again by the same use (a sequential read continuing inside
+    /// it) or prefetched: recency, not frequency.
+    fn touch_again(&mut self, key: &FolioKey) {
+        self.touch(key)
+    }
     /// A folio stopped being resident (invalidated, split, collapsed).
     fn remove(&mut self, key: &FolioKey, id: FolioId);
     /// Chooses and removes the next victim.

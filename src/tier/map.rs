@@ -16,7 +16,9 @@
 //!   tier-wide counter, so a forgotten and re-created file never repeats an old value;
 //! - `pinned` holds exactly the keys of `Ready` folios kept out of the eviction policy (the
 //!   `pin` hint); every other `Ready` folio is tracked by the policy;
-//! - a state with a hint other than `Normal` is kept even when it holds no page.
+//! - a state with a hint other than `Normal` is kept even when it holds no page;
+//! - `unread` holds keys of folios installed by readahead and not read since (it may also
+//!   hold keys no longer resident: the only cost is one extra policy call on a later hit).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -45,6 +47,9 @@ pub struct FileState {
     pub ra_next: u64,
     /// Current readahead window in bytes (0: not reading sequentially).
     pub ra_window: u64,
+    /// Folios installed by readahead and not read yet (see module docs): their first hit
+    /// must reach the policy, which keeps them apart until then.
+    pub unread: HashSet<FolioKey>,
 }
 
 impl FileState {
@@ -58,6 +63,7 @@ impl FileState {
             pinned: HashSet::new(),
             ra_next: 0,
             ra_window: 0,
+            unread: HashSet::new(),
         }
     }
 
@@ -70,6 +76,7 @@ impl FileState {
     }
 
     pub fn remove(&mut self, key: &FolioKey) -> Option<Entry> {
+        self.unread.remove(key);
         if key.is_huge() {
             self.huge.remove(&key.position())
         } else {

@@ -61,7 +61,8 @@
 //! Readers *pin* a resident folio by cloning its `Arc` under the shard lock and copy after
 //! unlocking; a folio's memory returns to the arena only when the last pin drops, eviction
 //! skips pinned folios, and a split waits (yielding) for pins to drain — pins are held only
-//! across one memcpy, never while blocking or locking.
+//! across one memcpy or one reply write ([`DeviceTier::read_resident`]: a hit that lies in one
+//! huge page goes to the FUSE reply straight from the arena), never while blocking or locking.
 //!
 //! # Lock order
 //! `shard.files` → (`policy` | `arena.alloc` | readahead `queue`). At most one shard lock is
@@ -167,11 +168,16 @@ impl Default for TierConfig {
 pub struct TierOptions {
     /// Share of the capacity that pinned (`pin` hint) folios may hold, 0.0..=1.0.
     pub pin_share: f64,
+    /// Largest readahead window in bytes (0: no readahead). Default [`RA_MAX_WINDOW`].
+    pub readahead_max: u64,
 }
 
 impl Default for TierOptions {
     fn default() -> Self {
-        TierOptions { pin_share: 0.5 }
+        TierOptions {
+            pin_share: 0.5,
+            readahead_max: RA_MAX_WINDOW,
+        }
     }
 }
 
@@ -270,6 +276,41 @@ struct Acct {
 }
 
 /// Who asks [`DeviceTier::serve`] for pages.
+/// Bytes of a resident folio, pinned for one reply (see [`DeviceTier::read_resident`]).
+pub struct ResidentBytes {
+    folio: Arc<Folio>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for ResidentBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.folio.bytes()[self.range.clone()]
+    }
+}
+
+/// How a device read relates to the file's previous one (see [`DeviceTier::note_read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Access {
+    /// May fault huge pages.
+    sequential: bool,
+    /// Opens or advances readahead.
+    readahead: bool,
+    /// Starts exactly where the previous read ended: the folio it starts in (if the read
+    /// starts inside one) was already counted as used by the previous read.
+    continues: bool,
+}
+
+impl Access {
+    /// Prefetch and readahead: sequential, not a use of anything.
+    const INTERNAL: Access = Access {
+        sequential: true,
+        readahead: false,
+        continues: false,
+    };
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// A device read: subject to admission; refused pages are bypassed.
@@ -292,6 +333,8 @@ pub struct DeviceTier {
     /// Arena slots held by pinned folios; at most `pin_budget` (see `track`).
     pinned_slots: AtomicU64,
     pin_budget: u64,
+    /// Largest readahead window (0: none); see [`TierOptions::readahead_max`].
+    readahead_max: u64,
     readahead: Readahead,
 }
 
@@ -312,6 +355,8 @@ struct Fill<'t> {
     seq: InvalidationSeq,
     keys: Vec<FolioKey>,
     folios: Vec<Folio>,
+    /// A readahead fill: installed as not yet read.
+    speculative: bool,
 }
 
 impl Drop for Fill<'_> {
@@ -370,6 +415,14 @@ impl DeviceTier {
             })
             .collect();
         let slots = capacity / PAGE_SIZE;
+        let mut policy = policy;
+        // Without huge pages every folio is a base page: all weigh one slot.
+        let huge_weight = if cfg.huge_pages {
+            SLOTS_PER_CHUNK as u64
+        } else {
+            1
+        };
+        policy.configure(slots, huge_weight);
         let pin_budget = (slots as f64 * opts.pin_share.clamp(0.0, 1.0)) as u64;
         tracing::debug!(
             capacity,
@@ -387,6 +440,7 @@ impl DeviceTier {
             stats: Counters::default(),
             pinned_slots: AtomicU64::new(0),
             pin_budget,
+            readahead_max: opts.readahead_max,
             readahead: Readahead::default(),
         })
     }
@@ -435,23 +489,31 @@ impl DeviceTier {
             return Ok(0);
         }
         let end = offset.saturating_add(out.len() as u64).min(file_size);
-        let sequential = {
+        let access = {
             let mut g = lock(&self.shard(file).files);
             let st = self.state(&mut g, file);
-            Self::note_read(st, offset, end).0
+            Self::note_read(st, offset, end)
         };
-        self.read_sequential(file, file_size, offset, end, out, sequential, src)
+        self.read_sequential(file, file_size, offset, end, out, access, src)
     }
 
-    /// Sequential-access detection for a read of `[offset, end)`: returns (may fault huge
-    /// pages, continues the previous read) and remembers `end`. Hints override.
-    fn note_read(st: &mut FileState, offset: u64, end: u64) -> (bool, bool) {
+    /// Access-pattern detection for a read of `[offset, end)` (hints override); remembers
+    /// `end`.
+    fn note_read(st: &mut FileState, offset: u64, end: u64) -> Access {
         let continues = offset == st.last_end;
         st.last_end = end;
-        match st.hint {
+        let (sequential, readahead) = match st.hint {
             Hint::Random => (false, false),
             Hint::Sequential => (true, true),
-            _ => (continues || end - offset >= SEQUENTIAL_MIN_READ, continues),
+            _ => (
+                continues || end - offset >= SEQUENTIAL_MIN_READ,
+                continues || offset == 0,
+            ),
+        };
+        Access {
+            sequential,
+            readahead,
+            continues,
         }
     }
 
@@ -464,7 +526,7 @@ impl DeviceTier {
         offset: u64,
         end: u64,
         out: &mut [u8],
-        sequential: bool,
+        access: Access,
         src: &dyn FillSource,
     ) -> io::Result<usize> {
         let n = (end - offset) as usize;
@@ -475,7 +537,7 @@ impl DeviceTier {
             offset,
             end,
             Some(&mut out[..n]),
-            sequential,
+            access,
             Mode::Read,
             src,
             &mut acct,
@@ -512,7 +574,7 @@ impl DeviceTier {
             offset,
             end,
             None,
-            true,
+            Access::INTERNAL,
             Mode::Prefetch,
             src,
             &mut acct,
@@ -536,7 +598,7 @@ impl DeviceTier {
         start: u64,
         end: u64,
         mut out: Option<&mut [u8]>,
-        sequential: bool,
+        access: Access,
         mode: Mode,
         src: &dyn FillSource,
         acct: &mut Acct,
@@ -559,7 +621,10 @@ impl DeviceTier {
             match st.huge.get(&ext) {
                 Some(Entry::Ready(f)) => {
                     let pin = f.clone();
-                    self.touch(&[FolioKey::huge(file, ext)]);
+                    let entered = Self::enters(access, mode, start, pos, ext_start);
+                    let key = FolioKey::huge(file, ext);
+                    let first_read = mode != Mode::Readahead && st.unread.remove(&key);
+                    self.touch(&[key], entered, mode, first_read);
                     drop(g);
                     copy_out(&mut out, start, pos, piece_end, pin.bytes(), ext_start);
                     drop(pin);
@@ -592,7 +657,11 @@ impl DeviceTier {
                     let keys: Vec<FolioKey> = (0..pins.len() as u64)
                         .map(|i| FolioKey::base(file, first_page + i))
                         .collect();
-                    self.touch(&keys);
+                    let entered = Self::enters(access, mode, start, pos, first_page * PAGE_SIZE);
+                    let first_read = mode != Mode::Readahead
+                        && !st.unread.is_empty()
+                        && keys.iter().fold(false, |any, k| st.unread.remove(k) | any);
+                    self.touch(&keys, entered, mode, first_read);
                     drop(g);
                     let run_end = piece_end.min((first_page + pins.len() as u64) * PAGE_SIZE);
                     for (i, pin) in pins.iter().enumerate() {
@@ -615,7 +684,7 @@ impl DeviceTier {
 
             // 3. A miss at `pos`: fault a huge page or a run of base pages.
             let want_huge = self.cfg.huge_pages
-                && sequential
+                && access.sequential
                 && st.hint != Hint::Random
                 && ext_start + HUGE_PAGE_SIZE <= file_size
                 && failures_at.1 < HUGE_EVICT_ROUNDS
@@ -624,13 +693,16 @@ impl DeviceTier {
                 Some((&p, _)) => p - first_page,
                 None => last_page + 1 - first_page,
             } as usize;
-            if recorded_at != pos {
+            if recorded_at != pos && mode == Mode::Read {
                 recorded_at = pos;
                 let mut policy = lock(&self.policy);
                 if want_huge {
-                    policy.record_miss(&FolioKey::huge(file, ext));
+                    if Self::enters(access, mode, start, pos, ext_start) {
+                        policy.record_miss(&FolioKey::huge(file, ext));
+                    }
                 } else {
-                    for i in 0..run as u64 {
+                    let skip = !Self::enters(access, mode, start, pos, first_page * PAGE_SIZE);
+                    for i in u64::from(skip)..run as u64 {
                         policy.record_miss(&FolioKey::base(file, first_page + i));
                     }
                 }
@@ -712,6 +784,7 @@ impl DeviceTier {
                 seq: st.seq,
                 keys,
                 folios,
+                speculative: mode == Mode::Readahead,
             };
             drop(g);
 
@@ -802,7 +875,10 @@ impl DeviceTier {
             if !installed.is_empty() {
                 let mut policy = lock(&self.policy);
                 for (k, id) in &installed {
-                    self.track(st, &mut **policy, *k, *id);
+                    self.track(st, &mut **policy, *k, *id, fill.speculative);
+                    if fill.speculative {
+                        st.unread.insert(*k);
+                    }
                 }
                 drop(policy);
                 let huge = installed.iter().filter(|(k, _)| k.is_huge()).count() as u64;
@@ -870,7 +946,13 @@ impl DeviceTier {
                         *id,
                     );
                 }
-                self.track(st, &mut **policy, FolioKey::huge(file, ext), huge.id());
+                self.track(
+                    st,
+                    &mut **policy,
+                    FolioKey::huge(file, ext),
+                    huge.id(),
+                    false,
+                );
                 drop(policy);
                 st.huge.insert(ext, Entry::Ready(Arc::new(huge)));
                 sub(&self.stats.resident_base, SLOTS_PER_CHUNK as u64);
@@ -886,17 +968,21 @@ impl DeviceTier {
     }
 
     /// Registers a newly resident folio of `st`: pinned (kept out of the policy) if the file
-    /// has the `pin` hint and the pin budget has room, else tracked by the policy. Caller
-    /// holds the shard lock and the policy lock.
+    /// has the `pin` hint and the pin budget has room, else tracked by the policy
+    /// (`speculative`: installed by readahead, not read yet). Caller holds the shard lock and
+    /// the policy lock.
     fn track(
         &self,
         st: &mut FileState,
         policy: &mut dyn EvictionPolicy,
         key: FolioKey,
         id: FolioId,
+        speculative: bool,
     ) {
         if st.hint == Hint::Pin && self.reserve_pin(slots_of(&key)) {
             st.pinned.insert(key);
+        } else if speculative {
+            policy.insert_speculative(key, id);
         } else {
             policy.insert(key, id);
         }
@@ -992,25 +1078,84 @@ impl DeviceTier {
         out: &mut [u8],
         src: SharedSource,
     ) -> io::Result<usize> {
+        add(&self.stats.reads, 1);
         if offset >= file_size || out.is_empty() {
-            add(&self.stats.reads, 1);
             return Ok(0);
         }
         let end = offset.saturating_add(out.len() as u64).min(file_size);
-        let sequential = {
+        let access = {
             let mut g = lock(&self.shard(file).files);
             let st = self.state(&mut g, file);
-            let (sequential, continues) = Self::note_read(st, offset, end);
-            if continues {
-                self.advance_readahead(st, file, file_size, end, &src);
-            } else {
-                st.ra_window = 0;
-                st.ra_next = 0;
-            }
-            sequential
+            self.begin_read(st, file, file_size, offset, end, &src)
         };
+        self.read_sequential(file, file_size, offset, end, out, access, &*src)
+    }
+
+    /// [`DeviceTier::read_with_readahead`] without the copy, when it can be had: if the
+    /// bytes `[offset, offset + len)` (clipped to `file_size`, non-empty) lie in one resident
+    /// huge page, the read is accounted and served as a pin of that page. Otherwise returns
+    /// `None` having done nothing, and the caller reads with a copy. Hold the result only
+    /// while handing the bytes on (one reply): a split of the page waits for it.
+    pub fn read_resident(
+        self: &Arc<Self>,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        len: u64,
+        src: &SharedSource,
+    ) -> Option<ResidentBytes> {
+        let end = offset.saturating_add(len).min(file_size);
+        if offset >= end {
+            return None;
+        }
+        let ext = offset / HUGE_PAGE_SIZE;
+        let ext_start = ext * HUGE_PAGE_SIZE;
+        if end > ext_start + HUGE_PAGE_SIZE {
+            return None;
+        }
+        let mut g = lock(&self.shard(file).files);
+        let st = g.get_mut(&file)?;
+        let Some(Entry::Ready(f)) = st.huge.get(&ext) else {
+            return None;
+        };
+        let folio = f.clone();
+        let access = self.begin_read(st, file, file_size, offset, end, src);
+        let key = FolioKey::huge(file, ext);
+        let first_read = st.unread.remove(&key);
+        let entered = Self::enters(access, Mode::Read, offset, offset, ext_start);
+        self.touch(&[key], entered, Mode::Read, first_read);
+        drop(g);
         add(&self.stats.reads, 1);
-        self.read_sequential(file, file_size, offset, end, out, sequential, &*src)
+        add(&self.stats.hits, 1);
+        add(&self.stats.lookups, 1);
+        add(&self.stats.bytes_served, end - offset);
+        Some(ResidentBytes {
+            folio,
+            range: (offset - ext_start) as usize..(end - ext_start) as usize,
+        })
+    }
+
+    /// The bookkeeping every device read starts with, under the file's shard lock: access
+    /// detection (`note_read`) and readahead (open, advance or close the window).
+    fn begin_read(
+        self: &Arc<Self>,
+        st: &mut FileState,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        end: u64,
+        src: &SharedSource,
+    ) -> Access {
+        let access = Self::note_read(st, offset, end);
+        if !access.continues {
+            // A new pass (a read at 0 opens one; anything else closes the window).
+            st.ra_window = 0;
+            st.ra_next = 0;
+        }
+        if access.readahead {
+            self.advance_readahead(st, file, file_size, end, src);
+        }
+        access
     }
 
     /// Issues the next readahead window if the reader (now at `end`) is within half a window
@@ -1023,9 +1168,13 @@ impl DeviceTier {
         end: u64,
         src: &SharedSource,
     ) {
+        let max = self.readahead_max;
+        if max == 0 {
+            return;
+        }
         let window = match (st.ra_window, st.hint) {
-            (_, Hint::Sequential) => RA_MAX_WINDOW,
-            (0, _) => RA_INITIAL_WINDOW,
+            (_, Hint::Sequential) => max,
+            (0, _) => RA_INITIAL_WINDOW.min(max),
             (w, _) => w,
         };
         let frontier = st.ra_next.max(end);
@@ -1051,7 +1200,7 @@ impl DeviceTier {
             add(&self.stats.readahead_dropped, target - issued);
         }
         st.ra_next = issued;
-        st.ra_window = (window * 2).min(RA_MAX_WINDOW);
+        st.ra_window = (window * 2).min(max);
     }
 
     /// Runs one readahead job (on a readahead thread).
@@ -1070,7 +1219,7 @@ impl DeviceTier {
             job.offset,
             end,
             None,
-            true,
+            Access::INTERNAL,
             Mode::Readahead,
             &*job.src,
             &mut acct,
@@ -1093,12 +1242,37 @@ impl DeviceTier {
         self.readahead.cancel(file);
     }
 
-    /// Promotes resident folios in the eviction policy; skipped if the policy is busy (an
-    /// approximate LRU under contention keeps the hit path from queueing on a global lock).
-    fn touch(&self, keys: &[FolioKey]) {
-        if let Ok(mut p) = self.policy.try_lock() {
-            for k in keys {
-                p.touch(k);
+    /// Whether a `mode` read of `[start, ..)`, now at `pos`, *enters* the folio starting at
+    /// `folio_start` — a new use of it for the policy — rather than continuing inside a folio
+    /// the file's previous read already used (a sequential reader's 1 MiB reads of a 2 MiB
+    /// page are one use, like one 4 KiB read of a 4 KiB page). Prefetch and readahead are
+    /// never uses.
+    fn enters(access: Access, mode: Mode, start: u64, pos: u64, folio_start: u64) -> bool {
+        mode == Mode::Read && !(access.continues && pos == start && pos != folio_start)
+    }
+
+    /// Tells the policy about resident folios being read: a use of each (the first only if
+    /// `first_entered`, see [`DeviceTier::enters`]) for a device read, recency alone for a
+    /// prefetch, nothing for readahead (its reader will come). Skipped if the policy is busy
+    /// (an approximate order under contention keeps the hit path from queueing on a global
+    /// lock) — unless this is the first read of a readahead folio (`first_read`), which the
+    /// policy must see to stop treating it as speculative.
+    fn touch(&self, keys: &[FolioKey], first_entered: bool, mode: Mode, first_read: bool) {
+        if mode == Mode::Readahead {
+            return;
+        }
+        let policy = if first_read {
+            Some(lock(&self.policy))
+        } else {
+            self.policy.try_lock().ok()
+        };
+        if let Some(mut p) = policy {
+            for (i, k) in keys.iter().enumerate() {
+                if mode == Mode::Read && (i > 0 || first_entered) {
+                    p.touch(k);
+                } else {
+                    p.touch_again(k);
+                }
             }
         }
     }
@@ -1117,7 +1291,7 @@ impl DeviceTier {
             let Some((key, id)) = lock(&self.policy).pop_victim() else {
                 break;
             };
-            self.evict_one(key, id);
+            self.evict_one(key, id, need == Need::Chunk);
         }
         match need {
             Need::Chunk => self.arena.satisfies(Need::Chunk),
@@ -1125,32 +1299,55 @@ impl DeviceTier {
         }
     }
 
-    fn evict_one(&self, key: FolioKey, id: FolioId) {
+    /// Evicts the popped victim `key` unless a reader pins it. With `whole_extent` (a huge
+    /// fault needs a free chunk) a base-page victim takes the other unpinned base pages of
+    /// its extent with it: they share its home chunk, and freeing them one victim at a time
+    /// would scatter free slots over many chunks and push later huge faults to base pages.
+    fn evict_one(&self, key: FolioKey, id: FolioId, whole_extent: bool) {
         let shard = self.shard(key.file);
         let mut g = lock(&shard.files);
         let Some(st) = g.get_mut(&key.file) else {
             return;
         };
-        let victim = match st.get(&key) {
+        let mut victims = Vec::new();
+        match st.get(&key) {
             Some(Entry::Ready(f)) if f.id() == id => {
                 if Arc::strong_count(f) == 1 {
-                    st.remove(&key)
+                    victims.extend(st.remove(&key));
                 } else {
                     // Pinned by a reader: keep it, as most recently used.
                     lock(&self.policy).insert(key, id);
-                    None
                 }
             }
-            _ => None,
-        };
+            _ => {}
+        }
+        if whole_extent && !key.is_huge() && !victims.is_empty() {
+            let ext = key.position() / SLOTS_PER_CHUNK as u64;
+            let siblings: Vec<(FolioKey, FolioId)> = st
+                .base_in_extent(ext)
+                .filter_map(|(&p, e)| match e {
+                    Entry::Ready(f) if Arc::strong_count(f) == 1 => {
+                        Some((FolioKey::base(key.file, p), f.id()))
+                    }
+                    _ => None,
+                })
+                .filter(|(k, _)| !st.pinned.contains(k))
+                .collect();
+            let mut policy = lock(&self.policy);
+            for (k, sid) in siblings {
+                policy.remove(&k, sid);
+                victims.extend(st.remove(&k));
+            }
+        }
         if st.is_empty() {
             g.remove(&key.file);
         }
         drop(g);
-        if victim.is_some() {
+        for v in &victims {
+            let huge = matches!(v, Entry::Ready(f) if f.loc().slot.is_none());
             add(&self.stats.evictions, 1);
             sub(
-                if key.is_huge() {
+                if huge {
                     &self.stats.resident_huge
                 } else {
                     &self.stats.resident_base
@@ -1158,7 +1355,7 @@ impl DeviceTier {
                 1,
             );
         }
-        drop(victim);
+        drop(victims);
     }
 
     /// Drops exactly the device pages overlapping `[offset, offset + len)` (`len == u64::MAX`:
@@ -1258,7 +1455,7 @@ impl DeviceTier {
                 self.untrack(st, &mut **policy, k, *id);
             }
             for (k, id) in &added {
-                self.track(st, &mut **policy, *k, *id);
+                self.track(st, &mut **policy, *k, *id, false);
             }
         }
         if st.is_empty() {

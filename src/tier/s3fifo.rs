@@ -156,6 +156,10 @@ impl EvictionPolicy for S3FifoPolicy {
         }
     }
 
+    fn touch_again(&mut self, _key: &FolioKey) {
+        // FIFO order: only uses count, and this is not a new one.
+    }
+
     fn remove(&mut self, key: &FolioKey, id: FolioId) {
         if self.map.get(key).is_some_and(|m| m.id == id) {
             let m = self.map.remove(key).expect("checked");

@@ -503,6 +503,7 @@ fn regroup(trace: Vec<FolioKey>, page_size: u64) -> Vec<FolioKey> {
 /// Hits of `policy` replaying `trace` in a cache of `capacity` pages, driven exactly as the
 /// tier drives it (module docs). Checks the capacity and the policy's bookkeeping as it goes.
 pub fn policy_hits(policy: &mut dyn EvictionPolicy, trace: &[FolioKey], capacity: u64) -> u64 {
+    policy.configure(capacity, 1);
     let mut resident: HashSet<FolioKey> = HashSet::new();
     let mut hits = 0;
     for (id, key) in (1u64..).zip(trace) {

@@ -1,10 +1,31 @@
-//! TinyLFU admission over LRU order (see `evict.rs` for why this is the default policy).
+//! W-TinyLFU: a small LRU *window* in front of an LRU *main* region, with TinyLFU deciding
+//! which of the window's leavers may displace a main resident (Einziger et al., ToS '17; the
+//! design of Caffeine). See `evict.rs` for the measurements behind it.
+//!
+//! # Regions (weights in base-page slots; a huge folio weighs `huge_weight`)
+//! - **window** (about 1 % of the capacity, at least four huge pages when those are in use):
+//!   every faulted folio enters here, so a miss is always installed (and readahead keeps
+//!   running) even when the tier is full of pages worth keeping;
+//! - **ahead**: folios installed by readahead and not yet read. A reader touching one moves
+//!   it to the window. They are never chosen while the window has a leaver, so readahead is
+//!   not thrown away just before the reader reaches it; beyond a readahead window's worth
+//!   (16 huge pages, at most a quarter of the capacity) the oldest goes first (a reader that
+//!   stopped);
+//! - **main**: the rest of the capacity, LRU order.
+//!
+//! When a victim is needed, the window's LRU folio (the *candidate*) duels main's LRU folio:
+//! the candidate moves into main and the main folio is evicted only if the candidate's
+//! frequency estimate exceeds the victim's by more than [`TINYLFU_MARGIN`] and the `epoch`
+//! rule does not keep the victim; otherwise the candidate is evicted. While main has room,
+//! window leavers move in without a duel; main's LRU is evicted without one only when the
+//! window is empty (all of it is unread readahead or in flight).
 //!
 //! Frequency is estimated by a count-min sketch of 4-bit counters (4 probes per key,
-//! conservative update), sized to 8 counters per tracked folio and rebuilt empty when the
+//! conservative update), sized to 32 counters (16 bytes) per tracked folio and rebuilt empty when the
 //! tracked set outgrows it (only while a tier fills up). Every 10 samples per counter-eighth
 //! (≈ 10 × resident folios) all counters are halved, so the estimate follows the recent past.
-//! Deterministic: the hash is a fixed mix of the key, no per-process seed.
+//! A sample is one miss or one hit of a folio, whatever its size. Deterministic: the hash is a
+//! fixed mix of the key, no per-process seed.
 
 use lru::LruCache;
 
@@ -12,12 +33,15 @@ use crate::tier::evict::{EpochFiles, EvictionPolicy, FolioKey};
 use crate::tier::folio::FolioId;
 use crate::tier::{FileId, Hint};
 
-/// A missed page displaces the victim only if its frequency estimate exceeds the victim's by
-/// more than this (see `evict.rs`: in an epoch the unread incumbents trail by one).
+/// A window leaver displaces main's LRU folio only if its frequency estimate exceeds the
+/// victim's by more than this (see `evict.rs`: in an epoch the unread incumbents trail by one).
 pub const TINYLFU_MARGIN: u8 = 1;
 
-/// Counters per tracked folio.
-const COUNTERS_PER_ENTRY: usize = 8;
+/// Counters per tracked folio. A tier at half the dataset sees about twice as many distinct
+/// keys as it tracks; at 32 counters per entry (4 probes each) a key's probes all collide with
+/// other keys' less than 1 % of the time, where 8 per entry let a sixth of the candidates
+/// overtake incumbents on borrowed counts.
+const COUNTERS_PER_ENTRY: usize = 32;
 /// Smallest sketch (counters).
 const MIN_COUNTERS: usize = 1 << 10;
 /// Samples between halvings, per tracked folio.
@@ -25,10 +49,12 @@ const SAMPLES_PER_ENTRY: u64 = 10;
 /// Saturation of a 4-bit counter.
 const MAX_COUNT: u8 = 15;
 
-/// A count-min sketch of small counters with periodic halving ("reset" in TinyLFU).
+/// A count-min sketch of 4-bit counters, two per byte, with periodic halving ("reset" in
+/// TinyLFU).
 #[derive(Debug)]
 pub struct FrequencySketch {
-    counters: Vec<u8>,
+    /// Counter `i` is the low (even `i`) or high (odd `i`) nibble of byte `i / 2`.
+    nibbles: Vec<u8>,
     samples: u64,
     period: u64,
 }
@@ -41,28 +67,49 @@ fn mix(mut z: u64) -> u64 {
 
 impl FrequencySketch {
     pub fn new() -> FrequencySketch {
+        Self::with_counters(MIN_COUNTERS)
+    }
+
+    fn with_counters(n: usize) -> FrequencySketch {
         FrequencySketch {
-            counters: vec![0; MIN_COUNTERS],
+            nibbles: vec![0; n / 2],
             samples: 0,
-            period: SAMPLES_PER_ENTRY * (MIN_COUNTERS / COUNTERS_PER_ENTRY) as u64,
+            period: SAMPLES_PER_ENTRY * (n / COUNTERS_PER_ENTRY).max(1) as u64,
         }
     }
 
-    /// Makes room for `entries` tracked folios (rebuilds empty if it must grow).
+    fn counters(&self) -> usize {
+        self.nibbles.len() * 2
+    }
+
+    fn get(&self, i: usize) -> u8 {
+        (self.nibbles[i / 2] >> (4 * (i & 1))) & 0xF
+    }
+
+    fn bump(&mut self, i: usize) {
+        self.nibbles[i / 2] += 1 << (4 * (i & 1));
+    }
+
+    /// Makes room for `entries` tracked folios. Growing keeps every estimate: the table
+    /// size is a power of two and a key's probes in the larger table agree with its old ones
+    /// in the low bits, so each new counter starts as a copy of the old counter it extends
+    /// (still an over-estimate, never an under-estimate).
     pub fn ensure(&mut self, entries: usize) {
-        let want = (entries * COUNTERS_PER_ENTRY)
+        let want = entries
+            .saturating_mul(COUNTERS_PER_ENTRY)
+            .min(1 << 40)
             .next_power_of_two()
             .max(MIN_COUNTERS);
-        if want > self.counters.len() {
-            self.counters = vec![0; want];
-            self.samples = 0;
+        if want > self.counters() {
+            let copies = want / self.counters();
+            self.nibbles = self.nibbles.repeat(copies);
             self.period = SAMPLES_PER_ENTRY * (want / COUNTERS_PER_ENTRY) as u64;
         }
     }
 
     fn slots(&self, key: &FolioKey) -> [usize; 4] {
         let h = mix(key.file.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ mix(key.index));
-        let mask = self.counters.len() - 1;
+        let mask = self.counters() - 1;
         let mut out = [0; 4];
         for (i, o) in out.iter_mut().enumerate() {
             *o = (h.rotate_left(16 * i as u32) as usize ^ (i * 0x5bd1_e995)) & mask;
@@ -73,18 +120,19 @@ impl FrequencySketch {
     /// Counts one access of `key`.
     pub fn increment(&mut self, key: &FolioKey) {
         let slots = self.slots(key);
-        let min = slots.iter().map(|&s| self.counters[s]).min().unwrap_or(0);
+        let min = slots.iter().map(|&s| self.get(s)).min().unwrap_or(0);
         if min < MAX_COUNT {
             for s in slots {
-                if self.counters[s] == min {
-                    self.counters[s] += 1;
+                if self.get(s) == min {
+                    self.bump(s);
                 }
             }
         }
         self.samples += 1;
         if self.samples >= self.period {
-            for c in &mut self.counters {
-                *c /= 2;
+            for b in &mut self.nibbles {
+                // Halves both nibbles: each loses its low bit to the shift.
+                *b = (*b >> 1) & 0x77;
             }
             self.samples /= 2;
         }
@@ -94,13 +142,13 @@ impl FrequencySketch {
     pub fn estimate(&self, key: &FolioKey) -> u8 {
         self.slots(key)
             .iter()
-            .map(|&s| self.counters[s])
+            .map(|&s| self.get(s))
             .min()
             .unwrap_or(0)
     }
 
     pub fn bytes(&self) -> usize {
-        self.counters.len()
+        self.nibbles.len()
     }
 }
 
@@ -110,9 +158,51 @@ impl Default for FrequencySketch {
     }
 }
 
-/// LRU victim order, TinyLFU admission, the `epoch` hint rule.
-pub struct TinyLfuPolicy {
+/// Folios in one region, in LRU order, with their total weight.
+struct Region {
     lru: LruCache<FolioKey, FolioId>,
+    weight: u64,
+}
+
+impl Region {
+    fn new() -> Region {
+        Region {
+            lru: LruCache::unbounded(),
+            weight: 0,
+        }
+    }
+
+    fn put(&mut self, key: FolioKey, id: FolioId, w: u64) {
+        if self.lru.put(key, id).is_none() {
+            self.weight += w;
+        }
+    }
+
+    /// Removes `key` if it is held with `id` (any id when `None`); returns its id.
+    fn take(&mut self, key: &FolioKey, id: Option<FolioId>, w: u64) -> Option<FolioId> {
+        let held = *self.lru.peek(key)?;
+        if id.is_some_and(|id| id != held) {
+            return None;
+        }
+        self.lru.pop(key);
+        self.weight -= w;
+        Some(held)
+    }
+
+    fn lru_key(&self) -> Option<FolioKey> {
+        self.lru.peek_lru().map(|(k, _)| *k)
+    }
+}
+
+/// W-TinyLFU (module docs), with the `epoch` hint rule.
+pub struct TinyLfuPolicy {
+    window: Region,
+    ahead: Region,
+    main: Region,
+    window_budget: u64,
+    main_budget: u64,
+    ahead_limit: u64,
+    huge_weight: u64,
     sketch: FrequencySketch,
     epoch: EpochFiles,
     margin: u8,
@@ -125,12 +215,66 @@ impl TinyLfuPolicy {
 
     /// With another admission margin (for measurements).
     pub fn with_margin(margin: u8) -> TinyLfuPolicy {
+        // Until told the capacity: a window of one and a practically unbounded main.
         TinyLfuPolicy {
-            lru: LruCache::unbounded(),
+            window: Region::new(),
+            ahead: Region::new(),
+            main: Region::new(),
+            window_budget: 1,
+            main_budget: u64::MAX / 4,
+            ahead_limit: u64::MAX / 4,
+            huge_weight: 1,
             sketch: FrequencySketch::new(),
             epoch: EpochFiles::default(),
             margin,
         }
+    }
+
+    fn weight(&self, key: &FolioKey) -> u64 {
+        if key.is_huge() { self.huge_weight } else { 1 }
+    }
+
+    /// Moves window leavers into main while main has room and the window is over budget.
+    fn rebalance(&mut self) {
+        while self.window.weight > self.window_budget {
+            let Some(c) = self.window.lru_key() else {
+                break;
+            };
+            let w = self.weight(&c);
+            if self.main.weight + w > self.main_budget {
+                break;
+            }
+            let id = self.window.take(&c, None, w).expect("the window's LRU key");
+            self.main.put(c, id, w);
+        }
+    }
+
+    /// Makes a resident `key` its region's most recent (a read readahead folio joins the
+    /// window). False if not tracked.
+    fn promote(&mut self, key: &FolioKey) -> bool {
+        if self.window.lru.promote(key) || self.main.lru.promote(key) {
+            return true;
+        }
+        let w = self.weight(key);
+        let Some(id) = self.ahead.take(key, None, w) else {
+            return false;
+        };
+        self.window.put(*key, id, w);
+        self.rebalance();
+        true
+    }
+
+    /// Whether `candidate` (leaving the window) may displace main's `victim`.
+    fn wins(&self, candidate: &FolioKey, victim: &FolioKey) -> bool {
+        !self.epoch.keeps(candidate, victim)
+            && self.sketch.estimate(candidate)
+                > self.sketch.estimate(victim).saturating_add(self.margin)
+    }
+
+    fn pop_lru(region: &mut Region, w: impl Fn(&FolioKey) -> u64) -> Option<(FolioKey, FolioId)> {
+        let (k, id) = region.lru.pop_lru()?;
+        region.weight -= w(&k);
+        Some((k, id))
     }
 }
 
@@ -141,39 +285,94 @@ impl Default for TinyLfuPolicy {
 }
 
 impl EvictionPolicy for TinyLfuPolicy {
+    fn configure(&mut self, capacity: u64, huge_weight: u64) {
+        let huge_weight = huge_weight.max(1);
+        let floor = if huge_weight > 1 { 4 * huge_weight } else { 1 };
+        self.huge_weight = huge_weight;
+        self.window_budget = (capacity / 100).max(floor.min(capacity / 4)).max(1);
+        self.main_budget = capacity.saturating_sub(self.window_budget);
+        // Room for a sequential reader's readahead window (32 MiB of huge pages).
+        // Sized for a tier of huge pages now (a growth later keeps the counts, but a
+        // smaller table meanwhile collides more).
+        self.sketch.ensure(
+            usize::try_from(capacity / huge_weight)
+                .unwrap_or(usize::MAX)
+                .min(1 << 26),
+        );
+        self.ahead_limit = (16 * huge_weight)
+            .max(self.window_budget)
+            .min(capacity / 4)
+            .max(huge_weight);
+    }
+
     fn insert(&mut self, key: FolioKey, id: FolioId) {
-        self.lru.put(key, id);
-        self.sketch.ensure(self.lru.len());
+        let w = self.weight(&key);
+        self.window.put(key, id, w);
+        self.rebalance();
+        self.sketch.ensure(self.len());
+    }
+
+    fn insert_speculative(&mut self, key: FolioKey, id: FolioId) {
+        let w = self.weight(&key);
+        self.ahead.put(key, id, w);
+        self.sketch.ensure(self.len());
     }
 
     fn touch(&mut self, key: &FolioKey) {
-        if self.lru.promote(key) {
+        if self.promote(key) {
             self.sketch.increment(key);
         }
     }
 
+    fn touch_again(&mut self, key: &FolioKey) {
+        self.promote(key);
+    }
+
     fn remove(&mut self, key: &FolioKey, id: FolioId) {
-        if self.lru.peek(key) == Some(&id) {
-            self.lru.pop(key);
-        }
+        let w = self.weight(key);
+        let _ = self.window.take(key, Some(id), w).is_some()
+            || self.ahead.take(key, Some(id), w).is_some()
+            || self.main.take(key, Some(id), w).is_some();
     }
 
     fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)> {
-        self.lru.pop_lru()
+        let hw = self.huge_weight;
+        let w = move |k: &FolioKey| if k.is_huge() { hw } else { 1 };
+        if self.ahead.weight > self.ahead_limit {
+            return Self::pop_lru(&mut self.ahead, w);
+        }
+        // Main loses a folio only to a window leaver that beats it: the window may be below
+        // its budget here because the tier evicts before it installs (fills in flight).
+        while let Some(c) = self.window.lru_key() {
+            let Some(v) = self.main.lru_key() else {
+                return Self::pop_lru(&mut self.window, w);
+            };
+            if self.main.weight + w(&c) <= self.main_budget {
+                // Main has room (it gave some to readahead, or the window grew past its
+                // budget): the leaver moves in, no duel.
+                let id = self
+                    .window
+                    .take(&c, None, w(&c))
+                    .expect("the window's LRU key");
+                self.main.put(c, id, w(&c));
+                continue;
+            }
+            if self.wins(&c, &v) {
+                let victim = Self::pop_lru(&mut self.main, w);
+                let id = self
+                    .window
+                    .take(&c, None, w(&c))
+                    .expect("the window's LRU key");
+                self.main.put(c, id, w(&c));
+                return victim;
+            }
+            return Self::pop_lru(&mut self.window, w);
+        }
+        Self::pop_lru(&mut self.main, w).or_else(|| Self::pop_lru(&mut self.ahead, w))
     }
 
     fn record_miss(&mut self, key: &FolioKey) {
         self.sketch.increment(key);
-    }
-
-    fn admit(&mut self, candidate: &FolioKey) -> bool {
-        let Some((victim, _)) = self.lru.peek_lru() else {
-            return true;
-        };
-        if self.epoch.keeps(candidate, victim) {
-            return false;
-        }
-        self.sketch.estimate(candidate) > self.sketch.estimate(victim).saturating_add(self.margin)
     }
 
     fn set_hint(&mut self, file: FileId, hint: Hint) {
@@ -181,14 +380,14 @@ impl EvictionPolicy for TinyLfuPolicy {
     }
 
     fn len(&self) -> usize {
-        self.lru.len()
+        self.window.lru.len() + self.ahead.lru.len() + self.main.lru.len()
     }
 
     fn bytes_per_entry(&self) -> u64 {
         let node = (size_of::<FolioKey>() + size_of::<FolioId>() + 2 * size_of::<usize>())
             .next_multiple_of(16);
         let slot = (2 * size_of::<usize>() + 1) * 8 / 7;
-        (node + slot + COUNTERS_PER_ENTRY) as u64
+        (node + slot + COUNTERS_PER_ENTRY / 2) as u64
     }
 
     fn name(&self) -> &'static str {
@@ -222,18 +421,130 @@ mod tests {
     }
 
     #[test]
-    fn frequent_candidate_displaces_rare_victim_and_ties_keep_incumbent() {
+    fn sketch_growth_keeps_estimates() {
+        let mut s = FrequencySketch::new();
+        let keys: Vec<FolioKey> = (0..40).map(|i| FolioKey::huge(i % 7, i)).collect();
+        for (n, k) in keys.iter().enumerate() {
+            for _ in 0..n % 5 {
+                s.increment(k);
+            }
+        }
+        let before: Vec<u8> = keys.iter().map(|k| s.estimate(k)).collect();
+        s.ensure(1000);
+        assert_eq!(s.counters(), 32768);
+        let after: Vec<u8> = keys.iter().map(|k| s.estimate(k)).collect();
+        assert_eq!(before, after);
+        for (n, &e) in after.iter().enumerate() {
+            assert!(e as usize >= n % 5, "never under");
+        }
+    }
+
+    /// A full policy of `capacity` slots (huge weight 4): base keys 0..capacity of file 1,
+    /// each missed once, installed in order (ids = page numbers).
+    fn filled(capacity: u64) -> TinyLfuPolicy {
         let mut p = TinyLfuPolicy::new();
-        p.insert(FolioKey::base(1, 0), 10);
-        p.record_miss(&FolioKey::base(1, 0));
-        let c = FolioKey::base(1, 1);
-        p.record_miss(&c);
-        assert!(!p.admit(&c), "1 vs 1: keep");
-        p.record_miss(&c);
-        assert!(!p.admit(&c), "2 vs 1: within the margin");
-        p.record_miss(&c);
-        assert!(p.admit(&c), "3 vs 1");
+        p.configure(capacity, 4);
+        for i in 0..capacity {
+            p.record_miss(&FolioKey::base(1, i));
+            p.insert(FolioKey::base(1, i), i);
+        }
+        p
+    }
+
+    #[test]
+    fn regions_are_sized_from_the_capacity() {
+        let mut p = TinyLfuPolicy::new();
+        p.configure(65536, 512); // 256 MiB of 4 KiB slots, 2 MiB huge pages
+        assert_eq!(p.window_budget, 2048, "at least four huge pages");
+        p.configure(1 << 20, 512);
+        assert_eq!(p.window_budget, (1 << 20) / 100, "1 %");
+        p.configure(1000, 1);
+        assert_eq!((p.window_budget, p.main_budget), (10, 990));
+        p.configure(3, 1);
+        assert_eq!(p.window_budget, 1, "never empty");
+    }
+
+    #[test]
+    fn window_leaver_duels_mains_lru() {
+        // Capacity 100 with huge weight 4: the window is four huge pages (16 slots), not 1 %.
+        let mut p = filled(100);
+        assert_eq!(
+            (p.window.weight, p.main.weight),
+            (16, 84),
+            "the newest fill the window"
+        );
+        // Equal frequency: the candidate (the window's LRU) loses and is the victim.
+        assert_eq!(p.pop_victim(), Some((FolioKey::base(1, 84), 84)));
+        p.insert(FolioKey::base(2, 0), 1000);
+        let c = FolioKey::base(1, 85);
+        for _ in 0..3 {
+            p.touch(&c);
+        }
+        // Touching made 85 the most recent; the next leaver is 86, a loser again.
+        assert_eq!(p.pop_victim(), Some((FolioKey::base(1, 86), 86)));
+        p.insert(FolioKey::base(2, 1), 1001);
+        for k in (87..100).map(|i| FolioKey::base(1, i)) {
+            p.touch(&k);
+        }
+        p.touch(&FolioKey::base(2, 0));
+        p.touch(&FolioKey::base(2, 1));
+        // Now 85 leaves: estimate 4 against main's LRU at 1, so it displaces it.
+        assert_eq!(p.pop_victim(), Some((FolioKey::base(1, 0), 0)));
+        assert!(p.main.lru.contains(&c));
+        assert_eq!(p.len(), 99);
+        assert_eq!(p.window.weight + p.main.weight, 99);
+    }
+
+    #[test]
+    fn epoch_rule_keeps_main_epoch_pages() {
+        let mut p = filled(100);
         p.set_hint(1, Hint::Epoch);
-        assert!(!p.admit(&c), "epoch over epoch is never admitted");
+        let c = FolioKey::base(1, 84);
+        for _ in 0..5 {
+            p.record_miss(&c);
+        }
+        assert_eq!(
+            p.pop_victim(),
+            Some((c, 84)),
+            "epoch over epoch never displaces"
+        );
+        p.set_hint(1, Hint::Normal);
+        let c = FolioKey::base(1, 85);
+        for _ in 0..5 {
+            p.record_miss(&c);
+        }
+        assert_eq!(p.pop_victim(), Some((FolioKey::base(1, 0), 0)));
+    }
+
+    #[test]
+    fn readahead_is_kept_until_read_then_joins_the_window() {
+        let mut p = filled(100);
+        let ahead = FolioKey::huge(3, 0);
+        p.insert_speculative(ahead, 7);
+        assert_eq!(p.ahead.weight, 4);
+        for _ in 0..16 {
+            let (k, _) = p.pop_victim().unwrap();
+            assert_ne!(
+                k, ahead,
+                "unread readahead is not a victim while others are"
+            );
+        }
+        p.touch(&ahead);
+        assert_eq!((p.ahead.weight, p.window.lru.peek(&ahead)), (0, Some(&7)));
+        p.remove(&ahead, 8);
+        assert_eq!(p.len(), 85, "stale id: kept");
+        p.remove(&ahead, 7);
+        assert_eq!(p.len(), 84);
+    }
+
+    #[test]
+    fn unread_readahead_beyond_a_quarter_goes_first() {
+        let mut p = filled(100);
+        for i in 0..7 {
+            p.insert_speculative(FolioKey::huge(3, i), 200 + i);
+        }
+        assert_eq!(p.ahead.weight, 28);
+        assert_eq!(p.pop_victim(), Some((FolioKey::huge(3, 0), 200)));
+        assert_eq!(p.ahead.weight, 24);
     }
 }
