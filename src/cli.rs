@@ -168,7 +168,7 @@ pub struct MountArgs {
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
-    /// Device tier eviction/admission policy: lru (default), tinylfu, s3fifo.
+    /// Device tier eviction/admission policy: tinylfu (default), lru, s3fifo.
     #[arg(long)]
     pub policy: Option<String>,
     /// Share of the tier that files with the `pin` hint may hold (0 to 1; default 0.5).

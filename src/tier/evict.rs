@@ -7,63 +7,71 @@
 //! pinned folios (the `pin` hint) are kept out of it — except for one victim transiently
 //! popped by an evictor.
 //!
-//! Duties of an implementation: `insert`, `touch`, `remove`, `record_miss`, `admit` and
-//! `pop_victim` are O(1) or O(log n) (amortized); `remove` of a key it does not hold, or whose
-//! id differs from the stored one, does nothing (the key was re-used by a newer folio, or is
-//! pinned); `pop_victim` removes what it returns; results depend only on the sequence of calls
-//! (no clocks, no random seeds), so a trace replays identically. Duties of the tier: call
-//! `insert` once per installed evictable folio, `remove` when a folio leaves a page map for
-//! any reason other than `pop_victim`, re-`insert` a popped victim it decided not to evict
-//! (pinned by a reader), call `record_miss` once per missed folio of a read, and ask `admit`
-//! before evicting anything for a missed folio (a refused page is served without being
-//! installed — a *bypass* — so a fault never fails for lack of space).
+//! Duties of an implementation: `insert`, `insert_speculative`, `touch`, `touch_again`,
+//! `remove`, `record_miss`, `admit` and `pop_victim` are O(1) or O(log n) (amortized);
+//! `remove` of a key it does not hold, or whose id differs from the stored one, does nothing
+//! (the key was re-used by a newer folio, or is pinned); `pop_victim` removes what it returns;
+//! results depend only on the sequence of calls (no clocks, no random seeds), so a trace
+//! replays identically. Duties of the tier: call `configure` once first; call `insert` once
+//! per installed evictable folio (`insert_speculative` for one installed by readahead, not yet
+//! read), `remove` when a folio leaves a page map for any reason other than `pop_victim`,
+//! re-`insert` a popped victim it decided not to evict (pinned by a reader); report each *use*
+//! of a folio once — `record_miss` when a read misses it, `touch` when a read finds it
+//! resident — where a sequential read continuing inside the folio its predecessor used is not
+//! a new use (`touch_again`: recency only); and ask `admit` before evicting anything for a
+//! missed folio (a refused page is served without being installed — a *bypass* — so a fault
+//! never fails for lack of space).
 //!
 //! # Policies ([`policy_by_name`], [`POLICY_NAMES`])
-//! - `lru` — least recently used, on the `lru` crate; admits everything. The reference, and
-//!   **the default** (see "Why the default is `lru`" below).
+//! - `tinylfu` — **the default**: W-TinyLFU (Einziger et al., ToS '17; Caffeine's design, see
+//!   `tinylfu.rs`). Every miss is installed in a small LRU window (1 % of the tier, at least
+//!   four huge pages), readahead's folios wait apart until read, and a window leaver enters
+//!   the LRU main region only if a 4-bit count-min sketch (periodic halving) estimates it
+//!   more frequent than main's LRU folio by more than [`TINYLFU_MARGIN`](crate::tier::TINYLFU_MARGIN);
+//!   otherwise the leaver is the victim.
+//! - `lru` — least recently used, on the `lru` crate; admits everything. The reference.
 //! - `s3fifo` — S3-FIFO (Yang et al., SOSP '23): a small probationary FIFO (10 %), a main
 //!   FIFO with 2-bit reuse counters, a ghost FIFO of recently evicted keys. Scan-resistant.
-//! - `tinylfu` — LRU order with TinyLFU admission (Einziger et al., ToS '17): a 4-bit
-//!   count-min sketch with periodic halving estimates every key's recent frequency, hits
-//!   and misses alike, resident or not; when the tier is full a missed page gets a victim
-//!   only if its estimate exceeds the victim's by more than [`TINYLFU_MARGIN`](crate::tier::TINYLFU_MARGIN) (ties keep
-//!   the incumbent).
 //!
 //! Why `tinylfu` wins on hit ratio (measured with `tier::sim`, 256 MiB dataset of 4 KiB
-//! pages, 5 epochs; reproduce with `pagetier simulate`): in a shuffled epoch every page is read once per
-//! epoch, so any page kept resident is worth exactly one hit per epoch; replacing it by the
-//! page just read (which will not come back this epoch) can only lose. LRU and S3-FIFO
-//! replace on every miss. Hit ratio / OPT's at tiers of 1/1.5, 1/2, 1/4 of the dataset:
+//! pages, 5 epochs; reproduce with `pagetier simulate`): in a shuffled epoch every page is
+//! read once per epoch, so any page kept resident is worth exactly one hit per epoch;
+//! replacing it by the page just read (which will not come back this epoch) can only lose.
+//! LRU and S3-FIFO replace on every miss. Hit ratio / OPT's at tiers of 1/1.5, 1/2, 1/4 of
+//! the dataset:
 //!
 //! | trace                 | lru              | s3fifo           | tinylfu          |
 //! |-----------------------|------------------|------------------|------------------|
-//! | sequential epochs     | 0.00 0.00 0.00   | 0.52 0.00 0.00   | 1.00 1.00 1.00   |
-//! | shuffled epochs       | 0.45 0.31 0.14   | 0.60 0.50 0.48   | 0.99 0.98 0.96   |
+//! | sequential epochs     | 0.00 0.00 0.00   | 0.52 0.00 0.00   | 0.99 0.99 0.99   |
+//! | shuffled epochs       | 0.45 0.31 0.14   | 0.60 0.50 0.48   | 0.98 0.97 0.95   |
 //! | zipf 0.9              | 1.00 0.98 0.89   | 1.00 0.98 0.91   | 1.00 0.98 0.91   |
 //! | hot set 50 % + scan   | 0.77 0.80 0.70   | 0.80 0.83 0.92   | 1.00 0.99 0.96   |
 //!
 //! TinyLFU's frequency comparison sees resident and missed pages of an epoch dataset at
 //! (nearly) the same frequency and keeps the incumbents. The margin of 1 is needed because
-//! at any moment of an epoch the not-yet-read resident pages are one read behind the missed
+//! at any moment of an epoch the not-yet-read resident pages are one use behind the missed
 //! ones (margin 0: 0.66 of OPT on shuffled epochs at 1/2; margin 2: 0.999, but slower to let
-//! a newly hot page in). On zipfian and hot-set-plus-scan traces TinyLFU is at or above LRU
-//! (frequency beats recency there). Where recency matters more than frequency (a working set
-//! that moves), TinyLFU adapts one sketch-halving period later than LRU — choose `lru` then.
+//! a newly hot page in). That is also why a use must be counted once per folio whatever the
+//! read size: a 2 MiB page read in two 1 MiB reads counted twice per epoch, and every leaver
+//! then beat the incumbents by more than the margin. On zipfian and hot-set-plus-scan
+//! traces TinyLFU is at or above LRU (frequency beats recency there). Where recency matters
+//! more than frequency (a working set that moves), TinyLFU adapts one sketch-halving period
+//! later than LRU — choose `lru` then.
 //!
-//! # Why the default is `lru`
-//! Measured end to end (`scripts/bench-epochs`: fio training epochs through the device view,
-//! 512 MiB of 4 MiB shards, a 256 MiB tier, huge pages on), `lru` reads epochs 2+ at
-//! 1935 MB/s and `tinylfu` at 1107 MB/s, although `tinylfu` keeps more pages: once the tier is
-//! full `tinylfu` refuses the missed extents, so readahead stops and every refused 1 MiB read
-//! is a synchronous bypass read from storage, while `lru`'s misses are faulted ahead of the
-//! reader by readahead and overlap with the FUSE traffic. Until refused extents can be read
-//! ahead too (a staging area outside the tier), `lru` is the faster default; choose `tinylfu`
-//! (`--policy tinylfu`) when storage reads, not request overlap, are the bottleneck.
+//! # Why the default is `tinylfu`
+//! Measured end to end too (`scripts/bench-epochs`: fio training epochs through the device
+//! view, 512 MiB of 4 MiB shards, a 256 MiB tier, huge pages on; README "Training-aware
+//! tiering" has the table): `tinylfu` keeps about 48 % of the bytes an epoch reads against
+//! LRU's 15 %, and its misses are faulted with readahead like LRU's, so it reads epochs 2+
+//! faster. An earlier admission-only TinyLFU (no window) refused missed extents in a full
+//! tier, which stopped readahead and made it slower than LRU end to end; the window fixed
+//! that.
 //!
 //! # The `epoch` hint
-//! `lru` and `tinylfu` also honour [`Hint::Epoch`]: a missed page of an epoch file is not
-//! admitted over a victim that is itself a page of an epoch file (keep what is resident; see
-//! above), whatever recency or frequency say. `s3fifo` ignores hints.
+//! `lru` and `tinylfu` also honour [`Hint::Epoch`]: a page of an epoch file never displaces
+//! a page that is itself of an epoch file (keep what is resident; see above), whatever
+//! recency or frequency say — `lru` refuses the missed page (a bypass), `tinylfu` evicts the
+//! window leaver. `s3fifo` ignores hints.
 
 use std::collections::HashSet;
 
@@ -75,14 +83,14 @@ use crate::tier::tinylfu::TinyLfuPolicy;
 use crate::tier::{FileId, Hint};
 
 /// Names accepted by [`policy_by_name`]; the first is the default.
-pub const POLICY_NAMES: [&str; 3] = ["lru", "tinylfu", "s3fifo"];
+pub const POLICY_NAMES: [&str; 3] = ["tinylfu", "lru", "s3fifo"];
 
 /// The policy used when none is named.
 pub const DEFAULT_POLICY: &str = POLICY_NAMES[0];
 
 /// A policy name that [`policy_by_name`] does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown eviction policy {0:?}: expected one of lru (default), tinylfu, s3fifo")]
+#[error("unknown eviction policy {0:?}: expected one of tinylfu (default), lru, s3fifo")]
 pub struct UnknownPolicy(pub String);
 
 /// A fresh policy by name (ASCII case ignored): one of [`POLICY_NAMES`].
@@ -298,8 +306,8 @@ mod tests {
         }
         assert_eq!(policy_by_name(" LRU ").unwrap().name(), "lru");
         let e = policy_by_name("mru").err().unwrap();
-        assert!(e.to_string().contains("tinylfu"), "{e}");
-        assert_eq!(DEFAULT_POLICY, "lru");
+        assert!(e.to_string().contains("tinylfu (default)"), "{e}");
+        assert_eq!(DEFAULT_POLICY, "tinylfu");
     }
 
     #[test]

@@ -1187,6 +1187,22 @@ impl DeviceTier {
         let target = (end + window)
             .next_multiple_of(HUGE_PAGE_SIZE)
             .min(file_size);
+        // Resident huge pages at the frontier need no job (an epoch rereading what the tier
+        // kept would otherwise wake a worker per extent for nothing).
+        let mut frontier = frontier;
+        while frontier < target
+            && matches!(
+                st.huge.get(&(frontier / HUGE_PAGE_SIZE)),
+                Some(Entry::Ready(_))
+            )
+        {
+            frontier = (frontier / HUGE_PAGE_SIZE + 1) * HUGE_PAGE_SIZE;
+        }
+        if frontier >= target {
+            st.ra_window = (window * 2).min(max);
+            st.ra_next = target;
+            return;
+        }
         let issued = self.readahead.submit(
             self,
             file,
