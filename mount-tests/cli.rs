@@ -223,6 +223,13 @@ fn device_capacity_zero() {
 }
 
 #[test]
+fn readahead_too_large() {
+    let d = dirs();
+    let out = mount_expecting_failure(&d, &["--readahead", "128M"]);
+    assert_fails_cleanly(&out, &["readahead", "64 MiB"]);
+}
+
+#[test]
 fn huge_pages_maybe() {
     let d = dirs();
     let out = mount_expecting_failure(&d, &["--huge-pages", "maybe"]);
@@ -240,6 +247,8 @@ fn bad_values_in_mount_options() {
         ("huge_pages=maybe", "maybe"),
         ("log_level=loud", "loud"),
         ("threads=2,nosuchopt", "nosuchopt"),
+        ("readahead=1G", "at most 64 MiB"),
+        ("readahead=lots", "readahead"),
     ] {
         let out = mount_expecting_failure(&d, &["-o", opt]);
         assert_fails_cleanly(&out, &[mention]);

@@ -2213,3 +2213,42 @@ fn device_listing_caches_no_entries() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "stale device entry");
     assert_eq!(fs::read(m.device().join("kept.bin")).unwrap(), b"kept");
 }
+
+/// `--readahead off` faults only what the reader asks for; the default window reads ahead.
+/// Either way the bytes are the file's.
+#[test]
+fn readahead_option_turns_readahead_off() {
+    const SIZE: usize = 8 << 20;
+    let data = pattern(SIZE, 77);
+    for (opts, ahead) in [(&["--readahead", "off"][..], false), (&[][..], true)] {
+        let m = Mounted::with(opts, |s| fs::write(s.join("seq.bin"), &data).unwrap());
+        let p = m.device().join("seq.bin");
+        let mut f = File::open(&p).unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        // Two sequential reads: the second continues the first and may open a window.
+        f.read_exact(&mut got).unwrap();
+        assert_bytes_eq(&got, &data[..1 << 20], "first MiB");
+        f.read_exact(&mut got).unwrap();
+        assert_bytes_eq(&got, &data[1 << 20..2 << 20], "second MiB");
+        let readahead = |m: &Mounted| {
+            m.stats()["diagnostics"]["readahead_bytes"]
+                .as_u64()
+                .unwrap()
+        };
+        if ahead {
+            assert!(
+                wait_until(Duration::from_secs(10), || readahead(&m) > 0),
+                "the default window read nothing ahead: {}",
+                m.stats()
+            );
+        } else {
+            // Reading the rest, the reader faults every extent itself.
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest).unwrap();
+            assert_bytes_eq(&rest, &data[2 << 20..], "the rest");
+            let s = m.stats();
+            assert_eq!(readahead(&m), 0, "readahead with --readahead off: {s}");
+            assert_eq!(dev(&s, "misses"), 4, "one fault per 2 MiB extent: {s}");
+        }
+    }
+}

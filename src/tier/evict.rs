@@ -318,4 +318,109 @@ mod tests {
         assert_ne!(k, FolioKey::base(3, 7));
         assert!(!FolioKey::base(3, 7).is_huge());
     }
+
+    #[derive(Clone, Debug)]
+    enum Call {
+        Insert(u64, bool),
+        InsertSpeculative(u64, bool),
+        Touch(u64, bool),
+        TouchAgain(u64, bool),
+        Remove(u64, bool),
+        Miss(u64, bool),
+        Pop,
+        Hint(bool),
+    }
+
+    fn key(p: u64, huge: bool) -> FolioKey {
+        if huge {
+            FolioKey::huge(1 + p % 2, p)
+        } else {
+            FolioKey::base(1 + p % 2, p)
+        }
+    }
+
+    fn call() -> impl proptest::strategy::Strategy<Value = Call> {
+        use proptest::prelude::*;
+        let k = (0u64..24, proptest::bool::weighted(0.3));
+        prop_oneof![
+            3 => k.clone().prop_map(|(p, h)| Call::Insert(p, h)),
+            2 => k.clone().prop_map(|(p, h)| Call::InsertSpeculative(p, h)),
+            3 => k.clone().prop_map(|(p, h)| Call::Touch(p, h)),
+            1 => k.clone().prop_map(|(p, h)| Call::TouchAgain(p, h)),
+            1 => k.clone().prop_map(|(p, h)| Call::Remove(p, h)),
+            2 => k.prop_map(|(p, h)| Call::Miss(p, h)),
+            3 => Just(Call::Pop),
+            1 => proptest::bool::ANY.prop_map(Call::Hint),
+        ]
+    }
+
+    /// Drives `policy` like the tier (only resident keys are inserted once, removed or
+    /// touched) and returns the victims it chose.
+    fn replay(name: &str, calls: &[Call]) -> Vec<(FolioKey, FolioId)> {
+        let mut p = policy_by_name(name).unwrap();
+        p.configure(64, 8);
+        let mut held: std::collections::HashMap<FolioKey, FolioId> = Default::default();
+        let mut victims = Vec::new();
+        for (id, c) in (1u64..).zip(calls) {
+            match *c {
+                Call::Insert(k, h) | Call::InsertSpeculative(k, h) => {
+                    let k = key(k, h);
+                    if let std::collections::hash_map::Entry::Vacant(e) = held.entry(k) {
+                        e.insert(id);
+                        if matches!(c, Call::Insert(..)) {
+                            p.insert(k, id);
+                        } else {
+                            p.insert_speculative(k, id);
+                        }
+                    }
+                }
+                Call::Touch(k, h) => p.touch(&key(k, h)),
+                Call::TouchAgain(k, h) => p.touch_again(&key(k, h)),
+                Call::Remove(k, h) => {
+                    let k = key(k, h);
+                    if let Some(id) = held.remove(&k) {
+                        p.remove(&k, id + 1); // a stale id: ignored
+                        p.remove(&k, id);
+                    }
+                }
+                Call::Miss(k, h) => {
+                    p.record_miss(&key(k, h));
+                    let _ = p.admit(&key(k, h));
+                }
+                Call::Pop => match p.pop_victim() {
+                    Some((k, id)) => {
+                        assert_eq!(held.remove(&k), Some(id), "{name}: victim not held");
+                        victims.push((k, id));
+                    }
+                    None => assert!(held.is_empty(), "{name}: no victim from a non-empty set"),
+                },
+                Call::Hint(on) => p.set_hint(1, if on { Hint::Epoch } else { Hint::Normal }),
+            }
+            assert_eq!(p.len(), held.len(), "{name}: tracked set");
+        }
+        // Everything held comes out, once.
+        while let Some((k, id)) = p.pop_victim() {
+            assert_eq!(held.remove(&k), Some(id), "{name}: drained victim not held");
+        }
+        assert!(
+            held.is_empty() && p.is_empty(),
+            "{name}: lost keys {held:?}"
+        );
+        victims
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Every policy keeps exactly the set of keys it was given (victims are held keys,
+        /// stale removes are ignored, nothing is lost or invented) and replays identically.
+        #[test]
+        fn policies_keep_the_contract(calls in proptest::collection::vec(call(), 1..300)) {
+            for name in POLICY_NAMES {
+                let a = replay(name, &calls);
+                let b = replay(name, &calls);
+                proptest::prop_assert_eq!(a, b, "{} is not deterministic", name);
+            }
+        }
+    }
 }

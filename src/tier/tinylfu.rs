@@ -8,8 +8,8 @@
 //!   running) even when the tier is full of pages worth keeping;
 //! - **ahead**: folios installed by readahead and not yet read. A reader touching one moves
 //!   it to the window. They are never chosen while the window has a leaver, so readahead is
-//!   not thrown away just before the reader reaches it; beyond a readahead window's worth
-//!   (16 huge pages, at most a quarter of the capacity) the oldest goes first (a reader that
+//!   not thrown away just before the reader reaches it; beyond two readahead windows' worth
+//!   (32 huge pages, at most a quarter of the capacity) the oldest goes first (a reader that
 //!   stopped);
 //! - **main**: the rest of the capacity, LRU order.
 //!
@@ -291,7 +291,6 @@ impl EvictionPolicy for TinyLfuPolicy {
         self.huge_weight = huge_weight;
         self.window_budget = (capacity / 100).max(floor.min(capacity / 4)).max(1);
         self.main_budget = capacity.saturating_sub(self.window_budget);
-        // Room for a sequential reader's readahead window (32 MiB of huge pages).
         // Sized for a tier of huge pages now (a growth later keeps the counts, but a
         // smaller table meanwhile collides more).
         self.sketch.ensure(
@@ -299,7 +298,9 @@ impl EvictionPolicy for TinyLfuPolicy {
                 .unwrap_or(usize::MAX)
                 .min(1 << 26),
         );
-        self.ahead_limit = (16 * huge_weight)
+        // Room for a sequential reader's readahead in flight: up to the 32 MiB window past
+        // the reader plus the window being read (32 huge pages).
+        self.ahead_limit = (32 * huge_weight)
             .max(self.window_budget)
             .min(capacity / 4)
             .max(huge_weight);
