@@ -134,8 +134,9 @@ pub const SHARDS: usize = 64;
 
 /// Victims examined per eviction round when a huge page needs a whole free chunk.
 const HUGE_EVICT_SCAN: usize = 64;
-/// Eviction rounds a huge fault tries before falling back to base pages.
-const HUGE_EVICT_ROUNDS: u32 = 2;
+/// Eviction rounds a huge fault tries before falling back to base pages (another faulting
+/// thread may take the chunk a round freed; readahead runs four of them).
+const HUGE_EVICT_ROUNDS: u32 = 4;
 /// Eviction rounds a base fault tries before bypassing the tier.
 const BASE_EVICT_ROUNDS: u32 = 3;
 
@@ -721,6 +722,13 @@ impl DeviceTier {
                             continue;
                         }
                         if !self.evict(Need::Chunk) || failures_at.1 >= HUGE_EVICT_ROUNDS {
+                            if mode == Mode::Readahead {
+                                // Readahead does not scatter an extent over base pages (that
+                                // fragments the arena for the huge faults that follow): the
+                                // job ends, and the reader faults the extent if it gets there.
+                                add(&self.stats.readahead_dropped, end - pos);
+                                return Ok(());
+                            }
                             failures_at.1 = HUGE_EVICT_ROUNDS;
                             add(&self.stats.huge_fallbacks, 1);
                         }

@@ -641,9 +641,16 @@ fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[
                 let off = next[file];
                 let src: SharedSource = Arc::new(VecSource::new(d.clone()));
                 let mut out = vec![0xAA; len as usize];
-                let n = t
-                    .read_with_readahead(file as u64, d.len() as u64, off, &mut out, src)
-                    .unwrap();
+                // As the FUSE layer does: a resident huge page without a copy, else a copy.
+                let n = match t.read_resident(file as u64, d.len() as u64, off, len, &src) {
+                    Some(bytes) => {
+                        out[..bytes.len()].copy_from_slice(&bytes);
+                        bytes.len()
+                    }
+                    None => t
+                        .read_with_readahead(file as u64, d.len() as u64, off, &mut out, src)
+                        .unwrap(),
+                };
                 let want = d
                     .get(off as usize..(off as usize + len as usize).min(d.len()))
                     .unwrap_or(&[]);

@@ -18,7 +18,7 @@
 //! frequency estimate exceeds the victim's by more than [`TINYLFU_MARGIN`] and the `epoch`
 //! rule does not keep the victim; otherwise the candidate is evicted. While main has room,
 //! window leavers move in without a duel; main's LRU is evicted without one only when the
-//! window is empty (all of it is unread readahead or in flight).
+//! window is below half its budget (the rest is unread readahead or fills in flight).
 //!
 //! Frequency is estimated by a count-min sketch of 4-bit counters (4 probes per key,
 //! conservative update), sized to 32 counters (16 bytes) per tracked folio and rebuilt empty when the
@@ -342,9 +342,14 @@ impl EvictionPolicy for TinyLfuPolicy {
         if self.ahead.weight > self.ahead_limit {
             return Self::pop_lru(&mut self.ahead, w);
         }
-        // Main loses a folio only to a window leaver that beats it: the window may be below
-        // its budget here because the tier evicts before it installs (fills in flight).
+        // Main loses a folio only to a window leaver that beats it — while the window holds
+        // at least half its budget: it may be below budget here because the tier evicts
+        // before it installs (fills in flight), but drained further its last folio would be
+        // the one a reader is in the middle of.
         while let Some(c) = self.window.lru_key() {
+            if self.window.weight < self.window_budget / 2 && !self.main.lru.is_empty() {
+                break;
+            }
             let Some(v) = self.main.lru_key() else {
                 return Self::pop_lru(&mut self.window, w);
             };
