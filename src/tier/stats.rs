@@ -132,7 +132,9 @@ pub struct TierDiagnostics {
     pub admission_refusals: u64,
     /// Bytes faulted into the tier by readahead threads.
     pub readahead_bytes: u64,
-    /// Readahead bytes not issued because the readahead queue was full.
+    /// Readahead bytes not read ahead: not issued because the readahead queue was full, or
+    /// given up because no whole chunk could be freed for a huge page (readahead never falls
+    /// back to base pages).
     pub readahead_dropped: u64,
     /// Arena bytes held by pinned folios (the `pin` hint).
     pub pinned_bytes: u64,
