@@ -20,9 +20,10 @@
 //! as base pages, preferring each page's *home slot* (page `i` of an extent in slot `i` of a
 //! chunk already holding that extent's pages) so that a re-faulted extent can **collapse**
 //! back into a huge page once all 512 pages sit in one chunk. A huge fault that finds no free
-//! chunk evicts LRU folios (a bounded scan); if no chunk frees it falls back to base pages; a
-//! base fault that cannot get a single slot (everything pinned or filling) reads storage
-//! directly into the caller's buffer (a *bypass*). A fault never fails for lack of space.
+//! chunk evicts policy victims (a bounded scan; a base-page victim takes the other base pages
+//! of its extent along); if no chunk frees it falls back to base pages (readahead gives up
+//! instead); a base fault that cannot get a single slot (everything pinned or filling) reads
+//! storage directly into the caller's buffer (a *bypass*). A fault never fails for lack of space.
 //! Bytes past EOF in a tail page are zero and are never served.
 //!
 //! # Eviction and admission
@@ -318,7 +319,8 @@ enum Mode {
     Read,
     /// An explicit prefetch: always admitted.
     Prefetch,
-    /// Readahead: subject to admission; a refused page ends the job.
+    /// Readahead: subject to admission; a refused page, or a huge page for which no chunk
+    /// frees, ends the job (never a bypass or a fall-back to base pages).
     Readahead,
 }
 
@@ -485,6 +487,21 @@ impl DeviceTier {
         out: &mut [u8],
         src: &dyn FillSource,
     ) -> io::Result<usize> {
+        self.read_with(file, file_size, offset, out, src, |st, end| {
+            Self::note_read(st, offset, end)
+        })
+    }
+
+    /// A device read whose bookkeeping under the shard lock is `begin(state, end)`.
+    fn read_with(
+        &self,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        out: &mut [u8],
+        src: &dyn FillSource,
+        begin: impl FnOnce(&mut FileState, u64) -> Access,
+    ) -> io::Result<usize> {
         add(&self.stats.reads, 1);
         if offset >= file_size || out.is_empty() {
             return Ok(0);
@@ -492,8 +509,7 @@ impl DeviceTier {
         let end = offset.saturating_add(out.len() as u64).min(file_size);
         let access = {
             let mut g = lock(&self.shard(file).files);
-            let st = self.state(&mut g, file);
-            Self::note_read(st, offset, end)
+            begin(self.state(&mut g, file), end)
         };
         self.read_sequential(file, file_size, offset, end, out, access, src)
     }
@@ -1086,17 +1102,9 @@ impl DeviceTier {
         out: &mut [u8],
         src: SharedSource,
     ) -> io::Result<usize> {
-        add(&self.stats.reads, 1);
-        if offset >= file_size || out.is_empty() {
-            return Ok(0);
-        }
-        let end = offset.saturating_add(out.len() as u64).min(file_size);
-        let access = {
-            let mut g = lock(&self.shard(file).files);
-            let st = self.state(&mut g, file);
+        self.read_with(file, file_size, offset, out, &*src, |st, end| {
             self.begin_read(st, file, file_size, offset, end, &src)
-        };
-        self.read_sequential(file, file_size, offset, end, out, access, &*src)
+        })
     }
 
     /// [`DeviceTier::read_with_readahead`] without the copy, when it can be had: if the
