@@ -21,11 +21,12 @@
 //! window is below half its budget (the rest is unread readahead or fills in flight).
 //!
 //! Frequency is estimated by a count-min sketch of 4-bit counters (4 probes per key,
-//! conservative update), sized to 32 counters (16 bytes) per tracked folio and rebuilt empty when the
-//! tracked set outgrows it (only while a tier fills up). Every 10 samples per counter-eighth
-//! (≈ 10 × resident folios) all counters are halved, so the estimate follows the recent past.
-//! A sample is one miss or one hit of a folio, whatever its size. Deterministic: the hash is a
-//! fixed mix of the key, no per-process seed.
+//! conservative update), sized from the capacity (as if all huge pages) at 32 counters
+//! (16 bytes) per tracked folio and grown, keeping every count, if more folios are tracked.
+//! Every 10 samples per tracked-folio share of the table (≈ 10 × resident folios) all counters
+//! are halved, so the estimate follows the recent past. A sample is one *use* of a folio (the
+//! tier reports a sequential pass through a folio once, whatever the read size).
+//! Deterministic: the hash is a fixed mix of the key, no per-process seed.
 
 use lru::LruCache;
 
