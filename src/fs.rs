@@ -828,21 +828,23 @@ impl Pagetier {
         if storage::check_offset(offset).is_err() {
             return reply(Err(Errno::EINVAL));
         }
+        let mut device_size = None;
         if *view == View::Device
             && let (Some(src), Some(inode)) = (source, handle.inode.as_ref())
         {
-            // A hit inside one resident huge page is replied straight from the arena.
             let file_size = match rustix::fs::fstat(file) {
                 Ok(st) => st.st_size as u64,
                 Err(e) => return reply(Err(e.into())),
             };
+            self.trace_read(inode.id, offset, size as usize);
+            // A hit inside one resident huge page is replied straight from the arena.
             if let Some(bytes) =
                 self.tier
                     .read_resident(inode.id, file_size, offset, u64::from(size), src)
             {
-                self.trace_read(inode.id, offset, size as usize);
                 return reply(Ok(&bytes));
             }
+            device_size = Some(file_size);
         }
         BUF.with_borrow_mut(|buf| {
             if buf.len() < size as usize {
@@ -859,7 +861,7 @@ impl Pagetier {
                     r
                 }
                 View::Device => match source {
-                    Some(src) => self.device_read(&handle, file, src, offset, out),
+                    Some(src) => self.device_read(&handle, file, src, offset, out, device_size),
                     None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
                 },
             };
@@ -870,6 +872,7 @@ impl Pagetier {
         })
     }
 
+    /// A device-view read with a copy; `size` is the file size just seen (`None`: look).
     fn device_read(
         &self,
         handle: &Handle,
@@ -877,11 +880,20 @@ impl Pagetier {
         src: &SharedSource,
         offset: u64,
         out: &mut [u8],
+        size: Option<u64>,
     ) -> std::io::Result<usize> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
+        let mut size = size;
         let mut attempts = 0;
         loop {
-            match self.device_read_once(inode, file, src, offset, out) {
+            let file_size = match size.take() {
+                Some(s) => s,
+                None => rustix::fs::fstat(file)?.st_size as u64,
+            };
+            match self
+                .tier
+                .read_with_readahead(inode.id, file_size, offset, out, src.clone())
+            {
                 // The file shrank between our fstat and the fill: look again.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && attempts < 8 => {
                     attempts += 1;
@@ -900,20 +912,6 @@ impl Pagetier {
             use std::io::Write;
             let _ = writeln!(trace.lock().unwrap(), "{id},{offset},{len}");
         }
-    }
-
-    fn device_read_once(
-        &self,
-        inode: &Inode,
-        file: &OwnedFd,
-        src: &SharedSource,
-        offset: u64,
-        out: &mut [u8],
-    ) -> std::io::Result<usize> {
-        let size = rustix::fs::fstat(file)?.st_size as u64;
-        self.trace_read(inode.id, offset, out.len());
-        self.tier
-            .read_with_readahead(inode.id, size, offset, out, src.clone())
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
