@@ -197,7 +197,15 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.timed(Op::Lookup, parent);
         let _s = debug_span!("lookup", view = view(parent), parent = parent.0, ?name).entered();
-        reply_entry(reply, self.fs.lookup(parent.0, name));
+        let r = self.fs.lookup(parent.0, name);
+        match (r, crate::inode::decode(parent.0)) {
+            // The control directory's children (`device`, `stats`) never change: their names
+            // may stay cached even where attributes may not (the device root's).
+            (Ok(a), Some((crate::inode::CONTROL_ID, crate::inode::View::Host))) => {
+                reply.entry_with_ttls(&ttl(a.ino), &TTL, &fattr(&a), Generation(0))
+            }
+            (r, _) => reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

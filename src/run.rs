@@ -12,6 +12,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -496,6 +497,8 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     let mnt_stop = mnt.clone();
     let drain = s.drain_timeout;
     let fs_stop = fs.clone();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping_set = stopping.clone();
     std::thread::Builder::new()
         .name("stopper".into())
         .spawn(move || {
@@ -504,6 +507,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
                 Ok(Life::Ended) | Err(_) => return,
             };
             info!(sig, "signal: unmounting");
+            stopping_set.store(true, Ordering::SeqCst);
             if unmounter.unmount().is_err() {
                 let _ = lazy_unmount(&mnt_stop);
             }
@@ -536,5 +540,14 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         w.stop();
     }
     info!("unmounted");
-    res.map_err(|e| anyhow!("serving {}: {e}", mnt.display()))
+    match res {
+        // After our own unmount the kernel may end the connection with ECONNABORTED
+        // instead of ENODEV (a file still open at the unmount): that is the stop we asked for.
+        Err(e)
+            if stopping.load(Ordering::SeqCst) && e.raw_os_error() == Some(libc::ECONNABORTED) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|e| anyhow!("serving {}: {e}", mnt.display())),
+    }
 }
