@@ -399,8 +399,8 @@ fn stale_mount(clear: &[&str]) {
         errno_of("stat", fs::metadata(&m.mnt)),
         libc::ENOTCONN,
     );
-    // The harness's start() sees the (stale) mount at once; wait for the
-    // new daemon to really serve.
+    // The harness's start() waits for a mount that answers (the stale one
+    // fails with ENOTCONN); check that it serves STORAGE too.
     m.start(clear);
     assert!(
         wait_until(DEADLINE, || fs::read(m.host("hello")).ok().as_deref()

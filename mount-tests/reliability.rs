@@ -440,8 +440,19 @@ fn storage_full_gives_enospc_and_loses_nothing_acknowledged() {
         "keep via device (tier)",
     );
 
-    // Free space: the daemon serves as before.
+    // Free space: the daemon serves as before. tmpfs frees an unlinked file's blocks when
+    // its last descriptor closes, and the kernel sends FUSE RELEASE for the device-view read
+    // above asynchronously: wait (bounded) for the space to come back.
     fs::remove_file(m.host("fill")).unwrap();
+    let free = || {
+        let v = rustix::fs::statvfs(&m.storage).unwrap();
+        v.f_bavail * v.f_frsize
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || free() >= MIB),
+        "STORAGE space not freed 10 s after unlinking fill: {} bytes free",
+        free()
+    );
     assert_serving(&m, "after-enospc");
     assert_stats_at_rest(&settled(&m), "after ENOSPC");
 }

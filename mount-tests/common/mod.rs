@@ -117,10 +117,14 @@ impl Mounted {
         }
         let mut child = cmd.spawn().expect("spawn pagetier");
         let mnt = self.mnt.clone();
+        // Listed and answering: a stale mount the daemon is asked to clear is listed too,
+        // but fails with ENOTCONN until the new one replaces it. statfs always asks the
+        // daemon (a stat could be answered from cached attributes, and would cache them).
+        let live = |mnt: &Path| is_fuse_mounted(mnt) && rustix::fs::statfs(mnt).is_ok();
         let ok = wait_until(Duration::from_secs(20), || {
-            is_fuse_mounted(&mnt) || matches!(child.try_wait(), Ok(Some(_)))
+            live(&mnt) || matches!(child.try_wait(), Ok(Some(_)))
         });
-        if !ok || !is_fuse_mounted(&self.mnt) {
+        if !ok || !live(&self.mnt) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
