@@ -345,8 +345,8 @@ fn check_readahead(v: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-/// Largest readahead window accepted (the readahead queue holds 32 jobs of one 2 MiB extent).
-const READAHEAD_LIMIT: u64 = 64 << 20;
+/// Largest readahead window accepted: what the readahead queue holds (jobs of one extent).
+const READAHEAD_LIMIT: u64 = crate::tier::RA_QUEUE_JOBS as u64 * crate::tier::HUGE_PAGE_SIZE;
 
 fn check_pin_share(v: &str) -> Result<f64, String> {
     v.parse::<f64>()

@@ -880,10 +880,9 @@ impl Pagetier {
         src: &SharedSource,
         offset: u64,
         out: &mut [u8],
-        size: Option<u64>,
+        mut size: Option<u64>,
     ) -> std::io::Result<usize> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
-        let mut size = size;
         let mut attempts = 0;
         loop {
             let file_size = match size.take() {

@@ -391,7 +391,7 @@ impl DeviceTier {
     /// Like [`DeviceTier::with_policy`] with [`TierOptions`].
     pub fn with_options(
         cfg: TierConfig,
-        policy: Box<dyn EvictionPolicy>,
+        mut policy: Box<dyn EvictionPolicy>,
         opts: TierOptions,
     ) -> Result<DeviceTier, TierError> {
         let chunks = cfg.capacity / HUGE_PAGE_SIZE;
@@ -418,7 +418,6 @@ impl DeviceTier {
             })
             .collect();
         let slots = capacity / PAGE_SIZE;
-        let mut policy = policy;
         // Without huge pages every folio is a base page: all weigh one slot.
         let huge_weight = if cfg.huge_pages {
             SLOTS_PER_CHUNK as u64

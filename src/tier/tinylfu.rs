@@ -159,10 +159,12 @@ impl Default for FrequencySketch {
     }
 }
 
-/// Folios in one region, in LRU order, with their total weight.
+/// Folios in one region, in LRU order, with their total weight (a huge folio weighs
+/// `huge_weight` slots, a base folio one).
 struct Region {
     lru: LruCache<FolioKey, FolioId>,
     weight: u64,
+    huge_weight: u64,
 }
 
 impl Region {
@@ -170,24 +172,35 @@ impl Region {
         Region {
             lru: LruCache::unbounded(),
             weight: 0,
+            huge_weight: 1,
         }
     }
 
-    fn put(&mut self, key: FolioKey, id: FolioId, w: u64) {
+    fn weight_of(&self, key: &FolioKey) -> u64 {
+        if key.is_huge() { self.huge_weight } else { 1 }
+    }
+
+    fn put(&mut self, key: FolioKey, id: FolioId) {
         if self.lru.put(key, id).is_none() {
-            self.weight += w;
+            self.weight += self.weight_of(&key);
         }
     }
 
     /// Removes `key` if it is held with `id` (any id when `None`); returns its id.
-    fn take(&mut self, key: &FolioKey, id: Option<FolioId>, w: u64) -> Option<FolioId> {
+    fn take(&mut self, key: &FolioKey, id: Option<FolioId>) -> Option<FolioId> {
         let held = *self.lru.peek(key)?;
         if id.is_some_and(|id| id != held) {
             return None;
         }
         self.lru.pop(key);
-        self.weight -= w;
+        self.weight -= self.weight_of(key);
         Some(held)
+    }
+
+    fn pop_lru(&mut self) -> Option<(FolioKey, FolioId)> {
+        let (k, id) = self.lru.pop_lru()?;
+        self.weight -= self.weight_of(&k);
+        Some((k, id))
     }
 
     fn lru_key(&self) -> Option<FolioKey> {
@@ -203,7 +216,6 @@ pub struct TinyLfuPolicy {
     window_budget: u64,
     main_budget: u64,
     ahead_limit: u64,
-    huge_weight: u64,
     sketch: FrequencySketch,
     epoch: EpochFiles,
     margin: u8,
@@ -224,29 +236,30 @@ impl TinyLfuPolicy {
             window_budget: 1,
             main_budget: u64::MAX / 4,
             ahead_limit: u64::MAX / 4,
-            huge_weight: 1,
             sketch: FrequencySketch::new(),
             epoch: EpochFiles::default(),
             margin,
         }
     }
 
-    fn weight(&self, key: &FolioKey) -> u64 {
-        if key.is_huge() { self.huge_weight } else { 1 }
+    /// Whether main has room for `key` without evicting.
+    fn main_has_room(&self, key: &FolioKey) -> bool {
+        self.main.weight + self.main.weight_of(key) <= self.main_budget
+    }
+
+    /// Moves `key`, the window's LRU folio, to main's most recent end.
+    fn window_to_main(&mut self, key: FolioKey) {
+        let id = self.window.take(&key, None).expect("the window's LRU key");
+        self.main.put(key, id);
     }
 
     /// Moves window leavers into main while main has room and the window is over budget.
     fn rebalance(&mut self) {
         while self.window.weight > self.window_budget {
-            let Some(c) = self.window.lru_key() else {
-                break;
-            };
-            let w = self.weight(&c);
-            if self.main.weight + w > self.main_budget {
-                break;
+            match self.window.lru_key() {
+                Some(c) if self.main_has_room(&c) => self.window_to_main(c),
+                _ => break,
             }
-            let id = self.window.take(&c, None, w).expect("the window's LRU key");
-            self.main.put(c, id, w);
         }
     }
 
@@ -256,11 +269,10 @@ impl TinyLfuPolicy {
         if self.window.lru.promote(key) || self.main.lru.promote(key) {
             return true;
         }
-        let w = self.weight(key);
-        let Some(id) = self.ahead.take(key, None, w) else {
+        let Some(id) = self.ahead.take(key, None) else {
             return false;
         };
-        self.window.put(*key, id, w);
+        self.window.put(*key, id);
         self.rebalance();
         true
     }
@@ -270,12 +282,6 @@ impl TinyLfuPolicy {
         !self.epoch.keeps(candidate, victim)
             && self.sketch.estimate(candidate)
                 > self.sketch.estimate(victim).saturating_add(self.margin)
-    }
-
-    fn pop_lru(region: &mut Region, w: impl Fn(&FolioKey) -> u64) -> Option<(FolioKey, FolioId)> {
-        let (k, id) = region.lru.pop_lru()?;
-        region.weight -= w(&k);
-        Some((k, id))
     }
 }
 
@@ -289,7 +295,9 @@ impl EvictionPolicy for TinyLfuPolicy {
     fn configure(&mut self, capacity: u64, huge_weight: u64) {
         let huge_weight = huge_weight.max(1);
         let floor = if huge_weight > 1 { 4 * huge_weight } else { 1 };
-        self.huge_weight = huge_weight;
+        for r in [&mut self.window, &mut self.ahead, &mut self.main] {
+            r.huge_weight = huge_weight;
+        }
         self.window_budget = (capacity / 100).max(floor.min(capacity / 4)).max(1);
         self.main_budget = capacity.saturating_sub(self.window_budget);
         // Sized for a tier of huge pages now (a growth later keeps the counts, but a
@@ -308,15 +316,13 @@ impl EvictionPolicy for TinyLfuPolicy {
     }
 
     fn insert(&mut self, key: FolioKey, id: FolioId) {
-        let w = self.weight(&key);
-        self.window.put(key, id, w);
+        self.window.put(key, id);
         self.rebalance();
         self.sketch.ensure(self.len());
     }
 
     fn insert_speculative(&mut self, key: FolioKey, id: FolioId) {
-        let w = self.weight(&key);
-        self.ahead.put(key, id, w);
+        self.ahead.put(key, id);
         self.sketch.ensure(self.len());
     }
 
@@ -331,17 +337,14 @@ impl EvictionPolicy for TinyLfuPolicy {
     }
 
     fn remove(&mut self, key: &FolioKey, id: FolioId) {
-        let w = self.weight(key);
-        let _ = self.window.take(key, Some(id), w).is_some()
-            || self.ahead.take(key, Some(id), w).is_some()
-            || self.main.take(key, Some(id), w).is_some();
+        let _ = self.window.take(key, Some(id)).is_some()
+            || self.ahead.take(key, Some(id)).is_some()
+            || self.main.take(key, Some(id)).is_some();
     }
 
     fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)> {
-        let hw = self.huge_weight;
-        let w = move |k: &FolioKey| if k.is_huge() { hw } else { 1 };
         if self.ahead.weight > self.ahead_limit {
-            return Self::pop_lru(&mut self.ahead, w);
+            return self.ahead.pop_lru();
         }
         // Main loses a folio only to a window leaver that beats it — while the window holds
         // at least half its budget: it may be below budget here because the tier evicts
@@ -352,30 +355,22 @@ impl EvictionPolicy for TinyLfuPolicy {
                 break;
             }
             let Some(v) = self.main.lru_key() else {
-                return Self::pop_lru(&mut self.window, w);
+                return self.window.pop_lru();
             };
-            if self.main.weight + w(&c) <= self.main_budget {
-                // Main has room (it gave some to readahead, or the window grew past its
-                // budget): the leaver moves in, no duel.
-                let id = self
-                    .window
-                    .take(&c, None, w(&c))
-                    .expect("the window's LRU key");
-                self.main.put(c, id, w(&c));
+            if self.main_has_room(&c) {
+                // Main gave room to readahead, or the window grew past its budget: the
+                // leaver moves in, no duel.
+                self.window_to_main(c);
                 continue;
             }
             if self.wins(&c, &v) {
-                let victim = Self::pop_lru(&mut self.main, w);
-                let id = self
-                    .window
-                    .take(&c, None, w(&c))
-                    .expect("the window's LRU key");
-                self.main.put(c, id, w(&c));
+                let victim = self.main.pop_lru();
+                self.window_to_main(c);
                 return victim;
             }
-            return Self::pop_lru(&mut self.window, w);
+            return self.window.pop_lru();
         }
-        Self::pop_lru(&mut self.main, w).or_else(|| Self::pop_lru(&mut self.ahead, w))
+        self.main.pop_lru().or_else(|| self.ahead.pop_lru())
     }
 
     fn record_miss(&mut self, key: &FolioKey) {
