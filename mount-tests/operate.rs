@@ -6,15 +6,15 @@ mod common;
 mod util;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Mounted, bin, is_fuse_mounted, wait_until};
 use rustix::process::{Pid, Signal, kill_process};
-use util::{run_deadline, wait_child};
+use util::{free_port, http_get, run_deadline, sample, wait_child};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const MIB: usize = 1 << 20;
@@ -25,35 +25,6 @@ fn have(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:port: (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read the response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample `series` (name plus labels, as printed).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn n(v: &serde_json::Value) -> u64 {

@@ -30,6 +30,7 @@ use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
+use crate::notify::{KernelNotifier, Stale};
 use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, SharedSource};
 
@@ -69,6 +70,9 @@ pub struct OpenOut {
     pub direct_io: bool,
     /// The backing file is unchanged since the kernel cached it: keep it.
     pub keep_cache: bool,
+    /// A read-only open (device view, stats): its close has nothing to flush,
+    /// so the kernel need not send FLUSH.
+    pub no_flush: bool,
 }
 
 /// One item of a directory listing.
@@ -178,6 +182,9 @@ pub struct Pagetier {
     host: HostCounters,
     started: SystemTime,
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    /// Pushes what host-view changes make stale in the kernel's cache of the
+    /// device view.
+    kernel: KernelNotifier,
 }
 
 fn ts(t: TimeSpec) -> Timespec {
@@ -236,7 +243,35 @@ impl Pagetier {
             tier,
             host: HostCounters::default(),
             started: SystemTime::now(),
+            kernel: KernelNotifier::new(),
         })
+    }
+
+    /// Starts telling the kernel, through `notifier`, what host-view changes
+    /// make stale in its cache of the device view. Until then (and without
+    /// it) device-view entries and attributes must not be cached.
+    pub fn connect_kernel(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
+        self.kernel.connect(notifier)
+    }
+
+    /// Whether the kernel may cache device-view entries and attributes: only
+    /// once it is told what host-view changes make stale there.
+    pub fn device_view_cacheable(&self) -> bool {
+        self.kernel.is_connected()
+    }
+
+    /// Sends what `mark` finds stale in the device view (see `notify.rs`).
+    fn device_view_stale(&self, mark: impl FnOnce(&mut Stale)) {
+        let mut stale = Stale::new();
+        mark(&mut stale);
+        self.kernel.send(stale);
+    }
+
+    /// Marks a child found by [`Self::child_id`] as changed, if still live.
+    fn stale_child(&self, stale: &mut Stale, child: Option<(InodeId, u64, bool)>) {
+        if let Some(inode) = child.and_then(|(id, _, _)| self.inodes.get(id)) {
+            stale.inode(&inode);
+        }
     }
 
     /// The device tier.
@@ -322,13 +357,15 @@ impl Pagetier {
 
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        let Some((id, _)) = decode(ino) else { return };
+        let Some((id, view)) = decode(ino) else {
+            return;
+        };
         if id == CONTROL_ID || id == STATS_ID {
             return;
         }
         // Device pages outlive the kernel's reference: the table remembers
         // what was seen of the file, and the next open revalidates it.
-        self.inodes.forget(id, n);
+        self.inodes.forget(id, n, view);
     }
 
     /// Attributes of `ino`.
@@ -451,18 +488,25 @@ impl Pagetier {
     /// Before it, a change made behind the mount's back since the mount last
     /// looked drops the whole file's device pages; while it runs the watcher
     /// leaves the file alone; after it, what the mount saw is updated so that
-    /// the change is not mistaken for an external one. The caller
-    /// invalidates exactly the device pages its change covers.
+    /// the change is not mistaken for an external one, and the kernel drops
+    /// the device view's cached attributes. The caller invalidates exactly
+    /// the device pages its change covers.
     fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
-        if !inode.is_reg() {
-            return change();
-        }
-        let _in_flight = InFlight::enter(inode);
-        if let Ok(st) = storage::stat(&inode.fd) {
-            self.revalidate(inode, &st);
-        }
-        let res = change();
-        self.note_changed_by_us(inode);
+        let res = if inode.is_reg() {
+            let _in_flight = InFlight::enter(inode);
+            if let Ok(st) = storage::stat(&inode.fd) {
+                self.revalidate(inode, &st);
+            }
+            let res = change();
+            self.note_changed_by_us(inode);
+            res
+        } else {
+            change()
+        };
+        // Even a failed change may have done part of its work (a short write).
+        self.device_view_stale(|s| {
+            s.inode(inode);
+        });
         res
     }
 
@@ -512,7 +556,7 @@ impl Pagetier {
         let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
         let inode = self
             .inodes
-            .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd);
+            .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, view);
         Ok(Attr::from_stat(encode(inode.id, view), &st))
     }
 
@@ -530,6 +574,9 @@ impl Pagetier {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(&dir.fd, name, kind, perm, rdev as u64)
         })?;
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+        });
         self.lookup_child(&dir, view, name)
     }
 
@@ -545,6 +592,9 @@ impl Pagetier {
         as_creator(caller, mode, umask, |perm| {
             rustix::fs::mkdirat(&dir.fd, name, perm)
         })?;
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+        });
         self.lookup_child(&dir, view, name)
     }
 
@@ -560,6 +610,9 @@ impl Pagetier {
             let _as = become_caller(caller);
             rustix::fs::symlinkat(target, &dir.fd, name)?;
         }
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+        });
         self.lookup_child(&dir, view, name)
     }
 
@@ -583,6 +636,9 @@ impl Pagetier {
                 AtFlags::SYMLINK_FOLLOW,
             )?)
         })?;
+        self.device_view_stale(|s| {
+            s.entry(&dir, newname);
+        });
         self.lookup_child(&dir, view, newname)
     }
 
@@ -619,13 +675,22 @@ impl Pagetier {
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
         }
         self.drop_if_last_link(victim);
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+            self.stale_child(s, victim);
+        });
         Ok(())
     }
 
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, _) = self.dir_for_create(parent, name)?;
-        let _as = become_caller(caller);
-        rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
+        {
+            let _as = become_caller(caller);
+            rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
+        }
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+        });
         Ok(())
     }
 
@@ -656,6 +721,11 @@ impl Pagetier {
         if let Some(inode) = moved.and_then(|(id, _, _)| self.inodes.get(id)) {
             self.note_changed_by_us(&inode);
         }
+        self.device_view_stale(|s| {
+            s.entry(&from, name).entry(&to, newname);
+            self.stale_child(s, moved);
+            self.stale_child(s, victim);
+        });
         Ok(())
     }
 
@@ -705,6 +775,7 @@ impl Pagetier {
                 OpenOut {
                     direct_io: true,
                     keep_cache: false,
+                    no_flush: true,
                 },
             ));
         }
@@ -735,6 +806,7 @@ impl Pagetier {
                     OpenOut {
                         direct_io: false,
                         keep_cache: keep,
+                        no_flush: false,
                     },
                 ))
             }
@@ -754,6 +826,7 @@ impl Pagetier {
                     OpenOut {
                         direct_io: true,
                         keep_cache: false,
+                        no_flush: true,
                     },
                 ))
             }
@@ -782,6 +855,9 @@ impl Pagetier {
         let file = as_creator(caller, mode, umask, |perm| {
             rustix::fs::openat(&dir.fd, name, oflags, perm)
         })?;
+        self.device_view_stale(|s| {
+            s.entry(&dir, name);
+        });
         let attr = self.lookup_child(&dir, view, name)?;
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
         self.tier
@@ -1415,6 +1491,11 @@ impl Pagetier {
             "writes": h.writes.load(Ordering::Relaxed),
             "read_bytes": h.read_bytes.load(Ordering::Relaxed),
             "write_bytes": h.write_bytes.load(Ordering::Relaxed),
+        });
+        let n = self.kernel.counters();
+        doc["notifications"] = json!({
+            "sent": n.sent.load(Ordering::Relaxed),
+            "late": n.late.load(Ordering::Relaxed),
         });
         doc["inodes"] = json!(self.inodes.live_count());
         doc["open_handles"] = json!(self.handles.read().unwrap().len());

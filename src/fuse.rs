@@ -128,24 +128,31 @@ fn fopen(o: OpenOut) -> FopenFlags {
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if o.no_flush {
+        f |= FopenFlags::FOPEN_NOFLUSH;
+    }
     f
 }
 
-/// How long the kernel may cache an entry or attributes of `ino`. Device
-/// view: not at all, so that a host-view unlink, rename or write is seen by
-/// the very next device-view lookup and stat (the device view has no writer
-/// of its own that would keep the kernel informed).
-fn ttl(ino: u64) -> Duration {
-    match crate::inode::decode(ino) {
-        Some((_, crate::inode::View::Device)) => Duration::ZERO,
-        _ => TTL,
+impl FuseAdapter {
+    /// How long the kernel may cache an entry or attributes of `ino`: [`TTL`]
+    /// in both views. The device view has no writer of its own that would
+    /// keep the kernel informed, so host-view changes push what they make
+    /// stale in it (`notify.rs`); without that push it is not cached at all.
+    fn ttl(&self, ino: u64) -> Duration {
+        match crate::inode::decode(ino) {
+            Some((_, crate::inode::View::Device)) if !self.fs.device_view_cacheable() => {
+                Duration::ZERO
+            }
+            _ => TTL,
+        }
     }
-}
 
-fn reply_entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
-    match r {
-        Ok(a) => reply.entry(&ttl(a.ino), &fattr(&a), Generation(0)),
-        Err(e) => reply.error(err(e)),
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl(a.ino), &fattr(&a), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
     }
 }
 
@@ -200,11 +207,12 @@ impl Filesystem for FuseAdapter {
         let r = self.fs.lookup(parent.0, name);
         match (r, crate::inode::decode(parent.0)) {
             // The control directory's children (`device`, `stats`) never change: their names
-            // may stay cached even where attributes may not (the device root's).
+            // stay cached even where attributes may not (the device root's, when the device
+            // view is not cached).
             (Ok(a), Some((crate::inode::CONTROL_ID, crate::inode::View::Host))) => {
-                reply.entry_with_ttls(&ttl(a.ino), &TTL, &fattr(&a), Generation(0))
+                reply.entry_with_ttls(&self.ttl(a.ino), &TTL, &fattr(&a), Generation(0))
             }
-            (r, _) => reply_entry(reply, r),
+            (r, _) => self.reply_entry(reply, r),
         }
     }
 
@@ -217,7 +225,7 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Getattr, ino);
         let _s = debug_span!("getattr", view = view(ino), ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&ttl(a.ino), &fattr(&a)),
+            Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -260,7 +268,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
         };
         match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), set) {
-            Ok(a) => reply.attr(&ttl(a.ino), &fattr(&a)),
+            Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -286,7 +294,7 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Mknod, parent);
         let _s =
             debug_span!("mknod", view = view(parent), parent = parent.0, ?name, mode).entered();
-        reply_entry(
+        self.reply_entry(
             reply,
             self.fs
                 .mknod(caller(req), parent.0, name, mode, umask, rdev),
@@ -305,7 +313,7 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Mkdir, parent);
         let _s =
             debug_span!("mkdir", view = view(parent), parent = parent.0, ?name, mode).entered();
-        reply_entry(
+        self.reply_entry(
             reply,
             self.fs.mkdir(caller(req), parent.0, name, mode, umask),
         );
@@ -339,7 +347,7 @@ impl Filesystem for FuseAdapter {
             ?link_name
         )
         .entered();
-        reply_entry(
+        self.reply_entry(
             reply,
             self.fs
                 .symlink(caller(req), parent.0, link_name, target.as_os_str()),
@@ -396,7 +404,7 @@ impl Filesystem for FuseAdapter {
             ?newname
         )
         .entered();
-        reply_entry(
+        self.reply_entry(
             reply,
             self.fs.link(caller(req), ino.0, newparent.0, newname),
         );
@@ -573,7 +581,7 @@ impl Filesystem for FuseAdapter {
                             .as_ref()
                             .map_or_else(|| dot_attr(it.ino, it.fmt), fattr);
                         let ttl = if it.attr.is_some() {
-                            ttl(it.ino)
+                            self.ttl(it.ino)
                         } else {
                             Duration::ZERO
                         };
@@ -696,7 +704,7 @@ impl Filesystem for FuseAdapter {
             .create(caller(req), parent.0, name, mode, umask, flags)
         {
             Ok((a, fh, out)) => reply.created(
-                &ttl(a.ino),
+                &self.ttl(a.ino),
                 &fattr(&a),
                 Generation(0),
                 FileHandle(fh),

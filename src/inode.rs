@@ -14,6 +14,10 @@
 //! root is inode 2. Ids 1 and 2 are the virtual control directory and stats
 //! file; backing objects start at [`FIRST_BACKING_ID`].
 //!
+//! The table also counts how many of an inode's lookup references the device
+//! view holds: while that is zero the kernel has no device-view inode for it,
+//! so there is nothing of it to invalidate there (`notify.rs`).
+//!
 //! Lock order: the table's `RwLock`, then an inode's `seen` mutex (a leaf);
 //! never call out while holding either.
 
@@ -90,6 +94,8 @@ pub struct Inode {
     /// `O_PATH | O_NOFOLLOW` descriptor of the backing object.
     pub fd: OwnedFd,
     nlookup: AtomicU64,
+    /// The share of `nlookup` held through the device view.
+    device_nlookup: AtomicU64,
     /// The backing file as last seen by an open or a write through the mount;
     /// the kernel's cached data is kept across opens only while it matches.
     pub seen: Mutex<Option<Fingerprint>>,
@@ -104,6 +110,12 @@ impl Inode {
     }
     pub fn is_reg(&self) -> bool {
         self.fmt == libc::S_IFREG
+    }
+    /// Whether the kernel may hold a device-view inode (and entries naming
+    /// it) for this object. The root always counts: the device view's root
+    /// is reached through the control directory, which takes no reference.
+    pub fn in_device_view(&self) -> bool {
+        self.id == ROOT_ID || self.device_nlookup.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -139,6 +151,7 @@ impl InodeTable {
                 fmt: libc::S_IFDIR,
                 fd: root_fd,
                 nlookup: AtomicU64::new(1),
+                device_nlookup: AtomicU64::new(0),
                 seen: Mutex::new(None),
                 writes_in_flight: AtomicU64::new(0),
             }),
@@ -178,8 +191,9 @@ impl InodeTable {
     }
 
     /// Records one kernel lookup reference to the object `key` (opened as
-    /// `fd`), making it live if it was not. Returns the live inode.
-    pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd) -> Arc<Inode> {
+    /// `fd`) in `view`, making it live if it was not. Returns the live inode.
+    pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd, view: View) -> Arc<Inode> {
+        let device = u64::from(view == View::Device);
         let mut inner = self.inner.write().unwrap();
         let id = Self::assign(&mut inner, key);
         if let Some(inode) = inner.live.get(&id) {
@@ -187,6 +201,9 @@ impl InodeTable {
             // reused by a new object after the old one was deleted.
             if inode.fmt == fmt {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                // Counted before the reply carries the entry, so a change that
+                // finds it zero happened before this lookup's stat.
+                inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
                 return inode.clone();
             }
         }
@@ -197,6 +214,7 @@ impl InodeTable {
             fmt,
             fd,
             nlookup: AtomicU64::new(1),
+            device_nlookup: AtomicU64::new(device),
             seen: Mutex::new(seen),
             writes_in_flight: AtomicU64::new(0),
         });
@@ -204,13 +222,20 @@ impl InodeTable {
         inode
     }
 
-    /// Drops `n` lookup references; returns the inode if it is no longer live.
-    pub fn forget(&self, id: InodeId, n: u64) -> Option<Arc<Inode>> {
+    /// Drops `n` lookup references held through `view`; returns the inode if
+    /// it is no longer live.
+    pub fn forget(&self, id: InodeId, n: u64, view: View) -> Option<Arc<Inode>> {
         if id == ROOT_ID {
             return None;
         }
         let mut inner = self.inner.write().unwrap();
         let inode = inner.live.get(&id)?;
+        if view == View::Device {
+            let d = inode.device_nlookup.load(Ordering::SeqCst);
+            inode
+                .device_nlookup
+                .store(d.saturating_sub(n), Ordering::SeqCst);
+        }
         let prev = inode.nlookup.load(Ordering::Relaxed);
         let left = prev.saturating_sub(n);
         inode.nlookup.store(left, Ordering::Relaxed);
@@ -257,17 +282,17 @@ mod tests {
         let root = InodeKey { dev: 1, ino: 2 };
         let t = InodeTable::new(root, fd());
         let key = InodeKey { dev: 1, ino: 99 };
-        let a = t.lookup_ref(key, libc::S_IFREG, fd());
+        let a = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(a.id, FIRST_BACKING_ID);
-        let b = t.lookup_ref(key, libc::S_IFREG, fd());
+        let b = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(a.id, b.id);
         *a.seen.lock().unwrap() = Some(Fingerprint {
             size: 1,
             mtime: (2, 3),
             ctime: (4, 5),
         });
-        assert!(t.forget(a.id, 1).is_none());
-        assert!(t.forget(a.id, 1).is_some());
+        assert!(t.forget(a.id, 1, View::Host).is_none());
+        assert!(t.forget(a.id, 1, View::Host).is_some());
         assert!(t.get(a.id).is_none());
         let fp = Fingerprint {
             size: 1,
@@ -276,16 +301,43 @@ mod tests {
         };
         *a.seen.lock().unwrap() = Some(fp);
         drop((a, b));
-        let c = t.lookup_ref(key, libc::S_IFREG, fd());
+        let c = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(c.id, FIRST_BACKING_ID, "re-lookup keeps the inode number");
         assert_eq!(*c.seen.lock().unwrap(), Some(fp), "and what was seen of it");
         assert_eq!(t.id_of(InodeKey { dev: 1, ino: 100 }), FIRST_BACKING_ID + 1);
     }
 
     #[test]
+    fn device_view_references_are_counted_apart() {
+        let root = InodeKey { dev: 1, ino: 2 };
+        let t = InodeTable::new(root, fd());
+        assert!(
+            t.get(ROOT_ID).unwrap().in_device_view(),
+            "the device root always is"
+        );
+        let key = InodeKey { dev: 1, ino: 7 };
+        let a = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
+        assert!(!a.in_device_view());
+        t.lookup_ref(key, libc::S_IFREG, fd(), View::Device);
+        t.lookup_ref(key, libc::S_IFREG, fd(), View::Device);
+        assert!(a.in_device_view());
+        assert!(t.forget(a.id, 1, View::Device).is_none());
+        assert!(a.in_device_view(), "one device reference is left");
+        assert!(t.forget(a.id, 1, View::Device).is_none());
+        assert!(
+            !a.in_device_view(),
+            "the host reference keeps it live, not in the device view"
+        );
+        assert!(t.forget(a.id, 1, View::Host).is_some());
+        // Back from forgotten through the device view.
+        let b = t.lookup_ref(key, libc::S_IFREG, fd(), View::Device);
+        assert!(b.in_device_view());
+    }
+
+    #[test]
     fn root_is_never_forgotten() {
         let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
-        assert!(t.forget(ROOT_ID, 100).is_none());
+        assert!(t.forget(ROOT_ID, 100, View::Host).is_none());
         assert!(t.get(ROOT_ID).is_some());
         assert_eq!(t.live_count(), 1);
     }

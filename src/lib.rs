@@ -10,6 +10,7 @@ pub mod fs;
 pub mod fuse;
 pub mod inode;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod storage;
 pub mod tier;

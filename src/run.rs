@@ -438,6 +438,11 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     let conn = connection_of(&mnt);
     info!(storage = %storage.display(), mountpoint = %mnt.display(), "mounted");
 
+    // Before anything is served: device-view replies are cached only once
+    // host-view changes can tell the kernel what they make stale there.
+    if let Err(e) = fs.connect_kernel(session.notifier()) {
+        warn!("device-view entries and attributes will not be cached: {e}");
+    }
     let watcher = watch::Watcher::start(&storage, fs.clone(), session.notifier());
     if let Err(e) = &watcher {
         warn!("not watching STORAGE for external changes: {e}");

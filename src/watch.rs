@@ -173,7 +173,9 @@ fn run(mut state: State, fs: Arc<Pagetier>, notifier: fuser::Notifier, stop: Arc
             if seen != Some(fp) {
                 debug!(id, ?name, "external change");
                 fs.tier().invalidate_file(id, InvalidationCause::External);
-                let _ = notifier.inval_inode(fuser::INodeNo(encode(id, View::Host)), 0, 0);
+                for view in [View::Host, View::Device] {
+                    let _ = notifier.inval_inode(fuser::INodeNo(encode(id, view)), 0, 0);
+                }
             }
         }
     }

@@ -1,0 +1,345 @@
+//! Device-view metadata coherence. The kernel caches device-view entries and attributes
+//! for a second, as it does the host view's; a change made through the host view must show
+//! in the device view as soon as the host call returns, and a change made to STORAGE behind
+//! the mount's back within that second.
+//!
+//! Each check looks first, so that the kernel holds the old entry or attributes, changes
+//! through the host view, then looks again at once: no poll, because the guarantee is
+//! "before the host call returns". Only changes behind the mount's back are polled for,
+//! with a deadline.
+
+mod common;
+mod util;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime};
+
+use common::{Mounted, wait_until};
+use util::{free_port, http_get, pattern, sample};
+
+/// How long an eventually-true condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Rounds of every check: a missed notification may depend on timing.
+const ROUNDS: usize = 8;
+
+fn dstat(m: &Mounted, rel: &str) -> io::Result<fs::Metadata> {
+    fs::symlink_metadata(m.device().join(rel))
+}
+
+fn gone(r: io::Result<fs::Metadata>) -> bool {
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::NotFound)
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn host_changes_show_at_once_in_the_device_view() {
+    let m = Mounted::new();
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    for r in 0..ROUNDS {
+        // Size: append, then truncate.
+        let a = format!("a{r}.bin");
+        fs::write(m.host(&a), pattern(1000, 1)).unwrap();
+        check(
+            dstat(&m, &a).unwrap().len() == 1000,
+            format!("{a}: first size"),
+        );
+        let mut f = OpenOptions::new().append(true).open(m.host(&a)).unwrap();
+        f.write_all(&pattern(500, 2)).unwrap();
+        drop(f);
+        let size = dstat(&m, &a).unwrap().len();
+        check(
+            size == 1500,
+            format!("{a}: device size {size} after a host append to 1500"),
+        );
+        let got = fs::read(m.device().join(&a)).unwrap();
+        check(
+            got.len() == 1500,
+            format!("{a}: device read {} bytes, want 1500", got.len()),
+        );
+        File::options()
+            .write(true)
+            .open(m.host(&a))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let size = dstat(&m, &a).unwrap().len();
+        check(
+            size == 10,
+            format!("{a}: device size {size} after a host truncate to 10"),
+        );
+
+        // Mode and times.
+        fs::set_permissions(m.host(&a), fs::Permissions::from_mode(0o600)).unwrap();
+        let mode = dstat(&m, &a).unwrap().mode() & 0o7777;
+        check(
+            mode == 0o600,
+            format!("{a}: device mode {mode:o} after chmod 600"),
+        );
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + r as u64);
+        File::options()
+            .write(true)
+            .open(m.host(&a))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let mtime = dstat(&m, &a).unwrap().modified().unwrap();
+        check(
+            mtime == when,
+            format!("{a}: device mtime {mtime:?} after setting {when:?}"),
+        );
+
+        // Names: unlink, rename over, link, create where a lookup failed.
+        let (b, c, d) = (format!("b{r}"), format!("c{r}"), format!("d{r}"));
+        fs::write(m.host(&b), b"bb").unwrap();
+        fs::write(m.host(&c), b"ccc").unwrap();
+        fs::write(m.host(&d), b"dddd").unwrap();
+        let b_ino = dstat(&m, &b).unwrap().ino();
+        dstat(&m, &c).unwrap();
+        dstat(&m, &d).unwrap();
+        fs::remove_file(m.host(&d)).unwrap();
+        check(
+            gone(dstat(&m, &d)),
+            format!("{d}: device still has it after a host unlink"),
+        );
+        fs::rename(m.host(&b), m.host(&c)).unwrap();
+        check(
+            gone(dstat(&m, &b)),
+            format!("{b}: device still has it after a host rename away"),
+        );
+        match dstat(&m, &c) {
+            Ok(st) => check(
+                st.ino() == b_ino && st.len() == 2,
+                format!("{c}: device shows the replaced file after a host rename over it"),
+            ),
+            Err(e) => check(false, format!("{c}: device stat after rename over it: {e}")),
+        }
+        fs::hard_link(m.host(&c), m.host(&format!("{c}.link"))).unwrap();
+        let nlink = dstat(&m, &c).unwrap().nlink();
+        check(
+            nlink == 2,
+            format!("{c}: device nlink {nlink} after a host link"),
+        );
+        let e = format!("e{r}");
+        check(
+            gone(dstat(&m, &e)),
+            format!("{e}: exists before it was made"),
+        );
+        fs::write(m.host(&e), b"e").unwrap();
+        check(
+            dstat(&m, &e).is_ok(),
+            format!("{e}: device misses a file the host made"),
+        );
+
+        // Directories: rename one, remove one.
+        let (dir, moved, empty) = (format!("dir{r}"), format!("moved{r}"), format!("empty{r}"));
+        fs::create_dir(m.host(&dir)).unwrap();
+        fs::write(m.host(&format!("{dir}/x")), b"x").unwrap();
+        fs::create_dir(m.host(&empty)).unwrap();
+        dstat(&m, &format!("{dir}/x")).unwrap();
+        dstat(&m, &empty).unwrap();
+        fs::rename(m.host(&dir), m.host(&moved)).unwrap();
+        check(
+            gone(dstat(&m, &format!("{dir}/x"))),
+            format!("{dir}/x: device still has it after the host renamed {dir}"),
+        );
+        check(
+            dstat(&m, &format!("{moved}/x")).is_ok(),
+            format!("{moved}/x: device misses it after the host renamed {dir}"),
+        );
+        fs::remove_dir(m.host(&empty)).unwrap();
+        check(
+            gone(dstat(&m, &empty)),
+            format!("{empty}: device still has it after rmdir"),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let s = m.stats();
+    assert!(
+        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
+        "no device-view notification was counted: {}",
+        s["notifications"]
+    );
+}
+
+#[test]
+fn device_view_metadata_is_answered_from_the_kernel_cache() {
+    let port = free_port();
+    let m = Mounted::with(&["--metrics-addr", &port.to_string()], |s| {
+        fs::create_dir(s.join("train")).unwrap();
+        fs::write(s.join("train/shard"), pattern(8192, 3)).unwrap();
+    });
+    let path = m.device().join("train/shard");
+    for _ in 0..100 {
+        fs::symlink_metadata(&path).unwrap();
+        let f = File::open(&path).unwrap();
+        f.metadata().unwrap();
+        drop(f);
+    }
+    let (_, body) = http_get(port, "/metrics");
+    let count = |op: &str| {
+        sample(
+            &body,
+            &format!("pagetier_request_duration_seconds_count{{op=\"{op}\",view=\"device\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("open"), 100.0, "every open reaches the daemon");
+    // 100 path walks, stats and fstats: a few requests unless the kernel cached nothing
+    // (a second-long stall of this machine may expire an entry once or twice).
+    let asked = count("lookup") + count("getattr");
+    assert!(
+        asked < 50.0,
+        "{asked} device-view lookups and getattrs for 100 opens"
+    );
+    assert_eq!(
+        count("flush"),
+        0.0,
+        "a device-view close has nothing to flush"
+    );
+}
+
+/// Rounds of create, rename, unlink under device-view lookups. With one worker most
+/// notifications wait out `notify::WAIT` (20 ms): about 60 ms a round.
+const ROUNDS_UNDER_LOOKUPS: usize = 100;
+
+#[test]
+fn host_changes_under_busy_device_lookups_never_hang() {
+    // One worker: a notification that waits for a kernel lock held by a device-view lookup
+    // must not keep that lookup from being served.
+    let m = Mounted::with(&["--threads", "1"], |s| {
+        fs::create_dir(s.join("d")).unwrap()
+    });
+    let host_dir = m.host("d");
+    let dev_dir = m.device().join("d");
+    let done = Arc::new(AtomicBool::new(false));
+    let looker = {
+        let (dev_dir, done) = (dev_dir.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                for n in [format!("f{i}"), format!("g{i}")] {
+                    let _ = fs::symlink_metadata(dev_dir.join(n));
+                }
+                if i.is_multiple_of(16) {
+                    let _ = fs::read_dir(&dev_dir).map(|d| d.count());
+                }
+                i = (i + 1) % ROUNDS_UNDER_LOOKUPS;
+            }
+        })
+    };
+    let (tx, rx) = mpsc::channel();
+    {
+        let host_dir = host_dir.clone();
+        std::thread::spawn(move || {
+            for i in 0..ROUNDS_UNDER_LOOKUPS {
+                let r = (|| -> io::Result<()> {
+                    fs::write(host_dir.join(format!("f{i}")), [i as u8])?;
+                    fs::rename(
+                        host_dir.join(format!("f{i}")),
+                        host_dir.join(format!("g{i}")),
+                    )?;
+                    if i > 0 {
+                        fs::remove_file(host_dir.join(format!("g{}", i - 1)))?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = r {
+                    let _ = tx.send(Err(format!("round {i}: {e}")));
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(()));
+        });
+    }
+    let outcome = rx.recv_timeout(Duration::from_secs(120));
+    done.store(true, Ordering::Relaxed);
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("host change failed: {e}"),
+        Err(_) => panic!("host changes under device-view lookups hung for 120 s"),
+    }
+    looker.join().unwrap();
+    assert_eq!(
+        names(&dev_dir),
+        names(&host_dir),
+        "device view names after the run"
+    );
+    let last = format!("g{}", ROUNDS_UNDER_LOOKUPS - 1);
+    assert_eq!(names(&dev_dir), BTreeSet::from([last]));
+    let s = m.stats();
+    assert!(
+        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        s["notifications"]
+    );
+}
+
+#[test]
+fn host_write_reaches_a_device_mmap() {
+    let m = Mounted::with(&[], |s| {
+        fs::write(s.join("f.bin"), pattern(3 * 4096, 4)).unwrap()
+    });
+    let f = File::open(m.device().join("f.bin")).unwrap();
+    // SAFETY: the map is read-only and lives only within this test; the file changes
+    // underneath it only through the mount, which is the behaviour under test.
+    let map = unsafe { memmap2::Mmap::map(&f) }.expect("mmap of a device-view file");
+    assert_eq!(
+        &map[..],
+        &pattern(3 * 4096, 4)[..],
+        "mapped bytes before the write"
+    );
+    let new = pattern(4096, 9);
+    File::options()
+        .write(true)
+        .open(m.host("f.bin"))
+        .unwrap()
+        .write_all_at(&new, 4096)
+        .unwrap();
+    assert!(
+        map[4096..8192] == new[..],
+        "the device mmap kept the overwritten bytes"
+    );
+    assert_eq!(
+        &map[..4096],
+        &pattern(3 * 4096, 4)[..4096],
+        "untouched page"
+    );
+}
+
+#[test]
+fn changes_behind_the_mounts_back_show_within_the_ttl() {
+    let m = Mounted::with(&[], |s| {
+        fs::write(s.join("a"), b"a").unwrap();
+        fs::write(s.join("b"), b"b").unwrap();
+    });
+    assert_eq!(dstat(&m, "a").unwrap().len(), 1);
+    assert!(dstat(&m, "b").is_ok());
+    fs::write(m.backing("a"), b"grown").unwrap();
+    fs::remove_file(m.backing("b")).unwrap();
+    assert!(
+        wait_until(DEADLINE, || dstat(&m, "a").is_ok_and(|st| st.len() == 5)),
+        "device size never caught up with an external write"
+    );
+    assert!(
+        wait_until(DEADLINE, || gone(dstat(&m, "b"))),
+        "device still lists an externally removed file"
+    );
+}
