@@ -146,6 +146,10 @@ struct StorageSource {
 impl StorageSource {
     /// A source for the backing object behind `inode`.
     fn open(inode: &Inode) -> FsResult<SharedSource> {
+        Ok(Self::open_fd(inode)?)
+    }
+
+    fn open_fd(inode: &Inode) -> FsResult<Arc<StorageSource>> {
         let (fd, direct) = match storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT)
         {
             Ok(fd) => (fd, true),
@@ -786,7 +790,19 @@ impl Pagetier {
         if wants_write && (view == View::Device || self.cfg.read_only) {
             return Err(self.refuse(view));
         }
-        let file = storage::reopen(inode.fd.as_fd(), Self::backing_flags(flags))?;
+        let (file, source) = match view {
+            View::Host => (
+                storage::reopen(inode.fd.as_fd(), Self::backing_flags(flags))?,
+                None,
+            ),
+            // One open serves both: the fill descriptor (O_DIRECT where STORAGE
+            // allows it) also answers the handle's fstat and lseek.
+            View::Device => {
+                let source = StorageSource::open_fd(&inode)?;
+                let file = source.fd.try_clone().map_err(Errno::from)?;
+                (file, Some(source as SharedSource))
+            }
+        };
         let st = storage::stat(&file)?;
         let keep = self.revalidate(&inode, &st);
         let append = flags & libc::O_APPEND != 0;
@@ -811,7 +827,6 @@ impl Pagetier {
                 ))
             }
             View::Device => {
-                let source = Some(StorageSource::open(&inode)?);
                 let fh = self.add_handle(
                     Some(inode),
                     HandleKind::File {
