@@ -136,10 +136,11 @@ fn cold_sequential(size: u64, src: SharedSource, readahead: bool) -> f64 {
     while off < size {
         let n = if readahead {
             t.read_with_readahead(1, size, off, &mut buf, src.clone())
+                .unwrap()
+                .into_copied(&mut buf)
         } else {
-            t.read(1, size, off, &mut buf, &*src)
-        }
-        .unwrap();
+            t.read(1, size, off, &mut buf, &*src).unwrap()
+        };
         black_box(&buf);
         off += n as u64;
     }

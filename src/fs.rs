@@ -32,7 +32,7 @@ use crate::inode::{
 };
 use crate::notify::{KernelNotifier, Stale};
 use crate::storage::{self, Attr, RawEntry};
-use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, SharedSource};
+use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
 
 /// Settings of the filesystem core.
 #[derive(Clone, Debug, Default)]
@@ -919,45 +919,28 @@ impl Pagetier {
         if storage::check_offset(offset).is_err() {
             return reply(Err(Errno::EINVAL));
         }
-        let mut device_size = None;
-        if *view == View::Device
-            && let (Some(src), Some(inode)) = (source, handle.inode.as_ref())
-        {
-            let file_size = match rustix::fs::fstat(file) {
-                Ok(st) => st.st_size as u64,
-                Err(e) => return reply(Err(e.into())),
-            };
-            self.trace_read(inode.id, offset, size as usize);
-            // A hit inside one resident huge page is replied straight from the arena.
-            if let Some(bytes) =
-                self.tier
-                    .read_resident(inode.id, file_size, offset, u64::from(size), src)
-            {
-                return reply(Ok(&bytes));
-            }
-            device_size = Some(file_size);
-        }
         BUF.with_borrow_mut(|buf| {
             if buf.len() < size as usize {
                 buf.resize(size as usize, 0);
             }
             let out = &mut buf[..size as usize];
-            let res = match view {
-                View::Host => {
+            let res = match (view, source) {
+                (View::Host, _) => {
                     let r = storage::pread_full(file.as_fd(), out, offset);
                     if let Ok(n) = r {
                         self.host.reads.fetch_add(1, Ordering::Relaxed);
                         self.host.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    r
+                    r.map(Served::Copied)
                 }
-                View::Device => match source {
-                    Some(src) => self.device_read(&handle, file, src, offset, out, device_size),
-                    None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-                },
+                (View::Device, Some(src)) => self.device_read(&handle, file, src, offset, out),
+                (View::Device, None) => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             };
             match res {
-                Ok(n) => reply(Ok(&buf[..n])),
+                // A read inside one huge page, hit or fresh fault, is replied straight from
+                // the arena.
+                Ok(Served::Resident(bytes)) => reply(Ok(&bytes)),
+                Ok(Served::Copied(n)) => reply(Ok(&buf[..n])),
                 Err(e) => reply(Err(e.into())),
             }
         })
@@ -971,15 +954,19 @@ impl Pagetier {
         src: &SharedSource,
         offset: u64,
         out: &mut [u8],
-        mut size: Option<u64>,
-    ) -> std::io::Result<usize> {
+    ) -> std::io::Result<Served> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
         let mut attempts = 0;
+        let mut file_size = rustix::fs::fstat(file)?.st_size as u64;
+        self.trace_read(inode.id, offset, out.len());
+        // A hit inside one resident huge page: pinned with one lock, nothing else to do.
+        if let Some(bytes) =
+            self.tier
+                .read_resident(inode.id, file_size, offset, out.len() as u64, src)
+        {
+            return Ok(Served::Resident(bytes));
+        }
         loop {
-            let file_size = match size.take() {
-                Some(s) => s,
-                None => rustix::fs::fstat(file)?.st_size as u64,
-            };
             match self
                 .tier
                 .read_with_readahead(inode.id, file_size, offset, out, src.clone())
@@ -987,6 +974,7 @@ impl Pagetier {
                 // The file shrank between our fstat and the fill: look again.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && attempts < 8 => {
                     attempts += 1;
+                    file_size = rustix::fs::fstat(file)?.st_size as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err(std::io::Error::from_raw_os_error(libc::EIO));

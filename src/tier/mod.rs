@@ -284,6 +284,28 @@ pub struct ResidentBytes {
     range: std::ops::Range<usize>,
 }
 
+/// What a device read with readahead served (see [`DeviceTier::read_with_readahead`]).
+pub enum Served {
+    /// This many bytes, copied into the caller's buffer.
+    Copied(usize),
+    /// The bytes in place in the tier, pinned for one reply.
+    Resident(ResidentBytes),
+}
+
+impl Served {
+    /// The number of bytes served, copied into `out` (the buffer the read was given) if they
+    /// are not there yet: for callers that want them in a buffer (tests, benchmarks).
+    pub fn into_copied(self, out: &mut [u8]) -> usize {
+        match self {
+            Served::Copied(n) => n,
+            Served::Resident(bytes) => {
+                out[..bytes.len()].copy_from_slice(&bytes);
+                bytes.len()
+            }
+        }
+    }
+}
+
 impl std::ops::Deref for ResidentBytes {
     type Target = [u8];
 
@@ -486,31 +508,38 @@ impl DeviceTier {
         out: &mut [u8],
         src: &dyn FillSource,
     ) -> io::Result<usize> {
-        self.read_with(file, file_size, offset, out, src, |st, end| {
+        self.read_with(file, file_size, offset, out, None, src, |st, end| {
             Self::note_read(st, offset, end)
+        })
+        .map(|served| match served {
+            Served::Copied(n) => n,
+            Served::Resident(_) => unreachable!("nothing pinned without a slot"),
         })
     }
 
-    /// A device read whose bookkeeping under the shard lock is `begin(state, end)`.
+    /// A device read whose bookkeeping under the shard lock is `begin(state, end)`. With
+    /// `pin`, a read that lies in one huge page as served comes back pinned, not copied.
+    #[allow(clippy::too_many_arguments)]
     fn read_with(
         &self,
         file: FileId,
         file_size: u64,
         offset: u64,
         out: &mut [u8],
+        pin: Option<&mut Option<ResidentBytes>>,
         src: &dyn FillSource,
         begin: impl FnOnce(&mut FileState, u64) -> Access,
-    ) -> io::Result<usize> {
+    ) -> io::Result<Served> {
         add(&self.stats.reads, 1);
         if offset >= file_size || out.is_empty() {
-            return Ok(0);
+            return Ok(Served::Copied(0));
         }
         let end = offset.saturating_add(out.len() as u64).min(file_size);
         let access = {
             let mut g = lock(&self.shard(file).files);
             begin(self.state(&mut g, file), end)
         };
-        self.read_sequential(file, file_size, offset, end, out, access, src)
+        self.read_sequential(file, file_size, offset, end, out, pin, access, src)
     }
 
     /// Access-pattern detection for a read of `[offset, end)` (hints override); remembers
@@ -535,6 +564,7 @@ impl DeviceTier {
 
     /// The body of [`DeviceTier::read`] once sequential detection is done.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn read_sequential(
         &self,
         file: FileId,
@@ -542,9 +572,10 @@ impl DeviceTier {
         offset: u64,
         end: u64,
         out: &mut [u8],
+        mut pin: Option<&mut Option<ResidentBytes>>,
         access: Access,
         src: &dyn FillSource,
-    ) -> io::Result<usize> {
+    ) -> io::Result<Served> {
         let n = (end - offset) as usize;
         let mut acct = Acct::default();
         let r = self.serve(
@@ -553,6 +584,7 @@ impl DeviceTier {
             offset,
             end,
             Some(&mut out[..n]),
+            pin.as_deref_mut(),
             access,
             Mode::Read,
             src,
@@ -565,7 +597,10 @@ impl DeviceTier {
         add(&self.stats.bypass_reads, acct.bypass);
         r.map(|()| {
             add(&self.stats.bytes_served, n as u64);
-            n
+            match pin.and_then(Option::take) {
+                Some(bytes) => Served::Resident(bytes),
+                None => Served::Copied(n),
+            }
         })
     }
 
@@ -590,6 +625,7 @@ impl DeviceTier {
             offset,
             end,
             None,
+            None,
             Access::INTERNAL,
             Mode::Prefetch,
             src,
@@ -603,9 +639,12 @@ impl DeviceTier {
     }
 
     /// Makes `[start, end)` (inside the file) resident piece by piece and copies it into
-    /// `out` (which covers exactly `[start, end)`) when given. Progress is guaranteed: each
-    /// iteration serves at least one page (from a resident folio, a fresh fill, or a bypass)
-    /// or waits for another thread's fill to finish.
+    /// `out` (which covers exactly `[start, end)`) when given. With `pin`, a range that lies
+    /// in one huge page is pinned into it instead of copied, a fresh fill included: the fill
+    /// is installed first and pinned on the next round, so it is served from the arena (if an
+    /// invalidation or eviction beat the pin, the extent is faulted again and copied). Progress
+    /// is guaranteed: each iteration serves at least one page (from a resident folio, a fresh
+    /// fill, or a bypass) or waits for another thread's fill to finish.
     #[allow(clippy::too_many_arguments)]
     fn serve(
         &self,
@@ -614,6 +653,7 @@ impl DeviceTier {
         start: u64,
         end: u64,
         mut out: Option<&mut [u8]>,
+        mut pin: Option<&mut Option<ResidentBytes>>,
         access: Access,
         mode: Mode,
         src: &dyn FillSource,
@@ -623,6 +663,7 @@ impl DeviceTier {
         let mut pos = start;
         let mut failures_at: (u64, u32, u32) = (u64::MAX, 0, 0); // (extent, huge, base) rounds
         let mut recorded_at = u64::MAX; // the miss at this position was told to the policy
+        let mut pin_filled = u64::MAX; // extent this call faulted and installed, to pin
         while pos < end {
             let ext = pos / HUGE_PAGE_SIZE;
             let ext_start = ext * HUGE_PAGE_SIZE;
@@ -636,16 +677,25 @@ impl DeviceTier {
             // 1. A resident huge page serves the whole piece.
             match st.huge.get(&ext) {
                 Some(Entry::Ready(f)) => {
-                    let pin = f.clone();
-                    let entered = Self::enters(access, mode, start, pos, ext_start);
-                    let key = FolioKey::huge(file, ext);
-                    let first_read = mode != Mode::Readahead && st.unread.remove(&key);
-                    self.touch(&[key], entered, mode, first_read);
+                    let folio = f.clone();
+                    if pin_filled != ext {
+                        let entered = Self::enters(access, mode, start, pos, ext_start);
+                        let key = FolioKey::huge(file, ext);
+                        let first_read = mode != Mode::Readahead && st.unread.remove(&key);
+                        self.touch(&[key], entered, mode, first_read);
+                        acct.hits += 1;
+                        acct.resident_bytes += piece_end - pos;
+                    } // else: this call's own fill, counted as its miss when it was made
                     drop(g);
-                    copy_out(&mut out, start, pos, piece_end, pin.bytes(), ext_start);
-                    drop(pin);
-                    acct.hits += 1;
-                    acct.resident_bytes += piece_end - pos;
+                    match pin.as_deref_mut() {
+                        Some(slot) if pos == start && piece_end == end => {
+                            *slot = Some(ResidentBytes {
+                                folio,
+                                range: (pos - ext_start) as usize..(end - ext_start) as usize,
+                            });
+                        }
+                        _ => copy_out(&mut out, start, pos, piece_end, folio.bytes(), ext_start),
+                    }
                     pos = piece_end;
                     continue;
                 }
@@ -817,6 +867,15 @@ impl DeviceTier {
             } else {
                 piece_end.min((first_page + fill.folios.len() as u64) * PAGE_SIZE)
             };
+            // Once per extent: if the installed page is gone by the next round (invalidated
+            // or evicted), the refault is copied, so a reader always makes progress.
+            if want_huge && pin.is_some() && pos == start && piece_end == end && pin_filled != ext {
+                acct.misses += 1;
+                acct.faulted_bytes += served_end - pos;
+                self.finish_fill(&mut fill, true);
+                pin_filled = ext;
+                continue; // pinned next round, without a copy
+            }
             // The fill is ours alone until installed: copy straight from it. Data read from
             // storage during this call is fresh even if an invalidation races the install.
             for (k, f) in fill.keys.iter().zip(&fill.folios) {
@@ -1092,7 +1151,9 @@ impl DeviceTier {
     /// [`DeviceTier::read`] plus readahead: a read that continues the file's previous read (or
     /// starts at 0) opens or advances a readahead window, whose extents are faulted by the
     /// tier's readahead threads through `src` (module docs, `readahead.rs`). The window is
-    /// queued before this read is served, so the two overlap.
+    /// queued before this read is served, so the two overlap. A read that lies in one huge
+    /// page as served, a fresh fault included, comes back pinned ([`Served::Resident`]:
+    /// replied from the arena, no copy); any other is copied into `out`.
     pub fn read_with_readahead(
         self: &Arc<Self>,
         file: FileId,
@@ -1100,10 +1161,17 @@ impl DeviceTier {
         offset: u64,
         out: &mut [u8],
         src: SharedSource,
-    ) -> io::Result<usize> {
-        self.read_with(file, file_size, offset, out, &*src, |st, end| {
-            self.begin_read(st, file, file_size, offset, end, &src)
-        })
+    ) -> io::Result<Served> {
+        let mut pinned = None;
+        self.read_with(
+            file,
+            file_size,
+            offset,
+            out,
+            Some(&mut pinned),
+            &*src,
+            |st, end| self.begin_read(st, file, file_size, offset, end, &src),
+        )
     }
 
     /// [`DeviceTier::read_with_readahead`] without the copy, when it can be had: if the
@@ -1249,6 +1317,7 @@ impl DeviceTier {
             job.file_size,
             job.offset,
             end,
+            None,
             None,
             Access::INTERNAL,
             Mode::Readahead,

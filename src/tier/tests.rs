@@ -649,7 +649,8 @@ fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[
                     }
                     None => t
                         .read_with_readahead(file as u64, d.len() as u64, off, &mut out, src)
-                        .unwrap(),
+                        .unwrap()
+                        .into_copied(&mut out),
                 };
                 let want = d
                     .get(off as usize..(off as usize + len as usize).min(d.len()))
@@ -962,7 +963,8 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     let mut buf = vec![0u8; 128 << 10];
     let n = t
         .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
-        .unwrap();
+        .unwrap()
+        .into_copied(&mut buf);
     assert_eq!(&buf[..n], &d[..n]);
     t.wait_readahead();
     let first = t.residency(1).resident_bytes;
@@ -971,7 +973,8 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     while off < SIZE {
         let n = t
             .read_with_readahead(1, SIZE, off, &mut buf, src.clone())
-            .unwrap();
+            .unwrap()
+            .into_copied(&mut buf);
         assert_eq!(&buf[..n], &d[off as usize..off as usize + n]);
         off += n as u64;
         // Let the window's jobs run before the next read, so that what is checked
@@ -988,7 +991,8 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     // Random reads of another file: no readahead.
     for i in [7u64, 3, 11, 5] {
         t.read_with_readahead(2, SIZE, i * MIB, &mut buf[..4096], src.clone())
-            .unwrap();
+            .unwrap()
+            .into_copied(&mut buf[..4096]);
     }
     t.wait_readahead();
     assert_eq!(t.residency(2).resident_bytes, 4 * 4096);
@@ -996,7 +1000,8 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     t.set_hint(3, Hint::Random);
     for i in 0..4u64 {
         t.read_with_readahead(3, SIZE, i * 4096, &mut buf[..4096], src.clone())
-            .unwrap();
+            .unwrap()
+            .into_copied(&mut buf[..4096]);
     }
     t.wait_readahead();
     assert_eq!(t.residency(3).resident_bytes, 4 * 4096);
@@ -1042,7 +1047,8 @@ fn readahead_fill_racing_a_write_is_discarded() {
     let t = Arc::new(tier(8, true));
     let mut buf = vec![0u8; 4096];
     t.read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
-        .unwrap();
+        .unwrap()
+        .into_copied(&mut buf);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while src.waiting.load(O::SeqCst) == 0 {
         assert!(
@@ -1119,7 +1125,8 @@ fn shard_epoch_fills(policy: &str) -> Vec<u64> {
             for off in (0..SHARD).step_by(MIB as usize) {
                 let n = t
                     .read_with_readahead(f + 1, SHARD, off, &mut buf, srcs[f as usize].clone())
-                    .unwrap();
+                    .unwrap()
+                    .into_copied(&mut buf);
                 assert!(buf[..n] == d[off as usize..][..n]);
                 // Readahead finishes before the next read: the counts do not depend on
                 // how the machine schedules the workers.
@@ -1190,4 +1197,57 @@ fn resident_reads_pin_one_huge_page_or_decline() {
     t.invalidate_range(1, MIB, 10, InvalidationCause::Write);
     assert!(t.read_resident(1, SIZE, 0, MIB, &src).is_none());
     t.check_invariants();
+}
+
+#[test]
+fn a_fault_inside_one_huge_page_is_served_pinned() {
+    const SIZE: u64 = 8 * MIB;
+    let d = pattern(SIZE, 11);
+    let src: SharedSource = Arc::new(VecSource::new(d.clone()));
+    // No readahead: every fault below is the reader's own.
+    let no_readahead = |huge| {
+        let cfg = TierConfig {
+            capacity: 8 * HUGE_PAGE_SIZE,
+            huge_pages: huge,
+        };
+        let opts = TierOptions {
+            readahead_max: 0,
+            ..TierOptions::default()
+        };
+        Arc::new(DeviceTier::with_options(cfg, policy_by_name("lru").unwrap(), opts).unwrap())
+    };
+    let t = no_readahead(true);
+    let mut buf = vec![0u8; MIB as usize];
+    // A miss at the start of an extent: faulted whole, installed, replied from the arena.
+    let served = t
+        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+        .unwrap();
+    let Served::Resident(bytes) = served else {
+        panic!("a fault inside one huge page was copied")
+    };
+    assert!(bytes[..] == d[..MIB as usize]);
+    drop(bytes);
+    t.wait_readahead();
+    let s = t.stats();
+    assert_eq!(
+        (s.device.reads, s.device.misses),
+        (1, 1),
+        "one read, one fault: {s:?}"
+    );
+    assert_eq!(s.device.bytes_served, MIB);
+    // Two extents at once are copied; so is everything with huge pages off.
+    let mut two = vec![0u8; 2 * MIB as usize];
+    let served = t
+        .read_with_readahead(1, SIZE, MIB, &mut two, src.clone())
+        .unwrap();
+    assert!(matches!(served, Served::Copied(n) if n == two.len()));
+    assert!(two[..] == d[MIB as usize..3 * MIB as usize]);
+    let base = no_readahead(false);
+    let served = base
+        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+        .unwrap();
+    assert!(matches!(served, Served::Copied(n) if n == buf.len()));
+    assert!(buf[..] == d[..MIB as usize]);
+    t.check_invariants();
+    base.check_invariants();
 }
