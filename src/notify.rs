@@ -5,38 +5,43 @@
 //! component and per `stat` on every file it opens. For changes made through
 //! the host view the kernel keeps its *host-view* caches right by itself, but
 //! it cannot know that device-view inode `2n+2` is the same file as host-view
-//! inode `2n+1`. So every such change pushes what it made stale in the device
-//! view (an entry, an inode's attributes, ACLs and mmap pages) to the kernel
-//! as FUSE notifications before it is acknowledged. Changes made behind the
-//! mount's back reach the kernel through the watcher (`watch.rs`) instead.
+//! inode `2n+1`. So every such change tells the kernel what it made stale in
+//! the device view with FUSE notifications. Changes made behind the mount's
+//! back reach the kernel through the watcher (`watch.rs`) instead.
 //!
-//! Invariants:
-//! - Notifications are written by one thread of their own ([`KernelNotifier`]),
-//!   never by a FUSE worker: an entry notification takes the directory's inode
-//!   lock and a data one takes page locks, and a device-view request can hold
-//!   either while it waits for a free worker. A worker blocked in a
-//!   notification could therefore deadlock the mount.
-//! - The worker that made a change waits until its notifications have been
-//!   written, up to [`WAIT`], and only then replies: the device view shows the
-//!   change as soon as the host-view call returns. Past WAIT (the kernel lock
-//!   is held by a request that needs a worker) it replies anyway and the
-//!   notifications land moments later; that is the one window in which a
-//!   device-view name or attribute lags the host view.
-//! - Only what the kernel can hold is notified: inodes with device-view lookup
-//!   references ([`Inode::in_device_view`]) and entries in such directories.
-//!   A change nothing in the device view refers to costs nothing.
+//! Three kinds, three ways, each chosen by what the kernel locks for it:
+//! - *Attributes* (and ACLs) of an inode: written by the worker that made the
+//!   change, before it replies. The kernel takes only spinlocks for them, so
+//!   this cannot wait on a FUSE request; it costs one `writev`.
+//! - *Entries* (a name in a directory): the kernel takes the directory's inode
+//!   lock, which a device-view lookup holds while it waits for a free worker.
+//!   A worker blocked here could deadlock the mount, so one thread of its own
+//!   ([`KernelNotifier`]) writes them; the worker waits for it up to [`WAIT`]
+//!   before it replies. Past WAIT (every worker is busy with such changes) it
+//!   replies anyway and the name lands moments later: the one window in which
+//!   a device-view name lags the host view (`notifications.late` counts them).
+//! - *Pages* a device-view `mmap` holds: the kernel takes page locks, which a
+//!   fault holds while it waits for a worker; the same thread drops them
+//!   without anyone waiting (a busy writer must not pay a thread hand-off per
+//!   write), coalesced per inode. A device-view mapping sees a host write
+//!   moments after the write returns.
+//!
+//! Only what the kernel can hold is notified: inodes with device-view lookup
+//! references ([`Inode::in_device_view`]) and entries in such directories. A
+//! change nothing in the device view refers to costs nothing.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use tracing::debug;
 
 use crate::inode::{Inode, View, encode};
 
-/// How long a worker waits for its notifications before it replies anyway.
+/// How long a worker waits for its entry notifications before it replies anyway.
 pub const WAIT: Duration = Duration::from_millis(20);
 
 /// One thing the kernel may cache that a change made stale. Inode numbers are
@@ -45,7 +50,7 @@ pub const WAIT: Duration = Duration::from_millis(20);
 pub enum StaleItem {
     /// The entry `name` in directory `parent`.
     Entry { parent: u64, name: OsString },
-    /// An inode's attributes, ACLs and cached pages.
+    /// An inode's attributes, ACLs and mapped pages.
     Inode(u64),
 }
 
@@ -96,25 +101,38 @@ impl Stale {
 }
 
 /// Where notifications are written: the FUSE connection, or a test's stand-in.
-pub trait NotifySink: Send + 'static {
+pub trait NotifySink: Send + Sync + 'static {
+    /// Drops the entry `name` of directory `parent`.
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
-    fn inval_inode(&self, ino: u64) -> io::Result<()>;
+    /// Drops the attributes and ACLs of `ino` (never waits on a FUSE request).
+    fn inval_attrs(&self, ino: u64) -> io::Result<()>;
+    /// Drops every cached page of `ino`.
+    fn inval_pages(&self, ino: u64) -> io::Result<()>;
 }
 
 impl NotifySink for fuser::Notifier {
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         fuser::Notifier::inval_entry(self, fuser::INodeNo(parent), name)
     }
-    fn inval_inode(&self, ino: u64) -> io::Result<()> {
-        // Offset 0, length 0: attributes, ACLs and every cached page (a
-        // device-view mmap keeps pages of its own).
+    fn inval_attrs(&self, ino: u64) -> io::Result<()> {
+        // A negative offset: attributes only, no page is touched.
+        fuser::Notifier::inval_inode(self, fuser::INodeNo(ino), -1, 0)
+    }
+    fn inval_pages(&self, ino: u64) -> io::Result<()> {
+        // Offset 0, length 0: every page (and the attributes once more).
         fuser::Notifier::inval_inode(self, fuser::INodeNo(ino), 0, 0)
     }
 }
 
-struct Batch {
-    items: Vec<StaleItem>,
-    done: mpsc::SyncSender<()>,
+/// Work for the notification thread.
+enum Job {
+    /// Entries to drop; `done` hears when they are written.
+    Entries {
+        entries: Vec<(u64, OsString)>,
+        done: mpsc::SyncSender<()>,
+    },
+    /// Pages of these inodes to drop (nobody waits).
+    Pages(Vec<u64>),
 }
 
 /// Counters of the notifier (for stats).
@@ -122,17 +140,25 @@ struct Batch {
 pub struct NotifyCounters {
     /// Notifications written.
     pub sent: AtomicU64,
-    /// Changes that replied before their notifications were written.
+    /// Changes that replied before their entry notifications were written.
     pub late: AtomicU64,
 }
 
-/// The notification thread and the queue to it. Unconnected (before the
-/// mount is live, and in tests of the core), [`KernelNotifier::send`] does
-/// nothing.
+struct Connected {
+    sink: Arc<dyn NotifySink>,
+    queue: Mutex<mpsc::Sender<Job>>,
+}
+
+/// The connection to the kernel and the notification thread. Unconnected
+/// (before the mount is live, and in tests of the core), [`KernelNotifier::send`]
+/// does nothing.
 #[derive(Default)]
 pub struct KernelNotifier {
-    queue: OnceLock<Mutex<mpsc::Sender<Batch>>>,
-    counters: std::sync::Arc<NotifyCounters>,
+    conn: OnceLock<Connected>,
+    counters: Arc<NotifyCounters>,
+    /// Inodes whose page drop is queued and not yet started: a later change
+    /// rides on it.
+    pages_pending: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl KernelNotifier {
@@ -143,58 +169,91 @@ impl KernelNotifier {
 
     /// Starts the notification thread writing to `sink`. Once only.
     pub fn connect(&self, sink: impl NotifySink) -> io::Result<()> {
-        let (tx, rx) = mpsc::channel::<Batch>();
-        let counters = self.counters.clone();
+        let sink: Arc<dyn NotifySink> = Arc::new(sink);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (thread_sink, counters) = (sink.clone(), self.counters.clone());
+        let pending = self.pages_pending.clone();
         std::thread::Builder::new()
             .name("kernel-notify".into())
             .spawn(move || {
+                let note = |what: &dyn std::fmt::Debug, r: io::Result<()>| match r {
+                    Ok(()) => {
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The connection is going away: nothing is cached any more.
+                    Err(e) => debug!(?what, "notification not written: {e}"),
+                };
                 // Ends when the filesystem (the only sender) is dropped.
-                for batch in rx {
-                    for item in &batch.items {
-                        let r = match item {
-                            StaleItem::Entry { parent, name } => sink.inval_entry(*parent, name),
-                            StaleItem::Inode(ino) => sink.inval_inode(*ino),
-                        };
-                        match r {
-                            Ok(()) => {
-                                counters.sent.fetch_add(1, Ordering::Relaxed);
+                for job in rx {
+                    match job {
+                        Job::Entries { entries, done } => {
+                            for (parent, name) in &entries {
+                                note(&(parent, name), thread_sink.inval_entry(*parent, name));
                             }
-                            // The connection is going away: nothing is cached any more.
-                            Err(e) => debug!(?item, "notification not written: {e}"),
+                            let _ = done.try_send(());
+                        }
+                        Job::Pages(inos) => {
+                            for ino in inos {
+                                // Unmarked first: a change made from here on queues anew.
+                                pending.lock().unwrap().remove(&ino);
+                                note(&ino, thread_sink.inval_pages(ino));
+                            }
                         }
                     }
-                    let _ = batch.done.try_send(());
                 }
             })?;
-        self.queue
-            .set(Mutex::new(tx))
+        self.conn
+            .set(Connected {
+                sink,
+                queue: Mutex::new(tx),
+            })
             .map_err(|_| io::Error::other("kernel notifier already connected"))
     }
 
-    /// Whether the notification thread runs.
+    /// Whether notifications are written.
     pub fn is_connected(&self) -> bool {
-        self.queue.get().is_some()
+        self.conn.get().is_some()
     }
 
-    /// Has `stale` written to the kernel, waiting up to [`WAIT`] for it.
+    /// Tells the kernel what `stale` lists: attributes at once, entries before
+    /// returning (up to [`WAIT`]), pages soon after.
     pub fn send(&self, stale: Stale) {
-        if stale.is_empty() {
-            return;
-        }
-        let Some(queue) = self.queue.get() else {
+        let Some(conn) = self.conn.get() else {
             return;
         };
+        let mut entries = Vec::new();
+        let mut pages = Vec::new();
+        for item in stale.items {
+            match item {
+                StaleItem::Inode(ino) => {
+                    match conn.sink.inval_attrs(ino) {
+                        Ok(()) => {
+                            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => debug!(ino, "attribute notification not written: {e}"),
+                    }
+                    if self.pages_pending.lock().unwrap().insert(ino) {
+                        pages.push(ino);
+                    }
+                }
+                StaleItem::Entry { parent, name } => entries.push((parent, name)),
+            }
+        }
+        let queue = conn.queue.lock().unwrap();
+        if !pages.is_empty() {
+            let _ = queue.send(Job::Pages(pages));
+        }
+        if entries.is_empty() {
+            return;
+        }
         let (done, written) = mpsc::sync_channel(1);
-        let batch = Batch {
-            items: stale.items,
-            done,
-        };
-        if queue.lock().unwrap().send(batch).is_err() {
+        if queue.send(Job::Entries { entries, done }).is_err() {
             return;
         }
+        drop(queue);
         if written.recv_timeout(WAIT).is_err() {
             self.counters.late.fetch_add(1, Ordering::Relaxed);
-            debug!("device-view notifications still queued after {WAIT:?}; replying anyway");
+            debug!("device-view entry notifications still queued after {WAIT:?}; replying anyway");
         }
     }
 
@@ -209,13 +268,14 @@ mod tests {
     use super::*;
     use crate::inode::{InodeKey, InodeTable, ROOT_ID};
     use std::fs::File;
-    use std::sync::{Arc, Condvar};
+    use std::sync::Condvar;
     use std::time::Instant;
 
-    /// Records what it is told; blocks while `gate` is closed.
+    /// Records what it is told, as text; entry and page notifications block while the
+    /// gate is closed (as the kernel's directory and page locks can), attributes never.
     #[derive(Clone, Default)]
     struct Recorder {
-        seen: Arc<Mutex<Vec<StaleItem>>>,
+        seen: Arc<Mutex<Vec<String>>>,
         gate: Arc<(Mutex<bool>, Condvar)>,
     }
 
@@ -232,20 +292,30 @@ mod tests {
             *lock.lock().unwrap() = closed;
             cv.notify_all();
         }
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+        fn count(&self, what: &str) -> usize {
+            self.seen().iter().filter(|s| *s == what).count()
+        }
+        fn push(&self, what: String) {
+            self.seen.lock().unwrap().push(what);
+        }
     }
 
     impl NotifySink for Recorder {
         fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
             self.wait_gate();
-            self.seen.lock().unwrap().push(StaleItem::Entry {
-                parent,
-                name: name.to_owned(),
-            });
+            self.push(format!("entry {parent} {}", name.to_string_lossy()));
             Ok(())
         }
-        fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        fn inval_attrs(&self, ino: u64) -> io::Result<()> {
+            self.push(format!("attrs {ino}"));
+            Ok(())
+        }
+        fn inval_pages(&self, ino: u64) -> io::Result<()> {
             self.wait_gate();
-            self.seen.lock().unwrap().push(StaleItem::Inode(ino));
+            self.push(format!("pages {ino}"));
             Ok(())
         }
     }
@@ -256,6 +326,22 @@ mod tests {
 
     fn fd() -> std::os::fd::OwnedFd {
         File::open("/").unwrap().into()
+    }
+
+    /// Polls `cond` until it holds, failing the test after 10 s.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn entry_in_root(name: &str) -> Stale {
+        let t = table();
+        let mut s = Stale::new();
+        s.entry(&t.get(ROOT_ID).unwrap(), OsStr::new(name));
+        s
     }
 
     #[test]
@@ -293,50 +379,72 @@ mod tests {
     }
 
     #[test]
-    fn send_returns_once_written_in_order() {
-        let t = table();
-        let root = t.get(ROOT_ID).unwrap();
+    fn attributes_and_entries_are_written_before_send_returns() {
         let rec = Recorder::default();
         let n = KernelNotifier::new();
         n.connect(rec.clone()).unwrap();
-        let mut s = Stale::new();
-        s.entry(&root, OsStr::new("x"));
-        n.send(s);
-        // No polling: send waited for the thread to write both.
-        assert_eq!(rec.seen.lock().unwrap().len(), 2);
-        assert_eq!(n.counters().sent.load(Ordering::Relaxed), 2);
+        n.send(entry_in_root("x"));
+        // No polling: send waited for both.
+        let seen = rec.seen();
+        assert!(seen.contains(&"attrs 2".to_string()), "{seen:?}");
+        assert!(seen.contains(&"entry 2 x".to_string()), "{seen:?}");
+        eventually("the root's pages dropped", || rec.count("pages 2") == 1);
+        assert_eq!(n.counters().sent.load(Ordering::Relaxed), 3);
         assert_eq!(n.counters().late.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn a_blocked_notification_does_not_hold_the_worker() {
-        let t = table();
-        let root = t.get(ROOT_ID).unwrap();
+    fn a_blocked_entry_notification_does_not_hold_the_worker() {
         let rec = Recorder::default();
         rec.set_closed(true);
         let n = KernelNotifier::new();
         n.connect(rec.clone()).unwrap();
-        let mut s = Stale::new();
-        s.inode(&root);
         let start = Instant::now();
-        n.send(s);
-        assert!(start.elapsed() >= WAIT, "waited for the write first");
-        assert!(rec.seen.lock().unwrap().is_empty());
+        n.send(entry_in_root("y"));
+        assert!(start.elapsed() >= WAIT, "waited for the entry first");
+        assert_eq!(rec.seen(), ["attrs 2"], "attributes never wait");
         assert_eq!(n.counters().late.load(Ordering::Relaxed), 1);
-        // Once the lock is free the notification still lands.
+        // Once the lock is free the entry still lands.
         rec.set_closed(false);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rec.seen.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "notification never written");
-            std::thread::sleep(Duration::from_millis(1));
+        eventually("the entry written", || rec.count("entry 2 y") == 1);
+    }
+
+    #[test]
+    fn page_drops_coalesce_while_one_is_queued() {
+        let t = table();
+        let file = t.lookup_ref(
+            InodeKey { dev: 1, ino: 12 },
+            libc::S_IFREG,
+            fd(),
+            View::Device,
+        );
+        let ino = encode(file.id, View::Device);
+        let rec = Recorder::default();
+        rec.set_closed(true);
+        let n = KernelNotifier::new();
+        n.connect(rec.clone()).unwrap();
+        for _ in 0..100 {
+            let mut s = Stale::new();
+            s.inode(&file);
+            n.send(s); // never waits: nobody waits for pages
         }
+        assert_eq!(
+            rec.count(&format!("attrs {ino}")),
+            100,
+            "attributes every time"
+        );
+        rec.set_closed(false);
+        // The queue is first in, first out: once this entry is written, so are the pages.
+        n.send(entry_in_root("z"));
+        let pages = rec.count(&format!("pages {ino}"));
+        assert!(
+            (1..=2).contains(&pages),
+            "100 changes, {pages} page drops: one in flight, at most one more queued"
+        );
     }
 
     #[test]
     fn unconnected_send_is_a_no_op() {
-        let t = table();
-        let mut s = Stale::new();
-        s.inode(&t.get(ROOT_ID).unwrap());
-        KernelNotifier::new().send(s);
+        KernelNotifier::new().send(entry_in_root("w"));
     }
 }
