@@ -12,6 +12,9 @@
 //!   raced with the change is discarded by the tier's invalidation sequence);
 //! - a file whose backing fingerprint changed behind the mount's back has its
 //!   device pages and kernel-cached data dropped at the next open.
+//! - every change made through the host view tells the kernel what it made
+//!   stale in its cache of the device view (entries, attributes, mapped
+//!   pages) as `notify.rs` describes: attributes and entries before the reply.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -688,12 +691,14 @@ impl Pagetier {
 
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, _) = self.dir_for_create(parent, name)?;
+        let victim = self.child_id(&dir, name);
         {
             let _as = become_caller(caller);
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
         }
         self.device_view_stale(|s| {
             s.entry(&dir, name);
+            self.stale_child(s, victim);
         });
         Ok(())
     }

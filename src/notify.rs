@@ -146,7 +146,7 @@ pub struct NotifyCounters {
 
 struct Connected {
     sink: Arc<dyn NotifySink>,
-    queue: Mutex<mpsc::Sender<Job>>,
+    queue: mpsc::Sender<Job>,
 }
 
 /// The connection to the kernel and the notification thread. Unconnected
@@ -203,10 +203,7 @@ impl KernelNotifier {
                 }
             })?;
         self.conn
-            .set(Connected {
-                sink,
-                queue: Mutex::new(tx),
-            })
+            .set(Connected { sink, queue: tx })
             .map_err(|_| io::Error::other("kernel notifier already connected"))
     }
 
@@ -239,18 +236,16 @@ impl KernelNotifier {
                 StaleItem::Entry { parent, name } => entries.push((parent, name)),
             }
         }
-        let queue = conn.queue.lock().unwrap();
         if !pages.is_empty() {
-            let _ = queue.send(Job::Pages(pages));
+            let _ = conn.queue.send(Job::Pages(pages));
         }
         if entries.is_empty() {
             return;
         }
         let (done, written) = mpsc::sync_channel(1);
-        if queue.send(Job::Entries { entries, done }).is_err() {
+        if conn.queue.send(Job::Entries { entries, done }).is_err() {
             return;
         }
-        drop(queue);
         if written.recv_timeout(WAIT).is_err() {
             self.counters.late.fetch_add(1, Ordering::Relaxed);
             debug!("device-view entry notifications still queued after {WAIT:?}; replying anyway");
