@@ -193,26 +193,40 @@ fn device_view_metadata_is_answered_from_the_kernel_cache() {
         f.metadata().unwrap();
         drop(f);
     }
-    let (_, body) = http_get(port, "/metrics");
-    let count = |op: &str| {
-        sample(
-            &body,
-            &format!("pagetier_request_duration_seconds_count{{op=\"{op}\",view=\"device\"}}"),
-        )
-        .unwrap_or(0.0)
+    // A request is counted just after its reply: wait for the last open to show.
+    let count = |op: &str, view: &str| {
+        let (_, body) = http_get(port, "/metrics");
+        let series =
+            format!("pagetier_request_duration_seconds_count{{op=\"{op}\",view=\"{view}\"}}");
+        sample(&body, &series).unwrap_or(0.0)
     };
-    assert_eq!(count("open"), 100.0, "every open reaches the daemon");
+    assert!(
+        wait_until(DEADLINE, || count("open", "device") >= 100.0),
+        "every open reaches the daemon"
+    );
     // 100 path walks, stats and fstats: a few requests unless the kernel cached nothing
     // (a second-long stall of this machine may expire an entry once or twice).
-    let asked = count("lookup") + count("getattr");
+    let asked = count("lookup", "device") + count("getattr", "device");
     assert!(
         asked < 50.0,
         "{asked} device-view lookups and getattrs for 100 opens"
     );
     assert_eq!(
-        count("flush"),
+        count("flush", "device"),
         0.0,
         "a device-view close has nothing to flush"
+    );
+    // Nor has a read-only host-view close; a writable one is flushed.
+    let host = m.host("train/shard");
+    for _ in 0..10 {
+        drop(File::open(&host).unwrap());
+    }
+    drop(OpenOptions::new().write(true).open(&host).unwrap());
+    assert!(wait_until(DEADLINE, || count("flush", "host") >= 1.0));
+    assert_eq!(
+        count("flush", "host"),
+        1.0,
+        "FLUSHes for 10 read-only and 1 writable host closes"
     );
 }
 

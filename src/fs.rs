@@ -73,8 +73,8 @@ pub struct OpenOut {
     pub direct_io: bool,
     /// The backing file is unchanged since the kernel cached it: keep it.
     pub keep_cache: bool,
-    /// A read-only open (device view, stats): its close has nothing to flush,
-    /// so the kernel need not send FLUSH.
+    /// A read-only open (device view, stats, read-only host opens): its close
+    /// has nothing to flush, so the kernel need not send FLUSH.
     pub no_flush: bool,
 }
 
@@ -827,7 +827,9 @@ impl Pagetier {
                     OpenOut {
                         direct_io: false,
                         keep_cache: keep,
-                        no_flush: false,
+                        // A read-only descriptor cannot dirty a page, even through
+                        // mmap: its close has nothing to flush.
+                        no_flush: !wants_write,
                     },
                 ))
             }
