@@ -129,7 +129,8 @@ pub struct MountArgs {
     pub storage: PathBuf,
     /// Where to mount it.
     pub mountpoint: PathBuf,
-    /// FUSE worker threads (default: CPUs, at least 2).
+    /// FUSE worker threads (default: CPUs, at least 2; with 1, host-view renames and
+    /// unlinks can wait 20 ms for device-view lookups in the same directory).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
     /// Let other users use the mount.
