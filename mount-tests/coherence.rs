@@ -37,6 +37,16 @@ fn gone(r: io::Result<fs::Metadata>) -> bool {
     matches!(r, Err(e) if e.kind() == io::ErrorKind::NotFound)
 }
 
+/// The stats count the notifications the test's changes made.
+fn assert_notifications_counted(m: &Mounted) {
+    let s = m.stats();
+    assert!(
+        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
+        "no device-view notification was counted: {}",
+        s["notifications"]
+    );
+}
+
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
         .unwrap()
@@ -171,12 +181,7 @@ fn host_changes_show_at_once_in_the_device_view() {
         );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    let s = m.stats();
-    assert!(
-        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
-        "no device-view notification was counted: {}",
-        s["notifications"]
-    );
+    assert_notifications_counted(&m);
 }
 
 #[test]
@@ -298,12 +303,7 @@ fn host_changes_under_busy_device_lookups_never_hang() {
     );
     let last = format!("g{}", ROUNDS_UNDER_LOOKUPS - 1);
     assert_eq!(names(&dev_dir), BTreeSet::from([last]));
-    let s = m.stats();
-    assert!(
-        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
-        "{}",
-        s["notifications"]
-    );
+    assert_notifications_counted(&m);
 }
 
 #[test]

@@ -2186,11 +2186,11 @@ fn fio_second_pass_adds_no_misses() {
     );
 }
 
-/// A device-view listing must not leave entries the kernel keeps (whether it
-/// lists with readdir or readdirplus): a host-view unlink right after is seen
-/// by the next device lookup.
+/// A device-view listing leaves entries the kernel keeps (readdirplus gives
+/// them a TTL), yet a host-view unlink right after is seen by the next device
+/// lookup: the unlink drops the cached entry before it returns.
 #[test]
-fn device_listing_caches_no_entries() {
+fn host_unlink_after_a_device_listing_is_seen_at_once() {
     let m = Mounted::with(&[], |s| {
         fs::write(s.join("gone.bin"), b"old bytes").unwrap();
         fs::write(s.join("kept.bin"), b"kept").unwrap();

@@ -277,11 +277,18 @@ struct Acct {
     refused: u64,
 }
 
-/// Who asks [`DeviceTier::serve`] for pages.
 /// Bytes of a resident folio, pinned for one reply (see [`DeviceTier::read_resident`]).
 pub struct ResidentBytes {
     folio: Arc<Folio>,
     range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for ResidentBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.folio.bytes()[self.range.clone()]
+    }
 }
 
 /// What a device read with readahead served (see [`DeviceTier::read_with_readahead`]).
@@ -306,14 +313,6 @@ impl Served {
     }
 }
 
-impl std::ops::Deref for ResidentBytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.folio.bytes()[self.range.clone()]
-    }
-}
-
 /// How a device read relates to the file's previous one (see [`DeviceTier::note_read`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Access {
@@ -335,6 +334,7 @@ impl Access {
     };
 }
 
+/// Who asks [`DeviceTier::serve`] for pages.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// A device read: subject to admission; refused pages are bypassed.
@@ -508,12 +508,12 @@ impl DeviceTier {
         out: &mut [u8],
         src: &dyn FillSource,
     ) -> io::Result<usize> {
-        self.read_with(file, file_size, offset, out, None, src, |st, end| {
+        self.read_with(file, file_size, offset, out, false, src, |st, end| {
             Self::note_read(st, offset, end)
         })
         .map(|served| match served {
             Served::Copied(n) => n,
-            Served::Resident(_) => unreachable!("nothing pinned without a slot"),
+            Served::Resident(_) => unreachable!("a read that may not pin never does"),
         })
     }
 
@@ -526,7 +526,7 @@ impl DeviceTier {
         file_size: u64,
         offset: u64,
         out: &mut [u8],
-        pin: Option<&mut Option<ResidentBytes>>,
+        pin: bool,
         src: &dyn FillSource,
         begin: impl FnOnce(&mut FileState, u64) -> Access,
     ) -> io::Result<Served> {
@@ -564,7 +564,6 @@ impl DeviceTier {
 
     /// The body of [`DeviceTier::read`] once sequential detection is done.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     fn read_sequential(
         &self,
         file: FileId,
@@ -572,19 +571,20 @@ impl DeviceTier {
         offset: u64,
         end: u64,
         out: &mut [u8],
-        mut pin: Option<&mut Option<ResidentBytes>>,
+        pin: bool,
         access: Access,
         src: &dyn FillSource,
     ) -> io::Result<Served> {
         let n = (end - offset) as usize;
         let mut acct = Acct::default();
+        let mut pinned = None;
         let r = self.serve(
             file,
             file_size,
             offset,
             end,
             Some(&mut out[..n]),
-            pin.as_deref_mut(),
+            pin.then_some(&mut pinned),
             access,
             Mode::Read,
             src,
@@ -597,7 +597,7 @@ impl DeviceTier {
         add(&self.stats.bypass_reads, acct.bypass);
         r.map(|()| {
             add(&self.stats.bytes_served, n as u64);
-            match pin.and_then(Option::take) {
+            match pinned {
                 Some(bytes) => Served::Resident(bytes),
                 None => Served::Copied(n),
             }
@@ -1162,16 +1162,9 @@ impl DeviceTier {
         out: &mut [u8],
         src: SharedSource,
     ) -> io::Result<Served> {
-        let mut pinned = None;
-        self.read_with(
-            file,
-            file_size,
-            offset,
-            out,
-            Some(&mut pinned),
-            &*src,
-            |st, end| self.begin_read(st, file, file_size, offset, end, &src),
-        )
+        self.read_with(file, file_size, offset, out, true, &*src, |st, end| {
+            self.begin_read(st, file, file_size, offset, end, &src)
+        })
     }
 
     /// [`DeviceTier::read_with_readahead`] without the copy, when it can be had: if the
