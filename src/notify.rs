@@ -144,6 +144,19 @@ pub struct NotifyCounters {
     pub late: AtomicU64,
 }
 
+impl NotifyCounters {
+    /// Counts a notification written; a failed one is only logged (the
+    /// connection is going away, so nothing is cached any more).
+    fn note(&self, what: &dyn std::fmt::Debug, r: io::Result<()>) {
+        match r {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => debug!(?what, "notification not written: {e}"),
+        }
+    }
+}
+
 struct Connected {
     sink: Arc<dyn NotifySink>,
     queue: mpsc::Sender<Job>,
@@ -176,13 +189,7 @@ impl KernelNotifier {
         std::thread::Builder::new()
             .name("kernel-notify".into())
             .spawn(move || {
-                let note = |what: &dyn std::fmt::Debug, r: io::Result<()>| match r {
-                    Ok(()) => {
-                        counters.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // The connection is going away: nothing is cached any more.
-                    Err(e) => debug!(?what, "notification not written: {e}"),
-                };
+                let note = |what: &dyn std::fmt::Debug, r| counters.note(what, r);
                 // Ends when the filesystem (the only sender) is dropped.
                 for job in rx {
                     match job {
@@ -223,12 +230,7 @@ impl KernelNotifier {
         for item in stale.items {
             match item {
                 StaleItem::Inode(ino) => {
-                    match conn.sink.inval_attrs(ino) {
-                        Ok(()) => {
-                            self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => debug!(ino, "attribute notification not written: {e}"),
-                    }
+                    self.counters.note(&ino, conn.sink.inval_attrs(ino));
                     if self.pages_pending.lock().unwrap().insert(ino) {
                         pages.push(ino);
                     }
