@@ -9,6 +9,7 @@ pub mod errno;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
+pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod run;
