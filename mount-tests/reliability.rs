@@ -1168,7 +1168,8 @@ fn no_fd_inode_or_handle_leak_after_many_cycles() {
 
 mod parsers {
     use pagetier::cli::{MountArgs, settings};
-    use pagetier::tier::{ByteRange, ByteSize, parse_capacity, parse_size};
+    use pagetier::range::ByteRange;
+    use pagetier::size::{ByteSize, parse_capacity, parse_size};
     use proptest::prelude::*;
 
     fn args(o: &str) -> MountArgs {

@@ -336,7 +336,7 @@ fn check_readahead(v: &str) -> Result<u64, String> {
     if v.trim().eq_ignore_ascii_case("off") {
         return Ok(0);
     }
-    let n = crate::tier::parse_size(v).map_err(|e| format!("readahead: {e}"))?;
+    let n = crate::size::parse_size(v).map_err(|e| format!("readahead: {e}"))?;
     if n > READAHEAD_LIMIT {
         return Err(format!(
             "readahead {v:?}: at most {} MiB",
@@ -398,7 +398,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             ("ro", None) | ("read_only", None) => s.read_only = true,
             ("log_level", Some(v)) => s.log_level = Some(check_level(v)?),
             ("device_capacity", Some(v)) => {
-                s.device_capacity = crate::tier::parse_capacity(v)
+                s.device_capacity = crate::size::parse_capacity(v)
                     .map_err(|e| format!("-o device_capacity: {e}"))?
             }
             ("huge_pages", Some(v)) => s.huge_pages = parse_bool_value(key, v)?,
@@ -433,7 +433,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
     }
     if let Some(c) = &args.device_capacity {
         s.device_capacity =
-            crate::tier::parse_capacity(c).map_err(|e| format!("--device-capacity: {e}"))?;
+            crate::size::parse_capacity(c).map_err(|e| format!("--device-capacity: {e}"))?;
     }
     if let Some(h) = args.huge_pages {
         s.huge_pages = h == OnOff::On;

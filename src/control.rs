@@ -46,8 +46,8 @@ pub fn parse_name(name: &OsStr) -> Option<ControlXattr> {
 
 /// Parses a prefetch range value: `A-B` (inclusive), `A-` (to EOF).
 /// Returns `(start, Some(last))` or `(start, None)`.
-pub fn parse_range(text: &str) -> Result<(u64, Option<u64>), crate::tier::RangeError> {
-    let r = crate::tier::ByteRange::parse(text)?;
+pub fn parse_range(text: &str) -> Result<(u64, Option<u64>), crate::range::RangeError> {
+    let r = crate::range::ByteRange::parse(text)?;
     Ok((r.start, r.end_inclusive))
 }
 

@@ -539,7 +539,7 @@ pub fn simulate(a: SimulateArgs) -> Result<()> {
         cfg.capacities = a
             .capacities
             .iter()
-            .map(|c| crate::tier::parse_size(c).map_err(|e| anyhow!("--capacity {c:?}: {e}")))
+            .map(|c| crate::size::parse_size(c).map_err(|e| anyhow!("--capacity {c:?}: {e}")))
             .collect::<Result<_>>()?;
     }
     cfg.page_size = page_size;

@@ -23,7 +23,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::tier::folio::{Folio, FolioLoc};
 use crate::tier::sync::{Arc, Mutex, lock};
-use crate::tier::{HUGE_PAGE_SIZE, PAGE_SIZE, SLOTS_PER_CHUNK, TierError};
+use crate::tier::types::{HUGE_PAGE_SIZE, PAGE_SIZE, SLOTS_PER_CHUNK, TierError};
 
 /// Chunk number inside the arena.
 pub type ChunkIndex = u32;

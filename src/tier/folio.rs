@@ -11,16 +11,12 @@
 //!   folio lives in an `Arc` and is never written again; a reader holding an `Arc` clone
 //!   (a *pin*) keeps the memory from being freed or reused until the clone is dropped.
 
-use std::sync::atomic::AtomicU64 as StdAtomicU64;
-
 use crate::tier::arena::{Arena, ChunkIndex, SlotIndex};
-use crate::tier::sync::{Arc, Ordering};
-use crate::tier::{HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::tier::sync::{Arc, IdCounter, Ordering};
+use crate::tier::types::FolioId;
+use crate::tier::types::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
-/// Unique id of a folio (never reused in a process); also names an in-flight fill.
-pub type FolioId = u64;
-
-static NEXT_FOLIO_ID: StdAtomicU64 = StdAtomicU64::new(1);
+static NEXT_FOLIO_ID: IdCounter = IdCounter::new(1);
 
 /// Where a folio lives: a whole chunk (`slot == None`) or one base slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

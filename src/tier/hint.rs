@@ -6,7 +6,7 @@
 //! - [`Hint::Random`]: no readahead and no huge faults (each read faults the 4 KiB pages it
 //!   touches);
 //! - [`Hint::Epoch`]: the file is read once per epoch in a shuffled order; the eviction
-//!   policy keeps whatever of it is resident instead of churning (see `evict.rs`);
+//!   policy keeps whatever of it is resident instead of churning (see `policy/mod.rs`);
 //! - [`Hint::Pin`]: the file's pages stay resident until the hint is changed, within
 //!   `TierOptions::pin_share` of the tier; pages beyond that share are evictable as usual.
 

@@ -23,10 +23,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::tier::arena::ChunkIndex;
-use crate::tier::evict::FolioKey;
-use crate::tier::folio::{Folio, FolioId};
+use crate::tier::folio::Folio;
+use crate::tier::hint::Hint;
+use crate::tier::policy::FolioKey;
 use crate::tier::sync::Arc;
-use crate::tier::{Hint, InvalidationSeq, SLOTS_PER_CHUNK};
+use crate::tier::types::{FolioId, InvalidationSeq, SLOTS_PER_CHUNK};
 
 pub enum Entry {
     Ready(Arc<Folio>),

@@ -1,56 +1,26 @@
-//! Readahead into the tier: a small pool of threads that fault extents of a file ahead of a
-//! sequential device-view reader.
+//! The readahead pool: a few threads that run queued jobs, knowing nothing of the tier.
 //!
-//! The reader's thread decides (under its file's shard lock, in
-//! `DeviceTier::read_with_readahead`) and enqueues [`Job`]s of at most one extent each; the
-//! workers run them through the same fault path as `prefetch` — so a readahead fill reserves
-//! `Filling` entries, reads storage without locks and installs only if the file's
-//! invalidation sequence is unchanged — and a reader that reaches a page still being filled
-//! waits for that fill instead of issuing its own. A job also carries the sequence seen when
-//! it was queued and is dropped unstarted if the file was invalidated since.
+//! A [`Job`] is the file it is for and a closure that does the work (`window.rs` builds
+//! them: each faults at most one extent through the tier's fault path, holding the tier
+//! only weakly until it runs). The pool bounds the queue at [`RA_QUEUE_JOBS`] (a job that
+//! does not fit is dropped, and the caller is told how many were queued), runs at most
+//! [`RA_THREADS`] jobs at a time on threads started on first use and stopped (joined) when
+//! the pool is dropped, and can cancel a file's queued jobs and wait for its running ones.
+//! Threads come from `sync.rs`, so they are shuttle's under the `shuttle` feature.
 //!
-//! Window: the first sequential read (at offset 0, or continuing the previous read) opens a
-//! window of [`RA_INITIAL_WINDOW`] past the read's end; every time the reader comes within
-//! half a window of the frontier, the next window is issued and the window doubles, up to
-//! [`RA_MAX_WINDOW`] (`sequential` hint: starts at the maximum). A read that does not continue
-//! the previous one closes the window; the `random` hint disables readahead.
-//!
-//! Bounds: at most [`RA_QUEUE_JOBS`] queued jobs (a job that does not fit is not issued, and
-//! the frontier does not advance past it); [`RA_THREADS`] workers, started on first use and
-//! stopped (joined) when the tier is dropped. Readahead is speculative: when the tier is full
-//! it is subject to the policy's admission, and a refused page ends the job (never a bypass).
-//!
-//! Lock order: `shard.files` → `queue` (a leaf). Workers take `queue` alone.
+//! Lock order: `queue` is a leaf; it may be taken under a shard lock (submitting), never the
+//! other way round. Workers take `queue` alone and run jobs without it.
 
 use std::collections::VecDeque;
-use std::thread::JoinHandle;
 
-use crate::tier::sync::{Arc, Condvar, Mutex, Weak, lock, wait};
-use crate::tier::{DeviceTier, FileId, FillSource, HUGE_PAGE_SIZE, InvalidationSeq};
+use crate::tier::sync::{Arc, Condvar, Mutex, lock, thread, wait};
+use crate::tier::types::{FileId, RA_QUEUE_JOBS, RA_THREADS};
 
-/// First readahead window.
-pub const RA_INITIAL_WINDOW: u64 = 4 << 20;
-/// Largest readahead window.
-pub const RA_MAX_WINDOW: u64 = 32 << 20;
-/// Bound of the job queue (jobs are at most one 2 MiB extent).
-pub const RA_QUEUE_JOBS: usize = 32;
-/// Worker threads: each keeps one 2 MiB O_DIRECT read in flight. Measured on a cold 4 GiB
-/// sequential read (`scripts/bench-cold`): 2 workers read 1341–2231 MB/s, 4 workers
-/// 2385–2454 MB/s, O_DIRECT at one read in flight 2210–2446 MB/s, in alternation.
-pub const RA_THREADS: usize = 4;
-
-/// An owned storage reader that worker threads can use after the read returned.
-pub type SharedSource = Arc<dyn FillSource + Send + Sync>;
-
-/// Fault `[offset, offset + len)` of `file` (size `file_size` when queued).
+/// One unit of readahead work for `file`.
 pub struct Job {
-    pub tier: Weak<DeviceTier>,
     pub file: FileId,
-    pub file_size: u64,
-    pub offset: u64,
-    pub len: u64,
-    pub seq: InvalidationSeq,
-    pub src: SharedSource,
+    /// The work; dropping it releases everything the job holds (the file's storage).
+    pub run: Box<dyn FnOnce() + Send>,
 }
 
 #[derive(Default)]
@@ -68,62 +38,44 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when a job is queued or on shutdown.
     work: Condvar,
-    /// Signalled when the pool becomes idle.
+    /// Signalled when a job finishes.
     idle: Condvar,
 }
 
-/// The readahead pool of one tier.
+/// A readahead pool.
 #[derive(Default)]
 pub struct Readahead {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl Readahead {
-    /// Splits `[offset, offset + len)` into extent-sized jobs and queues as many as fit;
-    /// returns the end of the last queued job (`offset` if none fit). Starts the workers on
-    /// first use.
-    #[allow(clippy::too_many_arguments)]
-    pub fn submit(
-        &self,
-        tier: &Arc<DeviceTier>,
-        file: FileId,
-        file_size: u64,
-        offset: u64,
-        len: u64,
-        seq: InvalidationSeq,
-        src: &SharedSource,
-    ) -> u64 {
-        let end = offset.saturating_add(len).min(file_size);
-        let mut pos = offset;
+    /// Queues `jobs` in order while the queue has room and drops the rest; returns how many
+    /// were queued. Starts the workers on first use.
+    pub fn submit(&self, jobs: Vec<Job>) -> usize {
+        let mut queued = 0;
         {
             let mut q = lock(&self.shared.queue);
-            while pos < end && q.jobs.len() < RA_QUEUE_JOBS {
-                let piece_end = end.min((pos / HUGE_PAGE_SIZE + 1) * HUGE_PAGE_SIZE);
-                q.jobs.push_back(Job {
-                    tier: Arc::downgrade(tier),
-                    file,
-                    file_size,
-                    offset: pos,
-                    len: piece_end - pos,
-                    seq,
-                    src: src.clone(),
-                });
-                pos = piece_end;
+            for job in jobs {
+                if q.jobs.len() >= RA_QUEUE_JOBS {
+                    break;
+                }
+                q.jobs.push_back(job);
+                queued += 1;
             }
         }
-        if pos > offset {
+        if queued > 0 {
             self.shared.work.notify_all();
             self.start();
         }
-        pos
+        queued
     }
 
     fn start(&self) {
         let mut threads = lock(&self.threads);
         while threads.len() < RA_THREADS {
             let shared = self.shared.clone();
-            let spawned = std::thread::Builder::new()
+            let spawned = thread::Builder::new()
                 .name("pagetier-ra".into())
                 .spawn(move || worker(&shared));
             match spawned {
@@ -163,9 +115,9 @@ impl Drop for Readahead {
     fn drop(&mut self) {
         lock(&self.shared.queue).shutdown = true;
         self.shared.work.notify_all();
-        let me = std::thread::current().id();
+        let me = thread::current().id();
         for h in std::mem::take(&mut *lock(&self.threads)) {
-            // The last tier reference may be dropped by a worker finishing a job: that
+            // The last owner of the pool may be dropped by a worker finishing a job: that
             // worker exits on its own, it cannot join itself.
             if h.thread().id() != me {
                 let _ = h.join();
@@ -190,13 +142,10 @@ fn worker(shared: &Shared) {
                 q = wait(&shared.work, q);
             }
         };
-        if let Some(tier) = job.tier.upgrade() {
-            tier.run_readahead(&job);
-        }
         let file = job.file;
-        // The job's source (an open backing file) is closed before the job
-        // counts as finished, so a cancelled file is really let go.
-        drop(job);
+        // Running the job consumes it: what it holds (an open backing file) is closed
+        // before the job counts as finished, so a cancelled file is really let go.
+        (job.run)();
         let mut q = lock(&shared.queue);
         q.running -= 1;
         if let Some(i) = q.running_files.iter().position(|f| *f == file) {

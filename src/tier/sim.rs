@@ -16,7 +16,7 @@
 //! # Measured (the table behind the choice of the default policy)
 //! `cargo test --release --lib tier::sim::tests::print_standard_table -- --ignored --nocapture`
 //! prints the standard table (dataset 256 MiB of 4 KiB pages in 1 MiB files, 5 epochs / 4×
-//! dataset accesses); see `evict.rs` for the conclusions.
+//! dataset accesses); see `policy/mod.rs` for the conclusions.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -26,8 +26,9 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::tier::evict::{EvictionPolicy, FolioKey, POLICY_NAMES, policy_by_name};
-use crate::tier::{FileId, Hint, PAGE_SIZE};
+use crate::tier::hint::Hint;
+use crate::tier::policy::{EvictionPolicy, FolioKey, POLICY_NAMES, policy_by_name};
+use crate::tier::types::{FileId, PAGE_SIZE};
 
 /// Pages per synthetic file (1 MiB files of 4 KiB pages).
 const PAGES_PER_FILE: u64 = 256;
@@ -700,7 +701,7 @@ mod tests {
         };
         let mut cfg = SimConfig::synthetic(4 << 20, vec![4 << 20]);
         cfg.traces = vec![spec];
-        cfg.page_size = crate::tier::HUGE_PAGE_SIZE;
+        cfg.page_size = crate::tier::types::HUGE_PAGE_SIZE;
         let r = run_simulation(cfg);
         // 4 files of 1 MiB: one 2 MiB page each, 2 fit; the second epoch hits 2 of 4.
         assert_eq!(r.rows[0].accesses, 8);

@@ -10,8 +10,8 @@
 
 use serde::Serialize;
 
-use crate::tier::InvalidationCause;
 use crate::tier::sync::{AtomicU64, Ordering};
+use crate::tier::types::InvalidationCause;
 
 #[derive(Default)]
 pub struct Counters {

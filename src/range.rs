@@ -1,13 +1,13 @@
 //! Byte ranges for the `user.pagetier.prefetch` xattr: `A-B` (inclusive) and `A-` (to EOF).
 //!
-//! `A` and `B` are sizes in the [`crate::tier::size`] grammar (binary suffixes, so `0-1G`
+//! `A` and `B` are sizes in the [`crate::size`] grammar (binary suffixes, so `0-1G`
 //! is bytes 0 through 1073741824 inclusive, literally as written). Surrounding whitespace
 //! and trailing NUL bytes (as some xattr tools send) are ignored. Errors are a typed
 //! [`RangeError`]; the FUSE side maps every one of them to `EINVAL`.
 //!
 //! Invariant of a parsed [`ByteRange`]: `start <= end` whenever `end_inclusive` is `Some`.
 
-use crate::tier::size::{SizeError, parse_size};
+use crate::size::{SizeError, parse_size};
 
 /// An inclusive byte range; `end_inclusive == None` means "to the end of the file".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

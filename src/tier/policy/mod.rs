@@ -1,26 +1,8 @@
-//! Eviction policy: which resident folio to give up next, and whether a missed page is worth
-//! a victim at all.
+//! Eviction policies: which resident folio to give up next, and whether a missed page is
+//! worth a victim at all. The contract every policy keeps (and the tier's side of it) is
+//! stated in `contract.rs`; each policy has its own file; this file only re-exports them and
+//! names them ([`policy_by_name`]).
 //!
-//! The tier keeps the policy behind one mutex (a leaf lock, taken while at most one shard lock
-//! is held) and tells it about every folio that becomes resident or stops being resident, so
-//! the policy's set of keys equals the set of resident (installed) *evictable* folios —
-//! pinned folios (the `pin` hint) are kept out of it — except for one victim transiently
-//! popped by an evictor.
-//!
-//! Duties of an implementation: `insert`, `insert_speculative`, `touch`, `touch_again`,
-//! `remove`, `record_miss`, `admit` and `pop_victim` are O(1) or O(log n) (amortized);
-//! `remove` of a key it does not hold, or whose id differs from the stored one, does nothing
-//! (the key was re-used by a newer folio, or is pinned); `pop_victim` removes what it returns;
-//! results depend only on the sequence of calls (no clocks, no random seeds), so a trace
-//! replays identically. Duties of the tier: call `configure` once first; call `insert` once
-//! per installed evictable folio (`insert_speculative` for one installed by readahead, not yet
-//! read), `remove` when a folio leaves a page map for any reason other than `pop_victim`,
-//! re-`insert` a popped victim it decided not to evict (pinned by a reader); report each *use*
-//! of a folio once — `record_miss` when a read misses it, `touch` when a read finds it
-//! resident — where a sequential read continuing inside the folio its predecessor used is not
-//! a new use (`touch_again`: recency only); and ask `admit` before evicting anything for a
-//! missed folio (a refused page is served without being installed — a *bypass* — so a fault
-//! never fails for lack of space).
 //!
 //! # Policies ([`policy_by_name`], [`POLICY_NAMES`])
 //! - `tinylfu` — **the default**: W-TinyLFU (Einziger et al., ToS '17; Caffeine's design, see
@@ -73,14 +55,15 @@
 //! recency or frequency say — `lru` refuses the missed page (a bypass), `tinylfu` evicts the
 //! window leaver. `s3fifo` ignores hints.
 
-use std::collections::HashSet;
+mod contract;
+mod lru;
+mod s3fifo;
+mod tinylfu;
 
-use lru::LruCache;
-
-use crate::tier::folio::FolioId;
-use crate::tier::s3fifo::S3FifoPolicy;
-use crate::tier::tinylfu::TinyLfuPolicy;
-use crate::tier::{FileId, Hint};
+pub use self::contract::{EvictionPolicy, FolioKey};
+pub use self::lru::LruPolicy;
+pub use self::s3fifo::S3FifoPolicy;
+pub use self::tinylfu::{FrequencySketch, TINYLFU_MARGIN, TinyLfuPolicy};
 
 /// Names accepted by [`policy_by_name`]; the first is the default.
 pub const POLICY_NAMES: [&str; 3] = ["tinylfu", "lru", "s3fifo"];
@@ -103,201 +86,11 @@ pub fn policy_by_name(name: &str) -> Result<Box<dyn EvictionPolicy>, UnknownPoli
     }
 }
 
-/// Names a resident folio: the file and its page-map key (see [`FolioKey::huge`] / `base`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FolioKey {
-    pub file: FileId,
-    /// Base page index, or extent index with [`FolioKey::HUGE_BIT`] set.
-    pub index: u64,
-}
-
-impl FolioKey {
-    pub const HUGE_BIT: u64 = 1 << 63;
-
-    pub fn huge(file: FileId, extent: u64) -> FolioKey {
-        FolioKey {
-            file,
-            index: extent | Self::HUGE_BIT,
-        }
-    }
-
-    pub fn base(file: FileId, page: u64) -> FolioKey {
-        FolioKey { file, index: page }
-    }
-
-    pub fn is_huge(&self) -> bool {
-        self.index & Self::HUGE_BIT != 0
-    }
-
-    /// Extent index (huge) or page index (base).
-    pub fn position(&self) -> u64 {
-        self.index & !Self::HUGE_BIT
-    }
-}
-
-/// A replacement policy over resident folios. See the module docs for the contract.
-pub trait EvictionPolicy: Send {
-    /// Called once, before anything else, with the tier's capacity in base-page slots and
-    /// the weight of a huge folio in slots (1 when every key weighs the same).
-    fn configure(&mut self, _capacity: u64, _huge_weight: u64) {}
-    /// A folio became resident.
-    fn insert(&mut self, key: FolioKey, id: FolioId);
-    /// A folio became resident by readahead: nobody has read it yet.
-    fn insert_speculative(&mut self, key: FolioKey, id: FolioId) {
-        self.insert(key, id)
-    }
-    /// A resident folio was used (read by a read that entered it).
-    fn touch(&mut self, key: &FolioKey);
-    /// A resident folio was read again by the same use (a sequential read continuing inside
-    /// it) or prefetched: recency, not frequency.
-    fn touch_again(&mut self, key: &FolioKey) {
-        self.touch(key)
-    }
-    /// A folio stopped being resident (invalidated, split, collapsed).
-    fn remove(&mut self, key: &FolioKey, id: FolioId);
-    /// Chooses and removes the next victim.
-    fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)>;
-    /// A read missed `key` (not resident); called once per missed folio, before `admit`.
-    fn record_miss(&mut self, _key: &FolioKey) {}
-    /// The tier is full: should a victim be evicted so that the missed `candidate` can be
-    /// installed? `false` serves the read without installing the page.
-    fn admit(&mut self, _candidate: &FolioKey) -> bool {
-        true
-    }
-    /// The file's hint changed (`Hint::Normal` clears it).
-    fn set_hint(&mut self, _file: FileId, _hint: Hint) {}
-    /// The policy's name, as accepted by [`policy_by_name`].
-    fn name(&self) -> &'static str;
-    /// Number of tracked folios.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Estimated heap bytes used per tracked folio.
-    fn bytes_per_entry(&self) -> u64;
-}
-
-/// The files carrying [`Hint::Epoch`], and the admission rule they imply (module docs).
-#[derive(Debug, Default)]
-pub struct EpochFiles(HashSet<FileId>);
-
-impl EpochFiles {
-    pub fn set_hint(&mut self, file: FileId, hint: Hint) {
-        if hint == Hint::Epoch {
-            self.0.insert(file);
-        } else {
-            self.0.remove(&file);
-        }
-    }
-
-    /// True if `candidate` must not displace `victim`: both are pages of epoch files.
-    pub fn keeps(&self, candidate: &FolioKey, victim: &FolioKey) -> bool {
-        self.0.contains(&candidate.file) && self.0.contains(&victim.file)
-    }
-}
-
-/// Least-recently-used, on the `lru` crate.
-pub struct LruPolicy {
-    lru: LruCache<FolioKey, FolioId>,
-    epoch: EpochFiles,
-}
-
-impl LruPolicy {
-    pub fn new() -> LruPolicy {
-        LruPolicy {
-            lru: LruCache::unbounded(),
-            epoch: EpochFiles::default(),
-        }
-    }
-}
-
-impl Default for LruPolicy {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl EvictionPolicy for LruPolicy {
-    fn insert(&mut self, key: FolioKey, id: FolioId) {
-        self.lru.put(key, id);
-    }
-
-    fn touch(&mut self, key: &FolioKey) {
-        self.lru.promote(key);
-    }
-
-    fn remove(&mut self, key: &FolioKey, id: FolioId) {
-        if self.lru.peek(key) == Some(&id) {
-            self.lru.pop(key);
-        }
-    }
-
-    fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)> {
-        self.lru.pop_lru()
-    }
-
-    fn admit(&mut self, candidate: &FolioKey) -> bool {
-        self.lru
-            .peek_lru()
-            .is_none_or(|(victim, _)| !self.epoch.keeps(candidate, victim))
-    }
-
-    fn set_hint(&mut self, file: FileId, hint: Hint) {
-        self.epoch.set_hint(file, hint);
-    }
-
-    fn name(&self) -> &'static str {
-        "lru"
-    }
-
-    fn len(&self) -> usize {
-        self.lru.len()
-    }
-
-    fn bytes_per_entry(&self) -> u64 {
-        // One heap node (key, value, two links) rounded to the allocator's 16-byte classes,
-        // plus a hashbrown slot (key ref + node pointer + control byte) at 7/8 load.
-        let node = (size_of::<FolioKey>() + size_of::<FolioId>() + 2 * size_of::<usize>())
-            .next_multiple_of(16);
-        let slot = (2 * size_of::<usize>() + 1) * 8 / 7;
-        (node + slot) as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lru_order_touch_and_stale_remove() {
-        let mut p = LruPolicy::new();
-        p.insert(FolioKey::base(1, 0), 10);
-        p.insert(FolioKey::huge(1, 0), 11);
-        p.insert(FolioKey::base(2, 5), 12);
-        p.touch(&FolioKey::base(1, 0));
-        assert_eq!(p.pop_victim(), Some((FolioKey::huge(1, 0), 11)));
-        p.remove(&FolioKey::base(2, 5), 99); // stale id: ignored
-        assert_eq!(p.len(), 2);
-        p.remove(&FolioKey::base(2, 5), 12);
-        assert_eq!(p.pop_victim(), Some((FolioKey::base(1, 0), 10)));
-        assert!(p.is_empty());
-        assert!(p.bytes_per_entry() >= 48);
-    }
-
-    #[test]
-    fn lru_epoch_hint_keeps_epoch_incumbents() {
-        let mut p = LruPolicy::new();
-        p.insert(FolioKey::base(1, 0), 1);
-        assert!(p.admit(&FolioKey::base(1, 9)));
-        p.set_hint(1, Hint::Epoch);
-        assert!(!p.admit(&FolioKey::base(1, 9)), "epoch over epoch");
-        assert!(
-            p.admit(&FolioKey::base(2, 9)),
-            "other files compete as usual"
-        );
-        p.set_hint(1, Hint::Normal);
-        assert!(p.admit(&FolioKey::base(1, 9)));
-    }
+    use crate::tier::hint::Hint;
+    use crate::tier::types::FolioId;
 
     #[test]
     fn policies_by_name() {
@@ -308,15 +101,6 @@ mod tests {
         let e = policy_by_name("mru").err().unwrap();
         assert!(e.to_string().contains("tinylfu (default)"), "{e}");
         assert_eq!(DEFAULT_POLICY, "tinylfu");
-    }
-
-    #[test]
-    fn key_encoding() {
-        let k = FolioKey::huge(3, 7);
-        assert!(k.is_huge());
-        assert_eq!(k.position(), 7);
-        assert_ne!(k, FolioKey::base(3, 7));
-        assert!(!FolioKey::base(3, 7).is_huge());
     }
 
     #[derive(Clone, Debug)]

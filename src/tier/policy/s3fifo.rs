@@ -12,8 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::tier::evict::{EvictionPolicy, FolioKey};
-use crate::tier::folio::FolioId;
+use crate::tier::policy::contract::{EvictionPolicy, FolioKey};
+use crate::tier::types::FolioId;
 
 /// Share of tracked folios the small FIFO may hold before it is evicted from (percent).
 const SMALL_PERCENT: usize = 10;

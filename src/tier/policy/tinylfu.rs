@@ -1,6 +1,6 @@
 //! W-TinyLFU: a small LRU *window* in front of an LRU *main* region, with TinyLFU deciding
 //! which of the window's leavers may displace a main resident (Einziger et al., ToS '17; the
-//! design of Caffeine). See `evict.rs` for the measurements behind it.
+//! design of Caffeine). See `policy/mod.rs` for the measurements behind it.
 //!
 //! # Regions (weights in base-page slots; a huge folio weighs `huge_weight`)
 //! - **window** (about 1 % of the capacity, at least four huge pages when those are in use):
@@ -30,12 +30,12 @@
 
 use lru::LruCache;
 
-use crate::tier::evict::{EpochFiles, EvictionPolicy, FolioKey};
-use crate::tier::folio::FolioId;
-use crate::tier::{FileId, Hint};
+use crate::tier::hint::Hint;
+use crate::tier::policy::contract::{EpochFiles, EvictionPolicy, FolioKey};
+use crate::tier::types::{FileId, FolioId};
 
 /// A window leaver displaces main's LRU folio only if its frequency estimate exceeds the
-/// victim's by more than this (see `evict.rs`: in an epoch the unread incumbents trail by one).
+/// victim's by more than this (see `policy/mod.rs`: in an epoch the unread incumbents trail by one).
 pub const TINYLFU_MARGIN: u8 = 1;
 
 /// Counters per tracked folio. A tier at half the dataset sees about twice as many distinct

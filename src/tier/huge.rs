@@ -1,0 +1,78 @@
+//! Huge pages from base pages and back: a huge page partly covered by an invalidation is
+//! *split* (the covered base pages are freed, the others stay resident as base pages in the
+//! same chunk; `splits` counts these); a fill that completes all 512 pages of an extent at
+//! their home slots of one chunk *collapses* them into one huge page (`collapses`).
+//! Both run under the file's shard lock; neither frees memory under it.
+
+use crate::tier::DeviceTier;
+use crate::tier::map::{Entry, FileState};
+use crate::tier::policy::FolioKey;
+use crate::tier::stats::{add, sub};
+use crate::tier::sync::{Arc, lock};
+use crate::tier::types::{FileId, SLOTS_PER_CHUNK};
+
+impl DeviceTier {
+    /// If all 512 pages of `ext` are resident unpinned base pages at their home slots of one
+    /// chunk, turns them into one huge page. Caller holds the shard lock.
+    pub(super) fn try_collapse(&self, st: &mut FileState, file: FileId, ext: u64) {
+        let mut chunk = None;
+        let mut n = 0;
+        for (&p, e) in st.base_in_extent(ext) {
+            let Entry::Ready(f) = e else { return };
+            let loc = f.loc();
+            let c = *chunk.get_or_insert(loc.chunk);
+            if Arc::strong_count(f) != 1
+                || loc.chunk != c
+                || loc.slot != Some((p % SLOTS_PER_CHUNK as u64) as u16)
+            {
+                return;
+            }
+            n += 1;
+        }
+        if n != SLOTS_PER_CHUNK {
+            return;
+        }
+        let first = ext * SLOTS_PER_CHUNK as u64;
+        let mut parts = Vec::with_capacity(SLOTS_PER_CHUNK);
+        let mut ids = Vec::with_capacity(SLOTS_PER_CHUNK);
+        for p in first..first + SLOTS_PER_CHUNK as u64 {
+            let Some(Entry::Ready(f)) = st.base.remove(&p) else {
+                unreachable!("checked above")
+            };
+            // Unpinned (count 1) under the shard lock, and pins are only taken under it.
+            let f = Arc::try_unwrap(f).unwrap_or_else(|_| unreachable!("unpinned folio"));
+            ids.push(f.id());
+            parts.push(f);
+        }
+        match self.arena.collapse(parts) {
+            Ok(huge) => {
+                let mut policy = lock(&self.policy);
+                for (i, id) in ids.iter().enumerate() {
+                    self.untrack(
+                        st,
+                        &mut **policy,
+                        &FolioKey::base(file, first + i as u64),
+                        *id,
+                    );
+                }
+                self.track(
+                    st,
+                    &mut **policy,
+                    FolioKey::huge(file, ext),
+                    huge.id(),
+                    false,
+                );
+                drop(policy);
+                st.huge.insert(ext, Entry::Ready(Arc::new(huge)));
+                sub(&self.stats.resident_base, SLOTS_PER_CHUNK as u64);
+                add(&self.stats.resident_huge, 1);
+                add(&self.stats.collapses, 1);
+            }
+            Err(parts) => {
+                for (i, f) in parts.into_iter().enumerate() {
+                    st.base.insert(first + i as u64, Entry::Ready(Arc::new(f)));
+                }
+            }
+        }
+    }
+}
