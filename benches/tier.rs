@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagetier::tier::{
-    DeviceTier, FillSource, HUGE_PAGE_SIZE, InvalidationCause, SharedSource, TierConfig,
-    policy_by_name,
+    DeviceTier, FillSource, HUGE_PAGE_SIZE, InvalidationCause, RA_MAX_WINDOW, SharedSource,
+    TierConfig, TierOptions, policy_by_name,
 };
 
 /// Counts live heap bytes (for the metadata measurement).
@@ -65,22 +65,46 @@ impl FillSource for Mem {
     }
 }
 
-fn tier(bytes: u64, huge: bool) -> DeviceTier {
-    DeviceTier::new(TierConfig {
+/// A tier with the default policy and no readahead (the benchmarks time the tier's own
+/// work for each read).
+fn tier(bytes: u64, huge: bool) -> Arc<DeviceTier> {
+    tier_ra(bytes, huge, "tinylfu", false)
+}
+
+fn tier_ra(bytes: u64, huge: bool, policy: &str, readahead: bool) -> Arc<DeviceTier> {
+    let cfg = TierConfig {
         capacity: bytes,
         huge_pages: huge,
-    })
-    .unwrap()
+    };
+    let opts = TierOptions {
+        readahead_max: if readahead { RA_MAX_WINDOW } else { 0 },
+        ..TierOptions::default()
+    };
+    Arc::new(DeviceTier::with_options(cfg, policy_by_name(policy).unwrap(), opts).unwrap())
+}
+
+/// One device read through the tier's entry point, copied into `out`; returns its length.
+fn read(
+    t: &Arc<DeviceTier>,
+    file: u64,
+    size: u64,
+    off: u64,
+    out: &mut [u8],
+    src: &SharedSource,
+) -> usize {
+    t.read(file, off, out, src, || Ok(size))
+        .unwrap()
+        .into_copied(out)
 }
 
 fn report_metadata() {
     const SIZE: u64 = 256 * MIB;
-    let src = Mem(vec![7u8; SIZE as usize]);
+    let src: SharedSource = Arc::new(Mem(vec![7u8; SIZE as usize]));
     for huge in [true, false] {
         let before = HEAP.load(Ordering::Relaxed);
         let t = tier(SIZE, huge);
         let empty = HEAP.load(Ordering::Relaxed) - before;
-        t.prefetch(1, SIZE, 0, SIZE, &src).unwrap();
+        t.prefetch(1, SIZE, 0, SIZE, &*src).unwrap();
         let full = HEAP.load(Ordering::Relaxed) - before;
         let scale = (1 << 30) / SIZE as isize;
         eprintln!(
@@ -120,27 +144,12 @@ impl FillSource for Direct {
 
 /// Reads `size` bytes sequentially in 128 KiB reads through a fresh tier; returns MB/s.
 fn cold_sequential(size: u64, src: SharedSource, readahead: bool) -> f64 {
-    let t = Arc::new(
-        DeviceTier::with_policy(
-            TierConfig {
-                capacity: size + 4 * HUGE_PAGE_SIZE,
-                huge_pages: true,
-            },
-            policy_by_name("lru").unwrap(),
-        )
-        .unwrap(),
-    );
+    let t = tier_ra(size + 4 * HUGE_PAGE_SIZE, true, "lru", readahead);
     let mut buf = vec![0u8; 128 << 10];
     let start = Instant::now();
     let mut off = 0;
     while off < size {
-        let n = if readahead {
-            t.read_with_readahead(1, size, off, &mut buf, src.clone())
-                .unwrap()
-                .into_copied(&mut buf)
-        } else {
-            t.read(1, size, off, &mut buf, &*src).unwrap()
-        };
+        let n = read(&t, 1, size, off, &mut buf, &src);
         black_box(&buf);
         off += n as u64;
     }
@@ -203,11 +212,11 @@ fn report_readahead() {
 
 fn lookups(c: &mut Criterion) {
     let size = 8 * MIB;
-    let src = Mem(vec![1u8; size as usize]);
+    let src: SharedSource = Arc::new(Mem(vec![1u8; size as usize]));
     let mut g = c.benchmark_group("lookup_resident");
     for (huge, name) in [(true, "huge"), (false, "base")] {
         let t = tier(size, huge);
-        t.prefetch(1, size, 0, size, &src).unwrap();
+        t.prefetch(1, size, 0, size, &*src).unwrap();
         for len in [4096usize, MIB as usize] {
             let mut out = vec![0u8; len];
             let mut off = 0u64;
@@ -215,7 +224,7 @@ fn lookups(c: &mut Criterion) {
             g.bench_function(format!("{name}_{}k", len / 1024), |b| {
                 b.iter(|| {
                     off = (off + len as u64 * 3) % (size - len as u64) / 4096 * 4096;
-                    black_box(t.read(1, size, off, &mut out, &src).unwrap())
+                    black_box(read(&t, 1, size, off, &mut out, &src))
                 })
             });
         }
@@ -225,7 +234,7 @@ fn lookups(c: &mut Criterion) {
 
 fn faults(c: &mut Criterion) {
     let size = 8 * MIB;
-    let src = Mem(vec![2u8; size as usize]);
+    let src: SharedSource = Arc::new(Mem(vec![2u8; size as usize]));
     let mut g = c.benchmark_group("fault_install");
     let t = tier(size, true);
     let mut out = vec![0u8; HUGE_PAGE_SIZE as usize];
@@ -233,7 +242,7 @@ fn faults(c: &mut Criterion) {
     g.bench_function("huge_2m", |b| {
         b.iter(|| {
             t.invalidate_file(1, InvalidationCause::Evict);
-            black_box(t.read(1, size, 0, &mut out, &src).unwrap())
+            black_box(read(&t, 1, size, 0, &mut out, &src))
         })
     });
     let t = tier(size, false);
@@ -242,7 +251,7 @@ fn faults(c: &mut Criterion) {
     g.bench_function("base_4k", |b| {
         b.iter(|| {
             t.invalidate_file(1, InvalidationCause::Evict);
-            black_box(t.read(1, size, 12288, &mut out, &src).unwrap())
+            black_box(read(&t, 1, size, 12288, &mut out, &src))
         })
     });
     g.finish();
@@ -251,7 +260,7 @@ fn faults(c: &mut Criterion) {
 fn eviction(c: &mut Criterion) {
     // 2 chunks of capacity, 3 files read round-robin: every read evicts one huge page.
     let size = 2 * MIB;
-    let src = Mem(vec![3u8; size as usize]);
+    let src: SharedSource = Arc::new(Mem(vec![3u8; size as usize]));
     let t = tier(2 * HUGE_PAGE_SIZE, true);
     let mut out = vec![0u8; size as usize];
     let mut file = 0u64;
@@ -260,7 +269,7 @@ fn eviction(c: &mut Criterion) {
     g.bench_function("huge_fault_with_evict", |b| {
         b.iter(|| {
             file = (file + 1) % 3;
-            black_box(t.read(file, size, 0, &mut out, &src).unwrap())
+            black_box(read(&t, file, size, 0, &mut out, &src))
         })
     });
     g.finish();
@@ -268,12 +277,12 @@ fn eviction(c: &mut Criterion) {
 
 fn invalidation(c: &mut Criterion) {
     let size = 8 * MIB;
-    let src = Mem(vec![4u8; size as usize]);
+    let src: SharedSource = Arc::new(Mem(vec![4u8; size as usize]));
     let mut g = c.benchmark_group("invalidate");
     let t = tier(size, true);
     g.bench_function("range_whole_huge_pages_8m", |b| {
         b.iter_batched(
-            || t.prefetch(1, size, 0, size, &src).unwrap(),
+            || t.prefetch(1, size, 0, size, &*src).unwrap(),
             |_| black_box(t.invalidate_range(1, 0, size, InvalidationCause::Write)),
             BatchSize::PerIteration,
         )
@@ -282,7 +291,7 @@ fn invalidation(c: &mut Criterion) {
         b.iter_batched(
             || {
                 t.invalidate_file(1, InvalidationCause::Evict);
-                t.prefetch(1, size, 0, HUGE_PAGE_SIZE, &src).unwrap()
+                t.prefetch(1, size, 0, HUGE_PAGE_SIZE, &*src).unwrap()
             },
             |_| black_box(t.invalidate_range(1, 40960, 4096, InvalidationCause::Write)),
             BatchSize::PerIteration,
@@ -291,7 +300,7 @@ fn invalidation(c: &mut Criterion) {
     let tb = tier(size, false);
     g.bench_function("range_256_base_pages", |b| {
         b.iter_batched(
-            || tb.prefetch(1, size, 0, MIB, &src).unwrap(),
+            || tb.prefetch(1, size, 0, MIB, &*src).unwrap(),
             |_| black_box(tb.invalidate_range(1, 0, MIB, InvalidationCause::Write)),
             BatchSize::PerIteration,
         )

@@ -953,7 +953,8 @@ impl Pagetier {
         })
     }
 
-    /// A device-view read with a copy; `size` is the file size just seen (`None`: look).
+    /// A device-view read: the tier owns the protocol (pinned hit, fault, retry when the
+    /// file shrank); it asks for the file size through the handle's descriptor.
     fn device_read(
         &self,
         handle: &Handle,
@@ -963,32 +964,10 @@ impl Pagetier {
         out: &mut [u8],
     ) -> std::io::Result<Served> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
-        let mut attempts = 0;
-        let mut file_size = rustix::fs::fstat(file)?.st_size as u64;
         self.trace_read(inode.id, offset, out.len());
-        // A hit inside one resident huge page: pinned with one lock, nothing else to do.
-        if let Some(bytes) =
-            self.tier
-                .read_resident(inode.id, file_size, offset, out.len() as u64, src)
-        {
-            return Ok(Served::Resident(bytes));
-        }
-        loop {
-            match self
-                .tier
-                .read_with_readahead(inode.id, file_size, offset, out, src.clone())
-            {
-                // The file shrank between our fstat and the fill: look again.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && attempts < 8 => {
-                    attempts += 1;
-                    file_size = rustix::fs::fstat(file)?.st_size as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(std::io::Error::from_raw_os_error(libc::EIO));
-                }
-                r => return r,
-            }
-        }
+        self.tier.read(inode.id, offset, out, src, || {
+            Ok(rustix::fs::fstat(file)?.st_size as u64)
+        })
     }
 
     /// Appends a device read to the `--trace` file, if any.

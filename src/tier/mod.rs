@@ -51,6 +51,7 @@ mod huge;
 mod invalidate;
 mod map;
 mod policy;
+mod read;
 mod readahead;
 mod reclaim;
 pub mod sim;
@@ -65,25 +66,30 @@ use std::collections::HashMap;
 use std::io;
 
 use self::arena::Arena;
-use self::fault::{Access, Acct, Mode};
+use self::fault::{Access, FaultRequest, Mode, Outcome};
 use self::folio::Folio;
 use self::map::{Entry, FileState};
 use self::readahead::Readahead;
 use self::stats::{Counters, add};
 use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
 
-pub use self::fault::{ResidentBytes, Served};
+pub use self::fault::ResidentBytes;
 pub use self::hint::{Hint, HintError};
 pub use self::policy::{
     DEFAULT_POLICY, EvictionPolicy, FolioKey, FrequencySketch, LruPolicy, POLICY_NAMES,
     S3FifoPolicy, TINYLFU_MARGIN, TinyLfuPolicy, UnknownPolicy, policy_by_name,
 };
+pub use self::read::Served;
 pub use self::stats::{DEVICE_FIELDS, DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
 pub use self::types::{
     FileId, FillSource, FolioId, HUGE_PAGE_SIZE, InvalidationCause, InvalidationSeq, PAGE_SIZE,
     PrefetchReport, RA_INITIAL_WINDOW, RA_MAX_WINDOW, RA_QUEUE_JOBS, RA_THREADS, Residency,
     SEQUENTIAL_MIN_READ, SHARDS, SLOTS_PER_CHUNK, SharedSource, TierConfig, TierError, TierOptions,
 };
+
+/// Times [`DeviceTier::read`] retries a read whose file shrank during the fill before it
+/// gives up with `EIO` (a file truncated again and again while being read).
+pub const SHRINK_RETRIES: u32 = 8;
 
 struct Shard {
     /// Lock order: first (see module docs).
@@ -222,24 +228,46 @@ impl DeviceTier {
             .or_insert_with(|| FileState::new(self.next_seq()))
     }
 
-    /// Device-view read: copies file bytes `[offset, offset + out.len())` clipped to
-    /// `file_size` into `out`; hits come from the arena, misses are faulted through `src`
-    /// first. Returns bytes copied (0 at or past EOF). A storage error is returned as is.
+    /// The device-view read, the one entry point of the whole protocol: serves file bytes
+    /// `[offset, offset + out.len())`, clipped to the file size that `file_size` reports
+    /// (it is called once, and again after the file shrank during a fill).
+    ///
+    /// 1. A read that lies in one resident huge page is served pinned, with one lock and no
+    ///    copy ([`Served::Resident`]; `read.rs`).
+    /// 2. Otherwise the read advances readahead and faults what is missing (`fault.rs`); it
+    ///    is copied into `out` ([`Served::Copied`]) unless it lies in one huge page as
+    ///    served, a fresh fault included, which comes back pinned too.
+    /// 3. If storage turned out shorter than the size seen (the file shrank or was replaced
+    ///    during the fill), nothing of that fill is installed and the read is retried with a
+    ///    fresh size, up to [`SHRINK_RETRIES`] times; then it fails with `EIO`.
+    ///
+    /// Returns 0 bytes at or past EOF. A storage error is returned as is. Hold a
+    /// [`Served::Resident`] only while handing the bytes on (one reply).
     pub fn read(
-        &self,
+        self: &Arc<Self>,
         file: FileId,
-        file_size: u64,
         offset: u64,
         out: &mut [u8],
-        src: &dyn FillSource,
-    ) -> io::Result<usize> {
-        self.read_with(file, file_size, offset, out, false, src, |st, end| {
-            Self::note_read(st, offset, end)
-        })
-        .map(|served| match served {
-            Served::Copied(n) => n,
-            Served::Resident(_) => unreachable!("a read that may not pin never does"),
-        })
+        src: &SharedSource,
+        mut file_size: impl FnMut() -> io::Result<u64>,
+    ) -> io::Result<Served> {
+        let mut size = file_size()?;
+        if let Some(bytes) = self.read_resident(file, size, offset, out.len() as u64, src) {
+            return Ok(Served::Resident(bytes));
+        }
+        let mut retries = 0;
+        loop {
+            match self.read_faulting(file, size, offset, out, src) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    if retries == SHRINK_RETRIES {
+                        return Err(io::Error::from_raw_os_error(libc::EIO));
+                    }
+                    retries += 1;
+                    size = file_size()?;
+                }
+                served => return served,
+            }
+        }
     }
 
     /// Faults `[offset, offset + len)` clipped to `file_size` into the tier (huge pages where
@@ -256,19 +284,17 @@ impl DeviceTier {
             return Ok(PrefetchReport::default());
         }
         let end = offset.saturating_add(len).min(file_size);
-        let mut acct = Acct::default();
-        self.serve(
+        let req = FaultRequest {
             file,
             file_size,
-            offset,
+            start: offset,
             end,
-            None,
-            None,
-            Access::INTERNAL,
-            Mode::Prefetch,
-            src,
-            &mut acct,
-        )?;
+            access: Access::INTERNAL,
+            mode: Mode::Prefetch,
+            pin: false,
+        };
+        let Outcome { acct, result } = self.serve(&req, None, src);
+        result?;
         Ok(PrefetchReport {
             faulted_bytes: acct.faulted_bytes,
             already_resident_bytes: acct.resident_bytes,
@@ -302,69 +328,6 @@ impl DeviceTier {
         lock(&self.shard(file).files)
             .get(&file)
             .map_or(Hint::Normal, |st| st.hint)
-    }
-
-    /// [`DeviceTier::read`] plus readahead: a read that continues the file's previous read (or
-    /// starts at 0) opens or advances a readahead window, whose extents are faulted by the
-    /// tier's readahead threads through `src` (module docs, `readahead.rs`). The window is
-    /// queued before this read is served, so the two overlap. A read that lies in one huge
-    /// page as served, a fresh fault included, comes back pinned ([`Served::Resident`]:
-    /// replied from the arena, no copy); any other is copied into `out`.
-    pub fn read_with_readahead(
-        self: &Arc<Self>,
-        file: FileId,
-        file_size: u64,
-        offset: u64,
-        out: &mut [u8],
-        src: SharedSource,
-    ) -> io::Result<Served> {
-        self.read_with(file, file_size, offset, out, true, &*src, |st, end| {
-            self.begin_read(st, file, file_size, offset, end, &src)
-        })
-    }
-
-    /// [`DeviceTier::read_with_readahead`] without the copy, when it can be had: if the
-    /// bytes `[offset, offset + len)` (clipped to `file_size`, non-empty) lie in one resident
-    /// huge page, the read is accounted and served as a pin of that page. Otherwise returns
-    /// `None` having done nothing, and the caller reads with a copy. Hold the result only
-    /// while handing the bytes on (one reply): a split of the page waits for it.
-    pub fn read_resident(
-        self: &Arc<Self>,
-        file: FileId,
-        file_size: u64,
-        offset: u64,
-        len: u64,
-        src: &SharedSource,
-    ) -> Option<ResidentBytes> {
-        let end = offset.saturating_add(len).min(file_size);
-        if offset >= end {
-            return None;
-        }
-        let ext = offset / HUGE_PAGE_SIZE;
-        let ext_start = ext * HUGE_PAGE_SIZE;
-        if end > ext_start + HUGE_PAGE_SIZE {
-            return None;
-        }
-        let mut g = lock(&self.shard(file).files);
-        let st = g.get_mut(&file)?;
-        let Some(Entry::Ready(f)) = st.huge.get(&ext) else {
-            return None;
-        };
-        let folio = f.clone();
-        let access = self.begin_read(st, file, file_size, offset, end, src);
-        let key = FolioKey::huge(file, ext);
-        let first_read = st.unread.remove(&key);
-        let entered = Self::enters(access, Mode::Read, offset, offset, ext_start);
-        self.touch(&[key], entered, Mode::Read, first_read);
-        drop(g);
-        add(&self.stats.reads, 1);
-        add(&self.stats.hits, 1);
-        add(&self.stats.lookups, 1);
-        add(&self.stats.bytes_served, end - offset);
-        Some(ResidentBytes {
-            folio,
-            range: (offset - ext_start) as usize..(end - ext_start) as usize,
-        })
     }
 
     /// Blocks until all queued readahead has run (for tests, benchmarks and orderly exits).

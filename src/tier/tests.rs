@@ -60,32 +60,62 @@ fn pattern(len: u64, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// A tier with the reference LRU policy (the unit tests below assume its victim order).
-fn tier(chunks: u64, huge: bool) -> DeviceTier {
+/// A tier with the reference LRU policy (the unit tests below assume its victim order) and
+/// no readahead: every fault is the test's own reads'.
+fn tier(chunks: u64, huge: bool) -> Arc<DeviceTier> {
     tier_with(chunks, huge, "lru")
 }
 
-fn tier_with(chunks: u64, huge: bool, policy: &str) -> DeviceTier {
-    DeviceTier::with_policy(
-        TierConfig {
-            capacity: chunks * HUGE_PAGE_SIZE,
-            huge_pages: huge,
-        },
-        policy_by_name(policy).unwrap(),
-    )
-    .unwrap()
+/// [`tier`] with another policy.
+fn tier_with(chunks: u64, huge: bool, policy: &str) -> Arc<DeviceTier> {
+    tier_opts_ra(chunks, huge, policy, 0)
+}
+
+/// A tier with readahead as configured by default.
+fn tier_ra(chunks: u64, huge: bool, policy: &str) -> Arc<DeviceTier> {
+    tier_opts_ra(chunks, huge, policy, TierOptions::default().readahead_max)
+}
+
+fn tier_opts_ra(chunks: u64, huge: bool, policy: &str, readahead_max: u64) -> Arc<DeviceTier> {
+    let cfg = TierConfig {
+        capacity: chunks * HUGE_PAGE_SIZE,
+        huge_pages: huge,
+    };
+    let opts = TierOptions {
+        readahead_max,
+        ..TierOptions::default()
+    };
+    Arc::new(DeviceTier::with_options(cfg, policy_by_name(policy).unwrap(), opts).unwrap())
+}
+
+/// A shared source over a copy of `data`.
+fn shared(data: &[u8]) -> SharedSource {
+    Arc::new(VecSource::new(data.to_vec()))
+}
+
+/// A device read through the tier's entry point, of a file whose size stays `size`;
+/// returns the bytes served, copied into `out`.
+fn read_into(
+    t: &Arc<DeviceTier>,
+    file: FileId,
+    size: u64,
+    off: u64,
+    out: &mut [u8],
+    src: &SharedSource,
+) -> io::Result<usize> {
+    Ok(t.read(file, off, out, src, || Ok(size))?.into_copied(out))
 }
 
 fn read_vec(
-    t: &DeviceTier,
+    t: &Arc<DeviceTier>,
     file: FileId,
     size: u64,
     off: u64,
     len: usize,
-    src: &dyn FillSource,
+    src: &SharedSource,
 ) -> Vec<u8> {
     let mut out = vec![0xAA; len];
-    let n = t.read(file, size, off, &mut out, src).unwrap();
+    let n = read_into(t, file, size, off, &mut out, src).unwrap();
     out.truncate(n);
     out
 }
@@ -117,7 +147,8 @@ fn config_errors_are_clear() {
 #[test]
 fn sequential_read_faults_huge_then_hits() {
     let data = pattern(6 * MIB, 1);
-    let src = VecSource::new(data.clone());
+    let store = Arc::new(VecSource::new(data.clone()));
+    let src: SharedSource = store.clone();
     let t = tier(4, true);
     assert_eq!(
         read_vec(&t, 1, 6 * MIB, 0, MIB as usize, &src),
@@ -140,7 +171,7 @@ fn sequential_read_faults_huge_then_hits() {
     assert_eq!(s.device.bytes_faulted, 2 * MIB);
     assert_eq!(s.device.bytes_served, MIB + (64 << 10));
     assert_eq!(
-        src.calls.load(O::Relaxed),
+        store.calls.load(O::Relaxed),
         1,
         "one storage read per huge fault"
     );
@@ -150,7 +181,7 @@ fn sequential_read_faults_huge_then_hits() {
 #[test]
 fn small_random_reads_fault_base_pages() {
     let data = pattern(6 * MIB, 2);
-    let src = SliceSource(&data);
+    let src = shared(&data);
     let t = tier(4, true);
     let off = 3 * MIB + 4000;
     assert_eq!(
@@ -172,7 +203,7 @@ fn small_random_reads_fault_base_pages() {
 #[test]
 fn huge_pages_off_never_faults_huge() {
     let data = pattern(3 * MIB, 3);
-    let src = SliceSource(&data);
+    let src = shared(&data);
     let t = tier(2, false);
     assert_eq!(read_vec(&t, 1, 3 * MIB, 0, 3 * MIB as usize, &src), data);
     assert_eq!(t.residency(1).huge_pages, 0);
@@ -184,7 +215,7 @@ fn huge_pages_off_never_faults_huge() {
 fn tail_is_clipped_and_zero_filled() {
     let size = 2 * MIB + 100;
     let data = pattern(size, 4);
-    let src = SliceSource(&data);
+    let src = shared(&data);
     let t = tier(2, true);
     let got = read_vec(&t, 1, size, 0, 4 * MIB as usize, &src);
     assert_eq!(got, data);
@@ -207,7 +238,7 @@ fn tail_is_clipped_and_zero_filled() {
 fn partial_invalidation_splits_and_refault_collapses() {
     let mut data = pattern(4 * MIB, 5);
     let t = tier(3, true);
-    read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &SliceSource(&data));
+    read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &shared(&data));
     assert_eq!(t.residency(1).huge_pages, 1);
     data[4096..8192].fill(0x77);
     assert_eq!(
@@ -222,7 +253,7 @@ fn partial_invalidation_splits_and_refault_collapses() {
     t.check_invariants();
     // Re-read the extent sequentially: the hole refaults into its home slot and collapses.
     assert_eq!(
-        read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &SliceSource(&data)),
+        read_vec(&t, 1, 4 * MIB, 0, 2 * MIB as usize, &shared(&data)),
         &data[..2 * MIB as usize]
     );
     let r = t.residency(1);
@@ -236,7 +267,7 @@ fn partial_invalidation_splits_and_refault_collapses() {
 fn invalidation_across_extents_and_to_eof() {
     let data = pattern(6 * MIB, 6);
     let t = tier(4, true);
-    read_vec(&t, 1, 6 * MIB, 0, 6 * MIB as usize, &SliceSource(&data));
+    read_vec(&t, 1, 6 * MIB, 0, 6 * MIB as usize, &shared(&data));
     assert_eq!(t.residency(1).huge_pages, 3);
     // Truncate to 3 MiB + 1: extent 1 is split (pages 768.. overlap, 256 dropped, 256 kept),
     // extent 2 is dropped whole (1).
@@ -261,7 +292,7 @@ fn eviction_keeps_capacity_and_serves_correct_bytes() {
     let t = tier(2, true);
     for round in 0..3 {
         for (i, d) in files.iter().enumerate() {
-            let got = read_vec(&t, i as u64, d.len() as u64, 0, d.len(), &SliceSource(d));
+            let got = read_vec(&t, i as u64, d.len() as u64, 0, d.len(), &shared(d));
             assert!(got == *d, "round {round} file {i}");
             assert!(t.stats().device.used_bytes <= 4 * MIB);
         }
@@ -274,18 +305,12 @@ fn eviction_keeps_capacity_and_serves_correct_bytes() {
 fn fragmented_arena_falls_back_to_base_pages() {
     let data = pattern(8 * MIB, 7);
     let t = tier(2, true);
+    let src = shared(&data);
     // Scatter base pages of many files over both chunks (non-sequential small reads).
     for f in 0..600u64 {
-        read_vec(
-            &t,
-            100 + f,
-            8 * MIB,
-            4096 * (1 + f % 1000),
-            10,
-            &SliceSource(&data),
-        );
+        read_vec(&t, 100 + f, 8 * MIB, 4096 * (1 + f % 1000), 10, &src);
     }
-    let got = read_vec(&t, 1, 8 * MIB, 0, 8 * MIB as usize, &SliceSource(&data));
+    let got = read_vec(&t, 1, 8 * MIB, 0, 8 * MIB as usize, &shared(&data));
     assert!(got == data);
     assert!(t.stats().device.used_bytes <= 4 * MIB);
     t.check_invariants();
@@ -301,7 +326,15 @@ fn storage_errors_propagate_and_leave_nothing() {
     }
     let t = tier(2, true);
     let mut out = vec![0; 4096];
-    let e = t.read(1, 4 * MIB, 0, &mut out, &Broken).unwrap_err();
+    let e = read_into(
+        &t,
+        1,
+        4 * MIB,
+        0,
+        &mut out,
+        &(Arc::new(Broken) as SharedSource),
+    )
+    .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     assert!(t.prefetch(1, 4 * MIB, 0, 4 * MIB, &Broken).is_err());
     assert_eq!(t.residency(1), Residency::default());
@@ -309,7 +342,7 @@ fn storage_errors_propagate_and_leave_nothing() {
     t.check_invariants();
     let data = pattern(4 * MIB, 8);
     assert_eq!(
-        read_vec(&t, 1, 4 * MIB, 0, 4096, &SliceSource(&data)),
+        read_vec(&t, 1, 4 * MIB, 0, 4096, &shared(&data)),
         &data[..4096]
     );
 }
@@ -325,43 +358,34 @@ fn panicking_source_does_not_wedge_waiters() {
     let t = tier(2, true);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut out = vec![0; 4096];
-        t.read(1, 4 * MIB, 0, &mut out, &Panics)
+        read_into(
+            &t,
+            1,
+            4 * MIB,
+            0,
+            &mut out,
+            &(Arc::new(Panics) as SharedSource),
+        )
     }));
     assert!(r.is_err());
     t.check_invariants();
     let data = pattern(4 * MIB, 9);
     assert_eq!(
-        read_vec(&t, 1, 4 * MIB, 0, 4096, &SliceSource(&data)),
+        read_vec(&t, 1, 4 * MIB, 0, 4096, &shared(&data)),
         &data[..4096]
     );
 }
 
 #[test]
 fn fill_racing_an_invalidation_is_discarded() {
-    /// Storage whose content changes (with an invalidation) while a fill is reading it.
-    struct Racy<'t> {
-        tier: &'t DeviceTier,
-        data: StdMutex<Vec<u8>>,
-    }
-    impl FillSource for Racy<'_> {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            let n = slice_read(&self.data.lock().unwrap(), buf, offset)?;
-            self.data.lock().unwrap()[0] ^= 0xFF; // a host write lands after our read ...
-            self.tier
-                .invalidate_range(7, 0, 1, InvalidationCause::Write); // ... and invalidates
-            Ok(n)
-        }
-    }
+    // A short read off the previous read's end: a base-page fault, copied from the fill.
     let t = tier(2, true);
-    let src = Racy {
-        tier: &t,
-        data: StdMutex::new(pattern(4 * MIB, 10)),
-    };
+    let src = Racy::new(&t, 7);
     let before = src.data.lock().unwrap().clone();
-    let got = read_vec(&t, 7, 4 * MIB, 0, 4096, &src);
+    let got = read_vec(&t, 7, 4 * MIB, 4096, 4096, &(src as SharedSource));
     assert_eq!(
         got,
-        &before[..4096],
+        &before[4096..8192],
         "the reader gets what storage had when it read"
     );
     let s = t.stats();
@@ -375,6 +399,61 @@ fn fill_racing_an_invalidation_is_discarded() {
 }
 
 #[test]
+fn pinned_fault_racing_an_invalidation_is_faulted_again_and_copied() {
+    // A read inside one huge page at a file's start: faulted to be served pinned; the fill
+    // is discarded, so the read faults once more and copies that fill (also discarded).
+    let t = tier(2, true);
+    let src = Racy::new(&t, 8);
+    let mut want = src.data.lock().unwrap()[..4096].to_vec();
+    want[0] ^= 0xFF; // what storage held at the second fill
+    let got = read_vec(&t, 8, 4 * MIB, 0, 4096, &(src as SharedSource));
+    assert_eq!(
+        got, want,
+        "the reader gets what storage had when it last read"
+    );
+    let s = t.stats();
+    assert_eq!(s.device.discarded_fills, 2);
+    assert_eq!(
+        t.residency(8),
+        Residency::default(),
+        "no stale fill installed"
+    );
+    t.check_invariants();
+}
+
+/// Storage whose content changes (with an invalidation) while a fill is reading it: after
+/// each read, the first byte read is flipped and invalidated.
+struct Racy {
+    tier: std::sync::Weak<DeviceTier>,
+    file: FileId,
+    data: StdMutex<Vec<u8>>,
+}
+
+impl Racy {
+    fn new(t: &Arc<DeviceTier>, file: FileId) -> Arc<Racy> {
+        Arc::new(Racy {
+            tier: Arc::downgrade(t),
+            file,
+            data: StdMutex::new(pattern(4 * MIB, 10)),
+        })
+    }
+}
+
+impl FillSource for Racy {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = slice_read(&self.data.lock().unwrap(), buf, offset)?;
+        self.data.lock().unwrap()[offset as usize] ^= 0xFF; // a host write lands after our read ...
+        self.tier.upgrade().unwrap().invalidate_range(
+            self.file,
+            offset,
+            1,
+            InvalidationCause::Write,
+        ); // ... and invalidates
+        Ok(n)
+    }
+}
+
+#[test]
 fn concurrent_faults_of_one_extent_read_storage_once() {
     struct Slow(VecSource);
     impl FillSource for Slow {
@@ -384,7 +463,8 @@ fn concurrent_faults_of_one_extent_read_storage_once() {
         }
     }
     let data = pattern(2 * MIB, 11);
-    let src = Slow(VecSource::new(data.clone()));
+    let slow = Arc::new(Slow(VecSource::new(data.clone())));
+    let src: SharedSource = slow.clone();
     let t = tier(2, true);
     let barrier = std::sync::Barrier::new(8);
     std::thread::scope(|s| {
@@ -395,7 +475,7 @@ fn concurrent_faults_of_one_extent_read_storage_once() {
             });
         }
     });
-    assert_eq!(src.0.calls.load(O::Relaxed), 1);
+    assert_eq!(slow.0.calls.load(O::Relaxed), 1);
     let s = t.stats();
     assert_eq!((s.device.misses, s.device.hits), (1, 7));
     t.check_invariants();
@@ -502,7 +582,7 @@ enum Op {
         file: usize,
         hint: Hint,
     },
-    /// A read through `read_with_readahead` continuing the previous one.
+    /// A read continuing the previous one (opens and advances readahead).
     ReadAhead {
         file: usize,
         len: u64,
@@ -538,7 +618,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
-    let t = Arc::new(tier_with(chunks, huge, policy));
+    let t = tier_ra(chunks, huge, policy);
     let mut pinned_before: Vec<(usize, FolioKey)> = Vec::new();
     let mut files: Vec<Vec<u8>> = sizes
         .iter()
@@ -556,8 +636,10 @@ fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[
                     d.len() as u64,
                     off,
                     len as usize,
-                    &SliceSource(d),
+                    &shared(d),
                 );
+                // The snapshot source must not outlive the next write: settle readahead.
+                t.wait_readahead();
                 let want = d
                     .get(off as usize..(off as usize + len as usize).min(d.len()))
                     .unwrap_or(&[]);
@@ -576,8 +658,10 @@ fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[
                     d.len() as u64,
                     off,
                     len as usize,
-                    &SliceSource(d),
+                    &shared(d),
                 );
+                // The snapshot source must not outlive the next write: settle readahead.
+                t.wait_readahead();
                 let want = d
                     .get(off as usize..(off as usize + len as usize).min(d.len()))
                     .unwrap_or(&[]);
@@ -641,17 +725,7 @@ fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[
                 let off = next[file];
                 let src: SharedSource = Arc::new(VecSource::new(d.clone()));
                 let mut out = vec![0xAA; len as usize];
-                // As the FUSE layer does: a resident huge page without a copy, else a copy.
-                let n = match t.read_resident(file as u64, d.len() as u64, off, len, &src) {
-                    Some(bytes) => {
-                        out[..bytes.len()].copy_from_slice(&bytes);
-                        bytes.len()
-                    }
-                    None => t
-                        .read_with_readahead(file as u64, d.len() as u64, off, &mut out, src)
-                        .unwrap()
-                        .into_copied(&mut out),
-                };
+                let n = read_into(&t, file as u64, d.len() as u64, off, &mut out, &src).unwrap();
                 let want = d
                     .get(off as usize..(off as usize + len as usize).min(d.len()))
                     .unwrap_or(&[]);
@@ -776,11 +850,14 @@ fn concurrent_readers_never_see_stale_pages() {
     const SIZE: u64 = 6 * MIB;
     const PAGES: usize = (SIZE / PAGE_SIZE) as usize;
     let t = tier(3, true);
-    let stores: Vec<Versioned> = (0..2)
-        .map(|_| Versioned {
-            data: StdMutex::new(vec![0; SIZE as usize]),
+    let stores: Vec<Arc<Versioned>> = (0..2)
+        .map(|_| {
+            Arc::new(Versioned {
+                data: StdMutex::new(vec![0; SIZE as usize]),
+            })
         })
         .collect();
+    let sources: Vec<SharedSource> = stores.iter().map(|s| s.clone() as SharedSource).collect();
     let committed: Vec<Vec<StdAtomicU64>> = (0..2)
         .map(|_| (0..PAGES).map(|_| StdAtomicU64::new(0)).collect())
         .collect();
@@ -823,7 +900,7 @@ fn concurrent_readers_never_see_stale_pages() {
             });
         }
         for r in 0..4u64 {
-            let (t, stores, committed, stale) = (&t, &stores, &committed, &stale);
+            let (t, sources, committed, stale) = (&t, &sources, &committed, &stale);
             s.spawn(move || {
                 let mut rng = XorShift(0xABCDEF + r);
                 let mut buf = vec![0u8; 3 * MIB as usize];
@@ -843,9 +920,8 @@ fn concurrent_readers_never_see_stale_pages() {
                         .iter()
                         .map(|c| c.load(O::SeqCst))
                         .collect();
-                    let n = t
-                        .read(f as u64, SIZE, off, &mut buf[..len], &stores[f])
-                        .unwrap();
+                    let n =
+                        read_into(t, f as u64, SIZE, off, &mut buf[..len], &sources[f]).unwrap();
                     for (p, page) in buf[..n].chunks(4096).enumerate() {
                         let v = u64::from_le_bytes(page[..8].try_into().unwrap());
                         let uniform = page.chunks_exact(8).all(|c| c == v.to_le_bytes());
@@ -876,19 +952,17 @@ fn device_tier_is_send_and_sync() {
 // ---------------------------------------------------------------------------------------
 // Policies in the tier, hints, pinning, readahead.
 
-fn tier_opts(chunks: u64, huge: bool, policy: &str, pin_share: f64) -> DeviceTier {
-    DeviceTier::with_options(
-        TierConfig {
-            capacity: chunks * HUGE_PAGE_SIZE,
-            huge_pages: huge,
-        },
-        policy_by_name(policy).unwrap(),
-        TierOptions {
-            pin_share,
-            ..TierOptions::default()
-        },
-    )
-    .unwrap()
+/// A tier with a pin share and no readahead.
+fn tier_opts(chunks: u64, huge: bool, policy: &str, pin_share: f64) -> Arc<DeviceTier> {
+    let cfg = TierConfig {
+        capacity: chunks * HUGE_PAGE_SIZE,
+        huge_pages: huge,
+    };
+    let opts = TierOptions {
+        pin_share,
+        readahead_max: 0,
+    };
+    Arc::new(DeviceTier::with_options(cfg, policy_by_name(policy).unwrap(), opts).unwrap())
 }
 
 #[test]
@@ -897,23 +971,23 @@ fn pinned_file_survives_pressure_within_its_share() {
         let t = tier_opts(4, true, policy, 0.5);
         let a = pattern(4 * MIB, 1);
         let b = pattern(4 * MIB, 2);
-        let other = pattern(16 * MIB, 3);
+        let other = shared(&pattern(16 * MIB, 3));
         t.set_hint(1, Hint::Pin);
-        read_vec(&t, 1, 4 * MIB, 0, 4 * MIB as usize, &SliceSource(&a));
+        read_vec(&t, 1, 4 * MIB, 0, 4 * MIB as usize, &shared(&a));
         assert_eq!(
             t.pinned_keys(1).len(),
             2,
             "{policy}: both huge pages pinned"
         );
         t.set_hint(2, Hint::Pin);
-        read_vec(&t, 2, 4 * MIB, 0, 4 * MIB as usize, &SliceSource(&b));
+        read_vec(&t, 2, 4 * MIB, 0, 4 * MIB as usize, &shared(&b));
         assert!(
             t.pinned_keys(2).is_empty(),
             "{policy}: the pin share is used up"
         );
         for _ in 0..3 {
             for off in (0..16 * MIB).step_by(MIB as usize) {
-                read_vec(&t, 3, 16 * MIB, off, MIB as usize, &SliceSource(&other));
+                read_vec(&t, 3, 16 * MIB, off, MIB as usize, &other);
                 assert!(t.stats().device.used_bytes <= 8 * MIB);
             }
         }
@@ -945,11 +1019,11 @@ fn random_hint_faults_base_pages_and_sequential_hint_huge() {
     let d = pattern(4 * MIB, 4);
     let t = tier(4, true);
     t.set_hint(1, Hint::Random);
-    read_vec(&t, 1, 4 * MIB, 0, MIB as usize, &SliceSource(&d));
+    read_vec(&t, 1, 4 * MIB, 0, MIB as usize, &shared(&d));
     assert_eq!(t.residency(1).huge_pages, 0);
     assert_eq!(t.residency(1).base_pages, 256);
     t.set_hint(2, Hint::Sequential);
-    read_vec(&t, 2, 4 * MIB, 12288, 4096, &SliceSource(&d));
+    read_vec(&t, 2, 4 * MIB, 12288, 4096, &shared(&d));
     assert_eq!(t.residency(2).huge_pages, 1, "sequential hint: huge fault");
     t.check_invariants();
 }
@@ -959,10 +1033,10 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     const SIZE: u64 = 32 * MIB;
     let d = pattern(SIZE, 5);
     let src: SharedSource = Arc::new(VecSource::new(d.clone()));
-    let t = Arc::new(tier(32, true));
+    let t = tier_ra(32, true, "lru");
     let mut buf = vec![0u8; 128 << 10];
     let n = t
-        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+        .read(1, 0, &mut buf, &src, || Ok(SIZE))
         .unwrap()
         .into_copied(&mut buf);
     assert_eq!(&buf[..n], &d[..n]);
@@ -972,7 +1046,7 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     let mut off = n as u64;
     while off < SIZE {
         let n = t
-            .read_with_readahead(1, SIZE, off, &mut buf, src.clone())
+            .read(1, off, &mut buf, &src, || Ok(SIZE))
             .unwrap()
             .into_copied(&mut buf);
         assert_eq!(&buf[..n], &d[off as usize..off as usize + n]);
@@ -990,7 +1064,7 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     );
     // Random reads of another file: no readahead.
     for i in [7u64, 3, 11, 5] {
-        t.read_with_readahead(2, SIZE, i * MIB, &mut buf[..4096], src.clone())
+        t.read(2, i * MIB, &mut buf[..4096], &src, || Ok(SIZE))
             .unwrap()
             .into_copied(&mut buf[..4096]);
     }
@@ -999,7 +1073,7 @@ fn readahead_runs_ahead_of_a_sequential_reader_and_not_a_random_one() {
     // The random hint turns it off even for sequential reads.
     t.set_hint(3, Hint::Random);
     for i in 0..4u64 {
-        t.read_with_readahead(3, SIZE, i * 4096, &mut buf[..4096], src.clone())
+        t.read(3, i * 4096, &mut buf[..4096], &src, || Ok(SIZE))
             .unwrap()
             .into_copied(&mut buf[..4096]);
     }
@@ -1044,9 +1118,9 @@ fn readahead_fill_racing_a_write_is_discarded() {
         cv: std::sync::Condvar::new(),
         waiting: AtomicUsize::new(0),
     });
-    let t = Arc::new(tier(8, true));
+    let t = tier_ra(8, true, "lru");
     let mut buf = vec![0u8; 4096];
-    t.read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
+    t.read(1, 0, &mut buf, &(src.clone() as SharedSource), || Ok(SIZE))
         .unwrap()
         .into_copied(&mut buf);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1083,7 +1157,7 @@ fn tinylfu_keeps_epoch_data_where_lru_churns() {
                 order.swap(i, rng.below(i as u64 + 1) as usize);
             }
             for &p in &order {
-                let got = read_vec(&t, 1, 8 * MIB, p * 4096, 4096, &SliceSource(&d));
+                let got = read_vec(&t, 1, 8 * MIB, p * 4096, 4096, &shared(&d));
                 assert!(got[..] == d[(p * 4096) as usize..][..4096]);
             }
             assert!(t.stats().device.used_bytes <= 4 * MIB);
@@ -1110,7 +1184,7 @@ fn shard_epoch_fills(policy: &str) -> Vec<u64> {
         .iter()
         .map(|d| Arc::new(VecSource::new(d.clone())) as SharedSource)
         .collect();
-    let t = Arc::new(tier_with(FILES * SHARD / HUGE_PAGE_SIZE / 2, true, policy));
+    let t = tier_ra(FILES * SHARD / HUGE_PAGE_SIZE / 2, true, policy);
     let mut rng = XorShift(7);
     let mut order: Vec<u64> = (0..FILES).collect();
     let mut buf = vec![0u8; MIB as usize];
@@ -1124,7 +1198,7 @@ fn shard_epoch_fills(policy: &str) -> Vec<u64> {
             let d = &data[f as usize];
             for off in (0..SHARD).step_by(MIB as usize) {
                 let n = t
-                    .read_with_readahead(f + 1, SHARD, off, &mut buf, srcs[f as usize].clone())
+                    .read(f + 1, off, &mut buf, &srcs[f as usize], || Ok(SHARD))
                     .unwrap()
                     .into_copied(&mut buf);
                 assert!(buf[..n] == d[off as usize..][..n]);
@@ -1160,7 +1234,7 @@ fn resident_reads_pin_one_huge_page_or_decline() {
     const SIZE: u64 = 8 * MIB;
     let d = pattern(SIZE, 9);
     let src: SharedSource = Arc::new(VecSource::new(d.clone()));
-    let t = Arc::new(tier(8, true));
+    let t = tier_ra(8, true, "lru");
     assert!(
         t.read_resident(1, SIZE, 0, MIB, &src).is_none(),
         "nothing resident"
@@ -1219,9 +1293,7 @@ fn a_fault_inside_one_huge_page_is_served_pinned() {
     let t = no_readahead(true);
     let mut buf = vec![0u8; MIB as usize];
     // A miss at the start of an extent: faulted whole, installed, replied from the arena.
-    let served = t
-        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
-        .unwrap();
+    let served = t.read(1, 0, &mut buf, &src, || Ok(SIZE)).unwrap();
     let Served::Resident(bytes) = served else {
         panic!("a fault inside one huge page was copied")
     };
@@ -1237,15 +1309,11 @@ fn a_fault_inside_one_huge_page_is_served_pinned() {
     assert_eq!(s.device.bytes_served, MIB);
     // Two extents at once are copied; so is everything with huge pages off.
     let mut two = vec![0u8; 2 * MIB as usize];
-    let served = t
-        .read_with_readahead(1, SIZE, MIB, &mut two, src.clone())
-        .unwrap();
+    let served = t.read(1, MIB, &mut two, &src, || Ok(SIZE)).unwrap();
     assert!(matches!(served, Served::Copied(n) if n == two.len()));
     assert!(two[..] == d[MIB as usize..3 * MIB as usize]);
     let base = no_readahead(false);
-    let served = base
-        .read_with_readahead(1, SIZE, 0, &mut buf, src.clone())
-        .unwrap();
+    let served = base.read(1, 0, &mut buf, &src, || Ok(SIZE)).unwrap();
     assert!(matches!(served, Served::Copied(n) if n == buf.len()));
     assert!(buf[..] == d[..MIB as usize]);
     t.check_invariants();

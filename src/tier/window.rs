@@ -18,7 +18,7 @@
 //! (never a bypass).
 
 use crate::tier::DeviceTier;
-use crate::tier::fault::{Access, Acct, Mode};
+use crate::tier::fault::{Access, FaultRequest, Mode, Outcome};
 use crate::tier::hint::Hint;
 use crate::tier::map::{Entry, FileState};
 use crate::tier::readahead::Job;
@@ -159,22 +159,19 @@ impl DeviceTier {
                 return; // invalidated since it was queued
             }
         }
-        let mut acct = Acct::default();
-        let r = self.serve(
-            job.file,
-            job.file_size,
-            job.offset,
-            job.end,
-            None,
-            None,
-            Access::INTERNAL,
-            Mode::Readahead,
-            src,
-            &mut acct,
-        );
+        let req = FaultRequest {
+            file: job.file,
+            file_size: job.file_size,
+            start: job.offset,
+            end: job.end,
+            access: Access::INTERNAL,
+            mode: Mode::Readahead,
+            pin: false,
+        };
+        let Outcome { acct, result } = self.serve(&req, None, src);
         add(&self.stats.readahead_bytes, acct.faulted_bytes);
         add(&self.stats.admission_refusals, acct.refused);
-        if let Err(e) = r {
+        if let Err(e) = result {
             tracing::debug!(file = job.file, offset = job.offset, error = %e, "readahead failed");
         }
     }
