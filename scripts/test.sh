@@ -92,6 +92,17 @@ run_tests() {
   fi
 }
 
+# The tier's concurrency tests: the shuttle feature swaps the tier's locks, atomics and threads
+# for shuttle's (src/tier/sync.rs), so that build runs these tests only, each over many
+# randomized and PCT schedules.
+shuttle_tests() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --features shuttle --lib -E 'test(shuttle)'
+  else
+    cargo test --locked --features shuttle --lib shuttle_
+  fi
+}
+
 # Writes files with fio through the host view of a fresh mount, verifies them there, then
 # re-reads and verifies them through the device view and in STORAGE itself.
 fio_verify() {
@@ -141,6 +152,7 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
 step shellcheck lint_scripts
 step tests run_tests
+step shuttle shuttle_tests
 step fio-verify fio_verify
 
 printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"

@@ -54,6 +54,8 @@ mod policy;
 mod read;
 mod readahead;
 mod reclaim;
+#[cfg(all(test, feature = "shuttle"))]
+mod shuttle_tests;
 pub mod sim;
 mod stats;
 mod sync;
