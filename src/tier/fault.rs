@@ -5,8 +5,9 @@
 //! With huge pages on, a miss in extent `E` faults the whole huge page when **all** hold:
 //! the access is *sequential* (the read starts where the previous device read of that file
 //! ended — a file's first read at offset 0 counts — or is at least
-//! [`SEQUENTIAL_MIN_READ`] = 128 KiB long, or it is a prefetch); `E` lies wholly inside the
-//! file (tails use base pages, so a small file never pins 2 MiB); and no base page of `E` is
+//! [`SEQUENTIAL_MIN_READ`](crate::tier::SEQUENTIAL_MIN_READ) = 128 KiB long, or it is a
+//! prefetch); `E` lies wholly inside the file (tails use base pages, so a small file never
+//! pins 2 MiB); and no base page of `E` is
 //! resident or being filled. Otherwise the missing 4 KiB pages the read touches are faulted
 //! as base pages, preferring each page's *home slot* (page `i` of an extent in slot `i` of a
 //! chunk already holding that extent's pages) so that a re-faulted extent can **collapse**
@@ -18,8 +19,10 @@
 //! Bytes past EOF in a tail page are zero and are never served.
 //!
 //! # Admission
-//! The [`EvictionPolicy`] (chosen by name with [`policy_by_name`]; default [`DEFAULT_POLICY`],
-//! see `evict.rs` for the measurements behind it) orders resident folios and also decides
+//! The [`EvictionPolicy`](crate::tier::EvictionPolicy) (chosen by name with
+//! [`policy_by_name`](crate::tier::policy_by_name); default
+//! [`DEFAULT_POLICY`](crate::tier::DEFAULT_POLICY),
+//! see `policy/mod.rs` for the measurements behind it) orders resident folios and also decides
 //! *admission*: every miss is recorded with the policy, and when a read misses a page while
 //! the arena is full the policy is asked whether evicting a victim for it pays off. If not,
 //! the read is served straight from storage without installing the page (a bypass, counted
@@ -27,10 +30,10 @@
 //! stops. Capacity is never exceeded and a fault never fails for lack of space either way.
 //!
 //! # Fills and freshness
-//! State is sharded by file ([`SHARDS`] shards). A fault reserves its folios and marks them
-//! `Filling` in the file's page map under the shard lock, remembers the file's
-//! [`InvalidationSeq`], drops the lock, reads storage **directly into the arena memory**
-//! (page-aligned, so `O_DIRECT` works), re-locks and installs only if the sequence is
+//! State is sharded by file ([`SHARDS`](crate::tier::SHARDS) shards). A fault reserves its
+//! folios and marks them `Filling` in the file's page map under the shard lock, remembers
+//! the file's [`InvalidationSeq`], drops the lock, reads storage **directly into the arena
+//! memory** (page-aligned, so `O_DIRECT` works), re-locks and installs only if the sequence is
 //! unchanged; otherwise the folio is freed and `discarded_fills` counted. Every invalidation
 //! bumps the sequence (from a tier-wide counter, so values never repeat). Concurrent faults
 //! of the same page do one storage read: the others wait on the shard's condition variable.

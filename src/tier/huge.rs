@@ -4,12 +4,15 @@
 //! their home slots of one chunk *collapses* them into one huge page (`collapses`).
 //! Both run under the file's shard lock; neither frees memory under it.
 
+use std::ops::Range;
+
 use crate::tier::DeviceTier;
+use crate::tier::folio::Folio;
 use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::stats::{add, sub};
-use crate::tier::sync::{Arc, lock};
-use crate::tier::types::{FileId, SLOTS_PER_CHUNK};
+use crate::tier::sync::{Arc, lock, thread};
+use crate::tier::types::{FileId, FolioId, SLOTS_PER_CHUNK};
 
 impl DeviceTier {
     /// If all 512 pages of `ext` are resident unpinned base pages at their home slots of one
@@ -74,5 +77,43 @@ impl DeviceTier {
                 }
             }
         }
+    }
+
+    /// Splits the huge page `folio` of extent `ext` (already removed from the page map):
+    /// the base pages in `covered` are freed, the others are installed as base pages in the
+    /// same chunk; returns their keys, for the caller to track. Caller holds the shard lock.
+    /// Waits for readers' pins to drain first: readers pin only under this shard lock (held)
+    /// and never block while pinned, so they drain promptly.
+    pub(super) fn split_huge(
+        &self,
+        st: &mut FileState,
+        file: FileId,
+        ext: u64,
+        folio: Arc<Folio>,
+        covered: Range<u64>,
+    ) -> Vec<(FolioKey, FolioId)> {
+        let mut pinned = folio;
+        let folio = loop {
+            match Arc::try_unwrap(pinned) {
+                Ok(folio) => break folio,
+                Err(again) => {
+                    pinned = again;
+                    thread::yield_now();
+                }
+            }
+        };
+        let first = ext * SLOTS_PER_CHUNK as u64;
+        let mut mask = [0u64; SLOTS_PER_CHUNK / 64];
+        for p in covered {
+            let i = (p - first) as usize;
+            mask[i / 64] |= 1 << (i % 64);
+        }
+        let mut kept = Vec::new();
+        for (i, bf) in self.arena.split(folio, &mask) {
+            let k = FolioKey::base(file, first + i as u64);
+            kept.push((k, bf.id()));
+            st.base.insert(first + i as u64, Entry::Ready(Arc::new(bf)));
+        }
+        kept
     }
 }

@@ -4,7 +4,7 @@
 //! covered huge page is *split*: the covered base pages are freed, the others stay resident
 //! as base pages in the same chunk (`splits` counts these). Returned counts are device pages:
 //!
-//! Every invalidation bumps the file's [`InvalidationSeq`] (from a tier-wide counter, so
+//! Every invalidation bumps the file's [`InvalidationSeq`](crate::tier::InvalidationSeq) (from a tier-wide counter, so
 //! values never repeat): a fill that started before it is discarded when it tries to install
 //! (`fault.rs`), and so is a queued readahead job. Removed folios are freed after the shard
 //! lock is dropped.
@@ -16,7 +16,7 @@ use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::stats::{add, sub};
-use crate::tier::sync::{Arc, lock, thread};
+use crate::tier::sync::{Arc, lock};
 use crate::tier::types::{FileId, FolioId, InvalidationCause, PAGE_SIZE, SLOTS_PER_CHUNK};
 
 impl DeviceTier {
@@ -35,88 +35,27 @@ impl DeviceTier {
             return 0;
         }
         let end = offset.saturating_add(len);
-        let first_page = offset / PAGE_SIZE;
-        let end_page = if end == u64::MAX {
-            u64::MAX
-        } else {
-            end.div_ceil(PAGE_SIZE)
+        let pages = PageRange {
+            first: offset / PAGE_SIZE,
+            end: if end == u64::MAX {
+                u64::MAX
+            } else {
+                end.div_ceil(PAGE_SIZE)
+            },
         };
-        let per = SLOTS_PER_CHUNK as u64;
         let shard = self.shard(file);
         let mut g = lock(&shard.files);
         let Some(st) = g.get_mut(&file) else { return 0 };
         st.seq = self.next_seq();
-        let mut garbage: Vec<Arc<Folio>> = Vec::new();
-        let mut gone: Vec<(FolioKey, FolioId)> = Vec::new();
-        let mut added: Vec<(FolioKey, FolioId)> = Vec::new();
-        let mut dropped = 0u64;
-        let mut splits = 0u64;
-
-        let pages: Vec<u64> = st
-            .base
-            .range(first_page..end_page)
-            .map(|(&p, _)| p)
-            .collect();
-        for p in pages {
-            if let Some(Entry::Ready(f)) = st.base.remove(&p) {
-                gone.push((FolioKey::base(file, p), f.id()));
-                garbage.push(f);
-                dropped += 1;
-            }
-        }
-        let end_ext = if end_page == u64::MAX {
-            u64::MAX
-        } else {
-            end_page.div_ceil(per)
-        };
-        let exts: Vec<u64> = st
-            .huge
-            .range(first_page / per..end_ext)
-            .map(|(&e, _)| e)
-            .collect();
-        for e in exts {
-            let Some(Entry::Ready(f)) = st.huge.remove(&e) else {
-                continue;
-            };
-            gone.push((FolioKey::huge(file, e), f.id()));
-            let (es, ee) = (e * per, e * per + per);
-            let (cs, ce) = (first_page.max(es), end_page.min(ee));
-            if cs == es && ce == ee {
-                garbage.push(f);
-                dropped += 1;
-                continue;
-            }
-            // Split. Readers pin only under this shard lock (held) and never block while
-            // pinned, so the pins drain promptly.
-            let mut f = f;
-            let folio = loop {
-                match Arc::try_unwrap(f) {
-                    Ok(folio) => break folio,
-                    Err(again) => {
-                        f = again;
-                        thread::yield_now();
-                    }
-                }
-            };
-            let mut mask = [0u64; SLOTS_PER_CHUNK / 64];
-            for p in cs..ce {
-                let i = (p - es) as usize;
-                mask[i / 64] |= 1 << (i % 64);
-            }
-            for (i, bf) in self.arena.split(folio, &mask) {
-                let k = FolioKey::base(file, es + i as u64);
-                added.push((k, bf.id()));
-                st.base.insert(es + i as u64, Entry::Ready(Arc::new(bf)));
-            }
-            dropped += ce - cs;
-            splits += 1;
-        }
-        if !gone.is_empty() || !added.is_empty() {
+        let mut dropped = Dropped::default();
+        Self::drop_base_pages(st, file, pages, &mut dropped);
+        self.drop_huge_pages(st, file, pages, &mut dropped);
+        if !dropped.gone.is_empty() || !dropped.added.is_empty() {
             let mut policy = lock(&self.policy);
-            for (k, id) in &gone {
+            for (k, id) in &dropped.gone {
                 self.untrack(st, &mut **policy, k, *id);
             }
-            for (k, id) in &added {
+            for (k, id) in &dropped.added {
                 self.track(st, &mut **policy, *k, *id, false);
             }
         }
@@ -125,16 +64,67 @@ impl DeviceTier {
         }
         shard.filled.notify_all();
         drop(g);
-        let gone_huge = gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
+        let gone_huge = dropped.gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
         sub(&self.stats.resident_huge, gone_huge);
-        sub(&self.stats.resident_base, gone.len() as u64 - gone_huge);
-        add(&self.stats.resident_base, added.len() as u64);
-        add(&self.stats.splits, splits);
-        add(&self.stats.invalidations[cause as usize], dropped);
-        drop(garbage);
-        dropped
+        sub(
+            &self.stats.resident_base,
+            dropped.gone.len() as u64 - gone_huge,
+        );
+        add(&self.stats.resident_base, dropped.added.len() as u64);
+        add(&self.stats.splits, dropped.splits);
+        add(&self.stats.invalidations[cause as usize], dropped.pages);
+        drop(dropped.garbage);
+        dropped.pages
     }
 
+    /// Removes the base pages in `pages` from the page map (in-flight fills included: they
+    /// will not install).
+    fn drop_base_pages(st: &mut FileState, file: FileId, pages: PageRange, d: &mut Dropped) {
+        let keys: Vec<u64> = st
+            .base
+            .range(pages.first..pages.end)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in keys {
+            if let Some(Entry::Ready(f)) = st.base.remove(&p) {
+                d.gone.push((FolioKey::base(file, p), f.id()));
+                d.garbage.push(f);
+                d.pages += 1;
+            }
+        }
+    }
+
+    /// Removes the huge pages overlapping `pages` from the page map: wholly covered ones are
+    /// dropped, partly covered ones split (`huge.rs`).
+    fn drop_huge_pages(&self, st: &mut FileState, file: FileId, pages: PageRange, d: &mut Dropped) {
+        let per = SLOTS_PER_CHUNK as u64;
+        let end_ext = if pages.end == u64::MAX {
+            u64::MAX
+        } else {
+            pages.end.div_ceil(per)
+        };
+        let exts: Vec<u64> = st
+            .huge
+            .range(pages.first / per..end_ext)
+            .map(|(&e, _)| e)
+            .collect();
+        for e in exts {
+            let Some(Entry::Ready(f)) = st.huge.remove(&e) else {
+                continue;
+            };
+            d.gone.push((FolioKey::huge(file, e), f.id()));
+            let (es, ee) = (e * per, e * per + per);
+            let covered = pages.first.max(es)..pages.end.min(ee);
+            if covered == (es..ee) {
+                d.garbage.push(f);
+                d.pages += 1;
+                continue;
+            }
+            d.pages += covered.end - covered.start;
+            d.added.extend(self.split_huge(st, file, e, f, covered));
+            d.splits += 1;
+        }
+    }
     /// Drops all of the file's device pages and forgets the file (its sequential-access
     /// state); in-flight fills are discarded. Returns device pages dropped.
     pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
@@ -185,4 +175,25 @@ impl DeviceTier {
         drop(garbage);
         gone.len() as u64
     }
+}
+
+/// Base pages `[first, end)` of a file (`end == u64::MAX`: to the end of the file).
+#[derive(Clone, Copy, Debug)]
+struct PageRange {
+    first: u64,
+    end: u64,
+}
+
+/// What an invalidation removed, to account and free after the shard lock is dropped.
+#[derive(Default)]
+struct Dropped {
+    /// Folios removed from the page map, freed after unlocking.
+    garbage: Vec<Arc<Folio>>,
+    /// Their keys, untracked from the policy or the pinned set.
+    gone: Vec<(FolioKey, FolioId)>,
+    /// Base pages that a split left resident, tracked anew.
+    added: Vec<(FolioKey, FolioId)>,
+    /// Device pages dropped (a huge page counts 1, a split the base pages it dropped).
+    pages: u64,
+    splits: u64,
 }

@@ -11,7 +11,7 @@
 //! turns off readahead and huge faults for the file, `sequential` makes every read sequential
 //! and readahead start at its largest window, `epoch` is passed to the policy, and `pin` keeps
 //! the file's folios out of the policy — they are never evicted, only invalidated — as long as
-//! all pinned folios fit in [`TierOptions::pin_share`] of the capacity; folios beyond that
+//! all pinned folios fit in [`TierOptions::pin_share`](crate::tier::TierOptions::pin_share) of the capacity; folios beyond that
 //! share are evictable as usual. Changing the hint away from `pin` hands the folios back to
 //! the policy. A hint survives [`DeviceTier::invalidate_file`]; clear it with `Hint::Normal`.
 //!

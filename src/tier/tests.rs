@@ -617,6 +617,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Runs `ops` against a tier and a model (the files' bytes), checking every result and the
+/// tier's invariants after each step. Long because it is one `match` with an arm of a few
+/// lines per [`Op`] over state local to the run; splitting it would scatter the model.
 fn run_model(policy: &str, chunks: u64, huge: bool, sizes: [u64; FILES], ops: &[Op]) {
     let t = tier_ra(chunks, huge, policy);
     let mut pinned_before: Vec<(usize, FolioKey)> = Vec::new();
@@ -845,6 +848,9 @@ impl FillSource for Versioned {
     }
 }
 
+/// Two writers (storage, then invalidation, then the committed version) against four
+/// readers checking every page they get against the versions committed before the read.
+/// Long because the threads' bodies are written inline, sharing the test's state.
 #[test]
 fn concurrent_readers_never_see_stale_pages() {
     const SIZE: u64 = 6 * MIB;

@@ -1,8 +1,8 @@
 //! Readahead decisions: when a file is read sequentially, which extents ahead of the reader
 //! to fault, queued as jobs on the tier's readahead pool (`readahead.rs`).
 //!
-//! [`DeviceTier::read_with_readahead`] is [`DeviceTier::read`] plus readahead: when a file is
-//! read sequentially, the extents ahead of the reader are faulted by a small pool of tier
+//! Every device read ([`DeviceTier::read`]) that faults starts here: when a file is read
+//! sequentially, the extents ahead of the reader are faulted by a small pool of tier
 //! threads through an owned `Arc` source, in a window that grows on sustained sequential
 //! reads and closes on a random one (`readahead.rs`). Readahead fills are ordinary fills:
 //! the same `Filling` reservations and the same invalidation-sequence check.

@@ -9,7 +9,7 @@
 //!   `tinylfu.rs`). Every miss is installed in a small LRU window (1 % of the tier, at least
 //!   four huge pages), readahead's folios wait apart until read, and a window leaver enters
 //!   the LRU main region only if a 4-bit count-min sketch (periodic halving) estimates it
-//!   more frequent than main's LRU folio by more than [`TINYLFU_MARGIN`](crate::tier::TINYLFU_MARGIN);
+//!   more frequent than main's LRU folio by more than [`TINYLFU_MARGIN`];
 //!   otherwise the leaver is the victim.
 //! - `lru` — least recently used, on the `lru` crate; admits everything. The reference.
 //! - `s3fifo` — S3-FIFO (Yang et al., SOSP '23): a small probationary FIFO (10 %), a main
@@ -50,7 +50,7 @@
 //! that.
 //!
 //! # The `epoch` hint
-//! `lru` and `tinylfu` also honour [`Hint::Epoch`]: a page of an epoch file never displaces
+//! `lru` and `tinylfu` also honour [`Hint::Epoch`](crate::tier::Hint::Epoch): a page of an epoch file never displaces
 //! a page that is itself of an epoch file (keep what is resident; see above), whatever
 //! recency or frequency say — `lru` refuses the missed page (a bypass), `tinylfu` evicts the
 //! window leaver. `s3fifo` ignores hints.
