@@ -3,7 +3,8 @@
 //! [`DeviceTier`] is the facade the FUSE layer calls. It serves device-view reads from
 //! resident pages, faults misses straight from storage (through the caller's [`FillSource`])
 //! into the arena, and drops exactly the pages a host modification touched.
-//!//! # Pages
+//!
+//! # Pages
 //! A *huge page* is an aligned 2 MiB extent of one file held in one 2 MiB arena chunk; a
 //! *base page* is 4 KiB held in one slot of a base-page chunk (512 slots). Capacity is a
 //! whole number of chunks and is never exceeded: every byte of arena memory belongs to at
@@ -11,7 +12,9 @@
 //!
 //! # Layout (one file per concern, like Linux mm's page cache)
 //! - `mod.rs` — this facade: [`DeviceTier`], its construction and the public calls, each
-//!   composing the parts below; the one device-read entry point.
+//!   composing the parts below; the one device-read entry point, [`DeviceTier::read`].
+//! - `read.rs` — the steps of a device read: access detection, the pinned hit in one
+//!   resident huge page, the read that faults (and [`Served`]).
 //! - `types.rs` — ids, sizes, configuration, reports, errors, [`FillSource`]; imports nothing
 //!   else of the tier.
 //! - `fault.rs` — the fault path: serve a read or prefetch from resident folios, fault
@@ -21,10 +24,13 @@
 //!   `readahead.rs` — the pool of threads that runs those jobs.
 //! - `reclaim.rs` — tracking folios with the policy, the pin budget, eviction rounds.
 //! - `huge.rs` — collapsing base pages into a huge page and splitting a huge page.
-//! - `invalidate.rs` — dropping the pages a host modification touched.
+//! - `invalidate.rs` — dropping the pages a host modification touched
+//!   ([`DeviceTier::invalidate_range`], [`DeviceTier::invalidate_file`]).
 //! - `policy/` — the eviction contract and one file per policy; `arena.rs`, `folio.rs`,
 //!   `map.rs` — memory, folios and per-file page maps; `hint.rs`, `stats.rs`, `sim.rs`,
 //!   `sync.rs` (the one door to `std::sync`, swapped for shuttle in concurrency tests).
+//! - Tests: `tests.rs` (unit cases, a proptest reference model, a threaded freshness test),
+//!   `shuttle_tests.rs` (schedules explored by shuttle), `check.rs` (invariant checks).
 //!
 //! # Concurrency
 //! State is sharded by file ([`SHARDS`] shards). Faults reserve folios as `Filling` under the
@@ -36,8 +42,8 @@
 //! # Lock order
 //! `shard.files` → (`policy` | `arena.alloc` | readahead `queue`). At most one shard lock is
 //! held at a time; `policy`, `arena.alloc` and the readahead queue are leaves and never nested
-//! with each other. No storage I/O and
-//! no freeing of folios happens under a shard lock (removed folios are dropped after unlock).
+//! with each other. No storage I/O and no freeing of folios happens under a shard lock
+//! (removed folios are dropped after unlock).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
