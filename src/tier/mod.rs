@@ -18,8 +18,9 @@
 //! - `types.rs` — ids, sizes, configuration, reports, errors, [`FillSource`]; imports nothing
 //!   else of the tier.
 //! - `fault.rs` — the fault path: serve a read or prefetch from resident folios, fault
-//!   misses into the arena, bypass when no space can be had; faulting policy and the fill
-//!   protocol (freshness) are documented there.
+//!   misses into the arena, bypass when no space can be had (faulting policy, admission).
+//! - `fill.rs` — a fill: reserved folios read from storage without locks, installed only if
+//!   no invalidation intervened (freshness).
 //! - `window.rs` — readahead decisions (the window per file) and the jobs they queue;
 //!   `readahead.rs` — the pool of threads that runs those jobs.
 //! - `reclaim.rs` — tracking folios with the policy, the pin budget, eviction rounds.
@@ -51,6 +52,7 @@ mod arena;
 #[cfg(test)]
 mod check;
 mod fault;
+mod fill;
 mod folio;
 mod hint;
 mod huge;
