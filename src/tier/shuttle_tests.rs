@@ -13,12 +13,11 @@
 
 use std::io;
 
-use crate::tier::sync::{AtomicU64, Mutex, Ordering, lock, thread};
+use crate::tier::sync::{Arc, AtomicU64, Mutex, Ordering, lock, thread};
 use crate::tier::{
     DeviceTier, FileId, FillSource, HUGE_PAGE_SIZE, InvalidationCause, PAGE_SIZE, Served,
     SharedSource, TierConfig, TierOptions, policy_by_name,
 };
-use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
 /// Schedules per test and scheduler (the two-thread race is cheap: it gets ten times as many).
