@@ -1,0 +1,587 @@
+//! Coherence: no read of either view returns bytes STORAGE no longer holds.
+//!
+//! One home for the protocol the host view, the device view and the watcher
+//! share. Three sources change STORAGE, and each is answered here:
+//! - *A change of a file's data or attributes made through the mount*
+//!   ([`Coherence::changing`]): before it, a change made behind the mount's
+//!   back since the mount last looked drops the whole file's device pages;
+//!   while it runs the file is marked in flight, so the watcher leaves it to
+//!   the change; after it, the file's fingerprint is recorded so that the
+//!   change is not taken for an external one, and the kernel is told what it
+//!   made stale in the device view. The caller drops exactly the device pages
+//!   its change covers, after STORAGE has the new bytes.
+//! - *A change of names made through the mount* (mkdir, create, mknod, symlink,
+//!   link, unlink, rmdir, rename): the kernel already knows it in the host
+//!   view, and the caller tells it about the device view. Before the syscall
+//!   the operation registers the inotify events it will cause
+//!   ([`Coherence::expect_own`]); the watcher consumes a matching registration
+//!   instead of notifying. Notifying anyway would unhash the host-view dentry
+//!   a process may just have entered, and its `getcwd` would fail.
+//! - *A change behind the mount's back*: the watcher hands each inotify event
+//!   to [`Coherence::storage_event`], which drops the file's device pages and
+//!   tells the kernel what went stale in both views; an open that comes first
+//!   finds it by fingerprint ([`Coherence::revalidate`]) and drops the kernel's
+//!   cached data by not keeping it.
+//!
+//! Invariants:
+//! - a file's fingerprint ([`FileState`], private to this module) is recorded
+//!   only after every invalidation that the state it describes requires has
+//!   completed: the device pages dropped, and (by the watcher) the kernel's
+//!   pages dropped. So a matching fingerprint always means the caches hold
+//!   nothing older than it, and an open may keep the kernel's cache.
+//! - the watcher records what it saw, too: its invalidation covers the file as
+//!   it stat'd it, and leaving the old fingerprint would make the next open
+//!   drop again the device pages refilled with the new bytes and the kernel's
+//!   cache (and under multigrain timestamps a later change always shows).
+//! - a registration of an own event is withdrawn when the syscall fails, is
+//!   consumed by at most one event, and expires [`OWN_EVENT_TTL`] after the
+//!   syscall (an unwatched directory never reports it). An event that meets a
+//!   registration whose syscall has not returned yet waits for the outcome.
+//! - no lock of this module is held while calling the tier or the kernel.
+//!
+//! Lock order: an inode's fingerprint mutex and the own-event registry are
+//! leaves (taken after the inode table's lock, never together).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, Stat};
+use tracing::debug;
+
+use crate::errno::FsResult;
+use crate::inode::{Fingerprint, Inode, InodeId, InodeKey, InodeTable};
+use crate::lock::lock;
+use crate::notify::{KernelNotifier, NotifyCounters, NotifySink, Stale};
+use crate::storage;
+use crate::tier::{DeviceTier, Hint, InvalidationCause};
+
+/// How long a registration of an own event waits for its event after the
+/// syscall returned. Past it the event is taken for an external one.
+pub const OWN_EVENT_TTL: Duration = Duration::from_secs(5);
+
+/// How long the watcher waits for a registered operation whose syscall has
+/// not returned yet (it already caused the event, or an external change did).
+const OUTCOME_WAIT: Duration = Duration::from_secs(1);
+
+/// What the mount last saw of a backing file, and whether a change made
+/// through the mount is running on it. Lives in [`Inode`]; only this module
+/// reads or writes it.
+#[derive(Debug, Default)]
+pub struct FileState {
+    /// The file as last seen by an open, a change through the mount or the
+    /// watcher; the kernel's cached data is kept across opens only while the
+    /// backing file matches it.
+    seen: Mutex<Option<Fingerprint>>,
+    /// Changes through the mount in progress; the watcher leaves the file to
+    /// them (each revalidates before it changes anything).
+    changes_in_flight: AtomicU64,
+}
+
+/// What survives of a [`FileState`] while the kernel has forgotten the inode
+/// (its device pages outlive the forget).
+#[derive(Clone, Copy, Debug)]
+pub struct Remembered(Fingerprint);
+
+impl FileState {
+    /// The state of an inode made live, with what was remembered of it.
+    pub fn new(remembered: Option<Remembered>) -> Self {
+        FileState {
+            seen: Mutex::new(remembered.map(|r| r.0)),
+            changes_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// What to remember when the kernel forgets the inode.
+    pub fn remembered(&self) -> Option<Remembered> {
+        lock(&self.seen).map(Remembered)
+    }
+
+    fn in_flight(&self) -> bool {
+        self.changes_in_flight.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Marks a change through the mount in progress on a file.
+struct InFlight<'a>(&'a FileState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a FileState) -> Self {
+        state.changes_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.changes_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An inotify event about a name in a watched directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryEvent {
+    /// `IN_CREATE`: the name appeared (create, mkdir, mknod, symlink, link).
+    Created,
+    /// `IN_DELETE`: the name went away (unlink, rmdir).
+    Deleted,
+    /// `IN_MOVED_FROM`: the name was renamed away.
+    MovedFrom,
+    /// `IN_MOVED_TO`: a rename put something under the name.
+    MovedTo,
+}
+
+/// What the watcher saw happen to a name in a watched directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageEvent {
+    /// The name itself changed.
+    Entry(EntryEvent),
+    /// The data of the file under the name changed (`IN_MODIFY`, `IN_CLOSE_WRITE`).
+    Data,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EventKey {
+    dir: InodeKey,
+    name: OsString,
+    event: EntryEvent,
+}
+
+#[derive(Debug)]
+struct Registration {
+    token: u64,
+    /// When the syscall returned successfully; `None` while it runs.
+    happened_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Registry {
+    by_key: HashMap<EventKey, Vec<Registration>>,
+    next_token: u64,
+    swept: Instant,
+}
+
+impl Registry {
+    /// Drops registrations whose event never came (at most once a second).
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.swept) < Duration::from_secs(1) {
+            return;
+        }
+        self.swept = now;
+        self.by_key.retain(|_, regs| {
+            regs.retain(|r| !r.expired(now));
+            !regs.is_empty()
+        });
+    }
+
+    fn remove(&mut self, key: &EventKey, token: u64) {
+        if let Some(regs) = self.by_key.get_mut(key) {
+            regs.retain(|r| r.token != token);
+            if regs.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+}
+
+impl Registration {
+    fn expired(&self, now: Instant) -> bool {
+        self.happened_at
+            .is_some_and(|t| now.duration_since(t) > OWN_EVENT_TTL)
+    }
+}
+
+/// What a consumer finds for an event.
+enum Match {
+    /// A registration whose syscall returned: the event is the mount's own.
+    Own,
+    /// Only registrations whose syscall still runs.
+    Undecided,
+    /// None: the event is external.
+    External,
+}
+
+/// The registry of inotify events the mount's own operations will cause.
+struct OwnEvents {
+    registry: Mutex<Registry>,
+    /// Signalled when a registration's syscall returns (or fails).
+    outcome: Condvar,
+}
+
+impl OwnEvents {
+    fn new() -> Self {
+        OwnEvents {
+            registry: Mutex::new(Registry {
+                by_key: HashMap::new(),
+                next_token: 0,
+                swept: Instant::now(),
+            }),
+            outcome: Condvar::new(),
+        }
+    }
+
+    fn find(registry: &mut Registry, key: &EventKey, now: Instant) -> Match {
+        let Some(regs) = registry.by_key.get_mut(key) else {
+            return Match::External;
+        };
+        if let Some(i) = regs
+            .iter()
+            .position(|r| r.happened_at.is_some() && !r.expired(now))
+        {
+            regs.remove(i);
+            if regs.is_empty() {
+                registry.by_key.remove(key);
+            }
+            return Match::Own;
+        }
+        if regs.iter().any(|r| r.happened_at.is_none()) {
+            Match::Undecided
+        } else {
+            Match::External
+        }
+    }
+
+    /// Whether `key` is an event the mount's own operation caused (consuming
+    /// its registration).
+    fn consume(&self, key: &EventKey) -> bool {
+        let deadline = Instant::now() + OUTCOME_WAIT;
+        let mut registry = lock(&self.registry);
+        loop {
+            let now = Instant::now();
+            registry.sweep(now);
+            match Self::find(&mut registry, key, now) {
+                Match::Own => return true,
+                Match::External => return false,
+                Match::Undecided if now >= deadline => {
+                    // The syscall has not returned for a second: it caused the event.
+                    debug!(
+                        ?key,
+                        "own operation still running; its event taken as its own"
+                    );
+                    return true;
+                }
+                Match::Undecided => {
+                    registry = self
+                        .outcome
+                        .wait_timeout(registry, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+/// The events one operation through the mount registered; withdrawn when
+/// dropped before [`OwnChange::happened`] (the syscall failed).
+#[must_use = "call happened() once the syscall succeeded"]
+pub struct OwnChange<'c> {
+    own: &'c OwnEvents,
+    registered: Vec<(EventKey, u64)>,
+}
+
+impl OwnChange<'_> {
+    /// The syscall succeeded: its events are expected from now on.
+    pub fn happened(mut self) {
+        let now = Instant::now();
+        let mut registry = lock(&self.own.registry);
+        for (key, token) in self.registered.drain(..) {
+            if let Some(r) = registry
+                .by_key
+                .get_mut(&key)
+                .and_then(|regs| regs.iter_mut().find(|r| r.token == token))
+            {
+                r.happened_at = Some(now);
+            }
+        }
+        drop(registry);
+        self.own.outcome.notify_all();
+    }
+}
+
+impl Drop for OwnChange<'_> {
+    fn drop(&mut self) {
+        if self.registered.is_empty() {
+            return;
+        }
+        let mut registry = lock(&self.own.registry);
+        for (key, token) in self.registered.drain(..) {
+            registry.remove(&key, token);
+        }
+        drop(registry);
+        self.own.outcome.notify_all();
+    }
+}
+
+/// The object under a name, looked at before a change removes or replaces
+/// the name.
+#[derive(Clone, Copy, Debug)]
+pub struct Child {
+    id: InodeId,
+    nlink: u64,
+    regular: bool,
+}
+
+impl Child {
+    /// The object now named `name` in `dir`, if the mount ever gave it an id.
+    pub fn of(inodes: &InodeTable, dir: &Inode, name: &OsStr) -> Option<Child> {
+        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let id = inodes.known_id(storage::key_of(&st))?;
+        Some(Child {
+            id,
+            nlink: st.st_nlink,
+            regular: storage::fmt_of(&st) == libc::S_IFREG,
+        })
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> InodeId {
+        self.id
+    }
+
+    /// Marks the object's device-view attributes stale, if the kernel holds it.
+    pub fn mark_stale(&self, inodes: &InodeTable, stale: &mut Stale) {
+        if let Some(inode) = inodes.get(self.id) {
+            stale.inode(&inode);
+        }
+    }
+}
+
+/// The coherence protocol's state: the device tier to drop pages from, the
+/// kernel to tell, and the events the mount's own operations will cause.
+pub struct Coherence {
+    tier: Arc<DeviceTier>,
+    kernel: KernelNotifier,
+    own: OwnEvents,
+}
+
+impl Coherence {
+    /// Coherence over `tier`, with no kernel connection yet.
+    pub fn new(tier: Arc<DeviceTier>) -> Self {
+        Coherence {
+            tier,
+            kernel: KernelNotifier::new(),
+            own: OwnEvents::new(),
+        }
+    }
+
+    /// Starts telling the kernel, through `sink`, what goes stale. Once only.
+    pub fn connect(&self, sink: impl NotifySink) -> std::io::Result<()> {
+        self.kernel.connect(sink)
+    }
+
+    /// Whether the kernel is told what goes stale (device-view entries and
+    /// attributes may be cached only then).
+    pub fn is_connected(&self) -> bool {
+        self.kernel.is_connected()
+    }
+
+    /// The notifier's counters (for stats).
+    pub fn notify_counters(&self) -> &NotifyCounters {
+        self.kernel.counters()
+    }
+
+    // ----- changes through the mount --------------------------------------------
+
+    /// Runs `change`, a modification of `inode`'s data or attributes made
+    /// through the mount (see the module docs). The caller drops exactly the
+    /// device pages its change covers.
+    pub fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        let res = if inode.is_reg() {
+            let _in_flight = InFlight::enter(&inode.coherence);
+            if let Ok(st) = storage::stat(&inode.fd) {
+                self.revalidate(inode, &st);
+            }
+            let res = change();
+            self.note_changed_by_us(inode);
+            res
+        } else {
+            change()
+        };
+        // Even a failed change may have done part of its work (a short write).
+        self.device_view_stale(|s| {
+            s.inode(inode);
+        });
+        res
+    }
+
+    /// Records the backing file's state after a change made through the
+    /// mount, so that the next open keeps the kernel's (already updated) cache.
+    pub fn note_changed_by_us(&self, inode: &Inode) {
+        if let Ok(st) = storage::stat(&inode.fd) {
+            *lock(&inode.coherence.seen) = Some(storage::fingerprint(&st));
+        }
+    }
+
+    /// Registers the inotify events an operation through the mount is about
+    /// to cause, each `(directory, name, event)`. Call before the syscall;
+    /// [`OwnChange::happened`] after it succeeded.
+    pub fn expect_own(&self, events: &[(&Inode, &OsStr, EntryEvent)]) -> OwnChange<'_> {
+        let mut registry = lock(&self.own.registry);
+        registry.sweep(Instant::now());
+        let mut registered = Vec::with_capacity(events.len());
+        for (dir, name, event) in events {
+            let key = EventKey {
+                dir: dir.key,
+                name: (*name).to_owned(),
+                event: *event,
+            };
+            let token = registry.next_token;
+            registry.next_token += 1;
+            registry
+                .by_key
+                .entry(key.clone())
+                .or_default()
+                .push(Registration {
+                    token,
+                    happened_at: None,
+                });
+            registered.push((key, token));
+        }
+        OwnChange {
+            own: &self.own,
+            registered,
+        }
+    }
+
+    /// The events a rename through the mount causes (`exchange`: both names
+    /// move).
+    pub fn expect_rename<'a>(
+        &'a self,
+        from: &Inode,
+        name: &OsStr,
+        to: &Inode,
+        newname: &OsStr,
+        exchange: bool,
+    ) -> OwnChange<'a> {
+        let mut events = vec![
+            (from, name, EntryEvent::MovedFrom),
+            (to, newname, EntryEvent::MovedTo),
+        ];
+        if exchange {
+            events.push((to, newname, EntryEvent::MovedFrom));
+            events.push((from, name, EntryEvent::MovedTo));
+        }
+        self.expect_own(&events)
+    }
+
+    /// After a name was removed or replaced through the mount: a regular file
+    /// whose last name went away loses its device pages; one that keeps other
+    /// names only changed its link count and ctime.
+    pub fn name_gone(&self, inodes: &InodeTable, victim: Option<Child>) {
+        let Some(Child {
+            id,
+            nlink,
+            regular: true,
+        }) = victim
+        else {
+            return;
+        };
+        if nlink <= 1 {
+            self.tier
+                .invalidate_file(id, InvalidationCause::UnlinkRename);
+            // A later file that reuses the inode number starts without it.
+            self.tier.set_hint(id, Hint::Normal);
+            // Nor may readahead keep the deleted file's space allocated.
+            self.tier.cancel_readahead(id);
+        } else if let Some(inode) = inodes.get(id) {
+            self.note_changed_by_us(&inode);
+        }
+    }
+
+    /// A file created through the mount (its inode number may be reused):
+    /// no device page of an earlier file may serve it.
+    pub fn created(&self, inode: &Inode) {
+        self.tier
+            .invalidate_file(inode.id, InvalidationCause::UnlinkRename);
+        self.note_changed_by_us(inode);
+    }
+
+    /// Tells the kernel what `mark` finds stale in the device view after a
+    /// change through the host view (see `notify.rs`).
+    pub fn device_view_stale(&self, mark: impl FnOnce(&mut Stale)) {
+        let mut stale = Stale::new();
+        mark(&mut stale);
+        self.kernel.send(stale);
+    }
+
+    // ----- opens ----------------------------------------------------------------
+
+    /// Compares the backing file (`st`, just stat'd) with what the mount last
+    /// saw of it; if it changed behind the mount's back, drops its device
+    /// pages. Returns whether the kernel's cached data may be kept.
+    pub fn revalidate(&self, inode: &Inode, st: &Stat) -> bool {
+        let fp = storage::fingerprint(st);
+        let mut seen = lock(&inode.coherence.seen);
+        let same = *seen == Some(fp);
+        if !same && seen.is_some() {
+            drop(seen);
+            self.tier
+                .invalidate_file(inode.id, InvalidationCause::External);
+            seen = lock(&inode.coherence.seen);
+        }
+        *seen = Some(fp);
+        same
+    }
+
+    // ----- the watcher ------------------------------------------------------------
+
+    /// The watcher's answer to `event` on the name `name` of the watched
+    /// directory `dir`: an entry event the mount's own operation caused is
+    /// consumed silently (the kernel knows); any other tells the kernel to
+    /// drop the name in both views. Then a regular file now under the name
+    /// whose data changed behind the mount's back loses its device pages and
+    /// the kernel's cached data in both views. Blocks on kernel locks: only
+    /// for a thread no FUSE request waits on.
+    pub fn storage_event(
+        &self,
+        inodes: &InodeTable,
+        dir: &Inode,
+        name: &OsStr,
+        event: StorageEvent,
+    ) {
+        if let StorageEvent::Entry(entry) = event {
+            let key = EventKey {
+                dir: dir.key,
+                name: name.to_owned(),
+                event: entry,
+            };
+            if self.own.consume(&key) {
+                return;
+            }
+            let mut stale = Stale::new();
+            stale.external_entry(dir, name);
+            self.kernel.send_now(stale);
+        }
+        let Some(child) = Child::of(inodes, dir, name) else {
+            return;
+        };
+        if let Some(inode) = inodes.get(child.id) {
+            self.external_data_check(&inode, name);
+        }
+    }
+
+    /// Drops what caches hold of `inode` if its data changed behind the
+    /// mount's back, then records what was seen (module docs).
+    fn external_data_check(&self, inode: &Inode, name: &OsStr) {
+        if !inode.is_reg() || inode.coherence.in_flight() {
+            return;
+        }
+        let Ok(st) = storage::stat(&inode.fd) else {
+            return;
+        };
+        let fp = storage::fingerprint(&st);
+        if *lock(&inode.coherence.seen) == Some(fp) {
+            return;
+        }
+        debug!(id = inode.id, ?name, "external change");
+        self.tier
+            .invalidate_file(inode.id, InvalidationCause::External);
+        let mut stale = Stale::new();
+        stale.external_data(inode);
+        self.kernel.send_now(stale);
+        *lock(&inode.coherence.seen) = Some(fp);
+    }
+}
