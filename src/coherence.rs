@@ -104,6 +104,17 @@ impl FileState {
     }
 }
 
+/// What a revalidation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// The file as last seen.
+    Unchanged,
+    /// Changed behind the mount's back (its device pages are now dropped).
+    Changed,
+    /// Never seen before (the kernel and the tier hold nothing of it).
+    First,
+}
+
 /// Marks a change through the mount in progress on a file.
 struct InFlight<'a>(&'a FileState);
 
@@ -391,8 +402,14 @@ impl Coherence {
     pub fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         let res = if inode.is_reg() {
             let _in_flight = InFlight::enter(&inode.coherence);
-            if let Ok(st) = storage::stat(&inode.fd) {
-                self.revalidate(inode, &st);
+            if let Ok(st) = storage::stat(&inode.fd)
+                && self.check(inode, &st) == Seen::Changed
+            {
+                // The watcher leaves the file to this change, so do its part:
+                // the kernel's cached data of both views (pages moments later).
+                let mut stale = Stale::new();
+                stale.external_data(inode);
+                self.kernel.send(stale);
             }
             let res = change();
             self.note_changed_by_us(inode);
@@ -513,17 +530,26 @@ impl Coherence {
     /// saw of it; if it changed behind the mount's back, drops its device
     /// pages. Returns whether the kernel's cached data may be kept.
     pub fn revalidate(&self, inode: &Inode, st: &Stat) -> bool {
+        self.check(inode, st) == Seen::Unchanged
+    }
+
+    /// [`Self::revalidate`], telling what it found.
+    fn check(&self, inode: &Inode, st: &Stat) -> Seen {
         let fp = storage::fingerprint(st);
         let mut seen = lock(&inode.coherence.seen);
-        let same = *seen == Some(fp);
-        if !same && seen.is_some() {
+        let found = match *seen {
+            Some(old) if old == fp => Seen::Unchanged,
+            Some(_) => Seen::Changed,
+            None => Seen::First,
+        };
+        if found == Seen::Changed {
             drop(seen);
             self.tier
                 .invalidate_file(inode.id, InvalidationCause::External);
             seen = lock(&inode.coherence.seen);
         }
         *seen = Some(fp);
-        same
+        found
     }
 
     // ----- the watcher ------------------------------------------------------------
@@ -583,5 +609,554 @@ impl Coherence {
         stale.external_data(inode);
         self.kernel.send_now(stale);
         *lock(&inode.coherence.seen) = Some(fp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protocol without a mount: a real small tier, real backing files in a
+    //! temp directory, the inode table, and a sink that records what the kernel
+    //! would be told. Watcher events are handed in as inotify would report them.
+
+    use super::*;
+    use crate::errno::Errno;
+    use crate::inode::{FIRST_BACKING_ID, View};
+    use crate::tier::{FillSource, TierConfig};
+    use std::fs::{self, File};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
+
+    /// Records every notification as text: `entry PARENT NAME`, `attrs INO`, `pages INO`,
+    /// and whether the notification thread wrote it (pages a worker queued).
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(bool, String)>>>);
+
+    impl Recorder {
+        fn push(&self, what: String) {
+            let queued = std::thread::current().name() == Some("kernel-notify");
+            lock(&self.0).push((queued, what));
+        }
+        /// Everything recorded since the last take.
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *lock(&self.0))
+                .into_iter()
+                .map(|(_, what)| what)
+                .collect()
+        }
+        /// What callers wrote themselves since the last take (the watcher writes all it
+        /// tells itself); what the notification thread wrote is dropped.
+        fn take_written_by_callers(&self) -> Vec<String> {
+            std::mem::take(&mut *lock(&self.0))
+                .into_iter()
+                .filter(|(queued, _)| !queued)
+                .map(|(_, what)| what)
+                .collect()
+        }
+    }
+
+    impl NotifySink for Recorder {
+        fn inval_entry(&self, parent: u64, name: &OsStr) -> std::io::Result<()> {
+            self.push(format!("entry {parent} {}", name.to_string_lossy()));
+            Ok(())
+        }
+        fn inval_attrs(&self, ino: u64) -> std::io::Result<()> {
+            self.push(format!("attrs {ino}"));
+            Ok(())
+        }
+        fn inval_pages(&self, ino: u64) -> std::io::Result<()> {
+            self.push(format!("pages {ino}"));
+            Ok(())
+        }
+    }
+
+    /// Fills the tier from a backing file.
+    struct FileSource(File);
+
+    impl FillSource for FileSource {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            storage::pread_full(self.0.as_fd(), buf, offset)
+        }
+    }
+
+    /// FUSE inode numbers of the file `f` (the first backing object) and the root.
+    const F_HOST: u64 = 2 * FIRST_BACKING_ID + 1;
+    const F_DEVICE: u64 = 2 * FIRST_BACKING_ID + 2;
+
+    /// Size of `f` at the start: two device pages.
+    const F_SIZE: usize = 8192;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        inodes: InodeTable,
+        tier: Arc<DeviceTier>,
+        coh: Coherence,
+        rec: Recorder,
+        root: Arc<Inode>,
+        /// The regular file `f`, live in the table.
+        f: Arc<Inode>,
+        f_view: View,
+    }
+
+    impl Fixture {
+        /// STORAGE with one file `f`, looked up through `view`.
+        fn new(f_view: View) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("f"), vec![b'a'; F_SIZE]).unwrap();
+            let root_fd = storage::open_root(dir.path()).unwrap();
+            let root_key = storage::key_of(&storage::stat(&root_fd).unwrap());
+            let inodes = InodeTable::new(root_key, root_fd);
+            let root = inodes.get(crate::inode::ROOT_ID).unwrap();
+            let tier = Arc::new(
+                DeviceTier::new(TierConfig {
+                    capacity: 2 << 20,
+                    huge_pages: false,
+                })
+                .unwrap(),
+            );
+            let coh = Coherence::new(tier.clone());
+            let rec = Recorder::default();
+            coh.connect(rec.clone()).unwrap();
+            let f = Self::look_up(&inodes, &root, "f", f_view);
+            assert_eq!(f.id, FIRST_BACKING_ID);
+            Fixture {
+                dir,
+                inodes,
+                tier,
+                coh,
+                rec,
+                root,
+                f,
+                f_view,
+            }
+        }
+
+        fn look_up(inodes: &InodeTable, dir: &Inode, name: &str, view: View) -> Arc<Inode> {
+            let (fd, st) = storage::open_child(dir.fd.as_fd(), OsStr::new(name)).unwrap();
+            inodes.lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, view)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Device pages dropped because STORAGE changed behind the mount's back.
+        fn external_drops(&self) -> u64 {
+            self.tier.stats().invalidations.external
+        }
+
+        fn open(&self) -> bool {
+            self.coh
+                .revalidate(&self.f, &storage::stat(&self.f.fd).unwrap())
+        }
+
+        fn fill(&self) {
+            let size = storage::stat(&self.f.fd).unwrap().st_size as u64;
+            let src = FileSource(File::open(self.path("f")).unwrap());
+            let got = self.tier.prefetch(self.f.id, size, 0, size, &src).unwrap();
+            assert!(got.faulted_bytes + got.already_resident_bytes > 0);
+        }
+
+        /// A write through the mount: overwrites the first byte, under the change guard.
+        fn our_write(&self, during: impl FnOnce()) {
+            self.coh
+                .changing(&self.f, || {
+                    let file = File::options().write(true).open(self.path("f"))?;
+                    file.write_all_at(b"x", 0)?;
+                    during();
+                    Ok::<_, Errno>(())
+                })
+                .unwrap();
+        }
+
+        /// A write straight to STORAGE: appends a byte (size and times change).
+        fn external_write(&self) {
+            let file = File::options().append(true).open(self.path("f")).unwrap();
+            file.write_all_at(b"z", 0).unwrap();
+        }
+
+        fn event(&self, event: StorageEvent, name: &str) {
+            self.coh
+                .storage_event(&self.inodes, &self.root, OsStr::new(name), event);
+        }
+
+        fn forget_and_look_up(&mut self) {
+            assert!(self.inodes.forget(self.f.id, 1, self.f_view).is_some());
+            self.f = Self::look_up(&self.inodes, &self.root, "f", self.f_view);
+        }
+
+        /// mkdir through the mount, with its event registered first.
+        fn our_mkdir(&self, name: &str) -> std::io::Result<()> {
+            let own = self
+                .coh
+                .expect_own(&[(&self.root, OsStr::new(name), EntryEvent::Created)]);
+            fs::create_dir(self.path(name))?;
+            own.happened();
+            Ok(())
+        }
+
+        fn our_rename(&self, from: &str, to: &str) {
+            let own = self.coh.expect_rename(
+                &self.root,
+                OsStr::new(from),
+                &self.root,
+                OsStr::new(to),
+                false,
+            );
+            fs::rename(self.path(from), self.path(to)).unwrap();
+            own.happened();
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// A host-view open of `f`, and whether it may keep the kernel's cache.
+        Open {
+            keep: bool,
+        },
+        /// Device pages of all of `f`.
+        Fill,
+        OurWrite,
+        ExternalWrite,
+        /// A write through the mount during which the watcher handles a data event of `f`.
+        OurWriteMeetingEvent,
+        /// The watcher handles `event` on the name in the root.
+        Event(StorageEvent, &'static str),
+        OurMkdir(&'static str),
+        /// mkdir through the mount that fails (the name exists).
+        OurMkdirFails(&'static str),
+        ExternalMkdir(&'static str),
+        ExternalRmdir(&'static str),
+        OurRename(&'static str, &'static str),
+        ExternalRename(&'static str, &'static str),
+        /// The kernel forgets `f` and looks it up again.
+        Forget,
+    }
+
+    use EntryEvent::*;
+    use Step::*;
+    use StorageEvent::{Data, Entry};
+
+    struct Case {
+        name: &'static str,
+        /// `f` is looked up through the device view (else the host view only).
+        device_view: bool,
+        steps: &'static [Step],
+        /// Device pages dropped as external changes, in all.
+        external_drops: u64,
+        /// Everything the watcher told the kernel, in order.
+        watcher_told: &'static [&'static str],
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "our write then its MODIFY: nothing dropped, nothing told",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                OurWrite,
+                Event(Data, "f"),
+                Open { keep: true },
+            ],
+            external_drops: 0,
+            watcher_told: &[],
+        },
+        Case {
+            name: "external write then MODIFY: device pages and both views' data",
+            device_view: true,
+            steps: &[Open { keep: false }, Fill, ExternalWrite, Event(Data, "f")],
+            external_drops: 2,
+            watcher_told: &["pages 7", "pages 8"],
+        },
+        Case {
+            name: "a file the device view does not hold: host view only",
+            device_view: false,
+            steps: &[Open { keep: false }, Fill, ExternalWrite, Event(Data, "f")],
+            external_drops: 2,
+            watcher_told: &["pages 7"],
+        },
+        Case {
+            name: "the watcher records what it dropped for: the next open keeps, drops nothing",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                ExternalWrite,
+                Event(Data, "f"),
+                Fill,
+                Open { keep: true },
+                Event(Data, "f"),
+            ],
+            external_drops: 2,
+            watcher_told: &["pages 7"],
+        },
+        Case {
+            name: "open after an external change, before its event: the open drops, the event finds nothing",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                ExternalWrite,
+                Open { keep: false },
+                Event(Data, "f"),
+            ],
+            external_drops: 2,
+            watcher_told: &[],
+        },
+        Case {
+            name: "external change met by our write: the watcher leaves it, the write's guard drops",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                ExternalWrite,
+                OurWriteMeetingEvent,
+                Open { keep: true },
+            ],
+            external_drops: 2,
+            watcher_told: &[],
+        },
+        Case {
+            name: "forget keeps what was seen: unchanged file kept after re-lookup",
+            device_view: false,
+            steps: &[Open { keep: false }, Fill, Forget, Open { keep: true }],
+            external_drops: 0,
+            watcher_told: &[],
+        },
+        Case {
+            name: "forget keeps what was seen: changed file dropped after re-lookup",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                Forget,
+                ExternalWrite,
+                Open { keep: false },
+            ],
+            external_drops: 2,
+            watcher_told: &[],
+        },
+        Case {
+            name: "our mkdir then its CREATE: the kernel is not told again",
+            device_view: false,
+            steps: &[OurMkdir("d"), Event(Entry(Created), "d")],
+            external_drops: 0,
+            watcher_told: &[],
+        },
+        Case {
+            name: "external mkdir: both views' entries",
+            device_view: false,
+            steps: &[ExternalMkdir("d"), Event(Entry(Created), "d")],
+            external_drops: 0,
+            watcher_told: &["entry 1 d", "entry 2 d"],
+        },
+        Case {
+            name: "a registration is consumed once: external rmdir and mkdir after ours are told",
+            device_view: false,
+            steps: &[
+                OurMkdir("d"),
+                ExternalRmdir("d"),
+                ExternalMkdir("d"),
+                Event(Entry(Created), "d"),
+                Event(Entry(Deleted), "d"),
+                Event(Entry(Created), "d"),
+            ],
+            external_drops: 0,
+            watcher_told: &["entry 1 d", "entry 2 d", "entry 1 d", "entry 2 d"],
+        },
+        Case {
+            name: "the event kind must match: our mkdir does not hide an external delete",
+            device_view: false,
+            steps: &[
+                OurMkdir("d"),
+                ExternalRmdir("d"),
+                Event(Entry(Deleted), "d"),
+            ],
+            external_drops: 0,
+            watcher_told: &["entry 1 d", "entry 2 d"],
+        },
+        Case {
+            name: "a failed mkdir withdraws its registration: the external one is told",
+            device_view: false,
+            steps: &[
+                ExternalMkdir("d"),
+                OurMkdirFails("d"),
+                Event(Entry(Created), "d"),
+            ],
+            external_drops: 0,
+            watcher_told: &["entry 1 d", "entry 2 d"],
+        },
+        Case {
+            name: "our rename: neither MOVED_FROM nor MOVED_TO told, nor the moved file dropped",
+            device_view: true,
+            steps: &[
+                Open { keep: false },
+                Fill,
+                OurRename("f", "g"),
+                Event(Entry(MovedFrom), "f"),
+                Event(Entry(MovedTo), "g"),
+            ],
+            external_drops: 0,
+            watcher_told: &[],
+        },
+        Case {
+            name: "external rename: both names in both views, and the moved file's data (its ctime changed)",
+            device_view: false,
+            steps: &[
+                Open { keep: false },
+                ExternalRename("f", "g"),
+                Event(Entry(MovedFrom), "f"),
+                Event(Entry(MovedTo), "g"),
+            ],
+            external_drops: 0,
+            watcher_told: &[
+                "entry 1 f",
+                "entry 2 f",
+                "entry 1 g",
+                "entry 2 g",
+                "pages 7",
+            ],
+        },
+    ];
+
+    fn run(case: &Case) -> (u64, Vec<String>) {
+        let view = if case.device_view {
+            View::Device
+        } else {
+            View::Host
+        };
+        let mut fx = Fixture::new(view);
+        let mut told = Vec::new();
+        for (i, step) in case.steps.iter().enumerate() {
+            match *step {
+                Open { keep } => assert_eq!(fx.open(), keep, "{}: step {i} {step:?}", case.name),
+                Fill => fx.fill(),
+                OurWrite => fx.our_write(|| {}),
+                ExternalWrite => fx.external_write(),
+                OurWriteMeetingEvent => {
+                    fx.our_write(|| {
+                        fx.rec.take();
+                        fx.event(Data, "f");
+                        told.extend(fx.rec.take_written_by_callers());
+                    });
+                }
+                Event(event, name) => {
+                    fx.rec.take();
+                    fx.event(event, name);
+                    told.extend(fx.rec.take_written_by_callers());
+                }
+                OurMkdir(name) => fx.our_mkdir(name).unwrap(),
+                OurMkdirFails(name) => assert!(fx.our_mkdir(name).is_err()),
+                ExternalMkdir(name) => fs::create_dir(fx.path(name)).unwrap(),
+                ExternalRmdir(name) => fs::remove_dir(fx.path(name)).unwrap(),
+                OurRename(from, to) => fx.our_rename(from, to),
+                ExternalRename(from, to) => fs::rename(fx.path(from), fx.path(to)).unwrap(),
+                Forget => fx.forget_and_look_up(),
+            }
+        }
+        (fx.external_drops(), told)
+    }
+
+    #[test]
+    fn event_sequences() {
+        let mut wrong = Vec::new();
+        for case in CASES {
+            let (drops, told) = run(case);
+            if drops != case.external_drops || told != case.watcher_told {
+                wrong.push(format!(
+                    "{}: dropped {drops} (want {}), told {told:?} (want {:?})",
+                    case.name, case.external_drops, case.watcher_told
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_write_after_an_unseen_external_change_drops_the_kernels_data() {
+        // The watcher leaves a file to a write in flight, so the write's guard does its part.
+        let fx = Fixture::new(View::Device);
+        fx.open();
+        fx.fill();
+        fx.external_write();
+        fx.rec.take();
+        fx.our_write(|| {});
+        assert_eq!(fx.external_drops(), 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let told: Vec<String> = lock(&fx.rec.0).iter().map(|(_, w)| w.clone()).collect();
+            if [F_HOST, F_DEVICE]
+                .iter()
+                .all(|ino| told.contains(&format!("pages {ino}")))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pages never dropped: {told:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn an_event_meeting_a_running_own_operation_waits_for_its_outcome() {
+        for succeeds in [true, false] {
+            let fx = Fixture::new(View::Host);
+            let own = fx
+                .coh
+                .expect_own(&[(&fx.root, OsStr::new("d"), EntryEvent::Created)]);
+            fs::create_dir(fx.path("d")).unwrap();
+            std::thread::scope(|s| {
+                let watcher = s.spawn(|| fx.event(Entry(Created), "d"));
+                // The watcher must wait (up to OUTCOME_WAIT) while the operation has not
+                // returned. Not a synchronisation: the pause only gives a watcher that
+                // decided early the time to be caught; a correct one passes either way.
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(fx.rec.take().is_empty(), "decided before the outcome");
+                if succeeds {
+                    own.happened();
+                } else {
+                    drop(own); // the syscall failed: the CREATE was someone else's
+                }
+                watcher.join().unwrap();
+            });
+            let want: &[&str] = if succeeds {
+                &[]
+            } else {
+                &["entry 1 d", "entry 2 d"]
+            };
+            assert_eq!(fx.rec.take(), want, "own operation succeeded: {succeeds}");
+        }
+    }
+
+    #[test]
+    fn registrations_expire_after_the_ttl() {
+        let fx = Fixture::new(View::Host);
+        fx.our_mkdir("d").unwrap();
+        let key = EventKey {
+            dir: fx.root.key,
+            name: "d".into(),
+            event: EntryEvent::Created,
+        };
+        let later = Instant::now() + OWN_EVENT_TTL + Duration::from_secs(1);
+        let mut registry = lock(&fx.coh.own.registry);
+        assert!(matches!(
+            OwnEvents::find(&mut registry, &key, later),
+            Match::External
+        ));
+        registry.sweep(later);
+        assert!(registry.by_key.is_empty(), "{:?}", registry.by_key);
+    }
+
+    #[test]
+    fn changes_through_the_mount_tell_the_device_view_only_what_it_holds() {
+        let fx = Fixture::new(View::Device);
+        fx.open();
+        fx.rec.take();
+        fx.our_write(|| {});
+        assert_eq!(fx.rec.take().first().map(String::as_str), Some("attrs 8"));
+        let host_only = Fixture::new(View::Host);
+        host_only.open();
+        host_only.our_write(|| {});
+        assert_eq!(host_only.rec.take(), Vec::<String>::new());
     }
 }
