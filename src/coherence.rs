@@ -44,7 +44,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -366,6 +366,9 @@ pub struct Coherence {
     tier: Arc<DeviceTier>,
     kernel: KernelNotifier,
     own: OwnEvents,
+    /// Whether a watcher reports STORAGE's events (else nothing consumes
+    /// registrations, and none are made).
+    watched: AtomicBool,
 }
 
 impl Coherence {
@@ -375,12 +378,19 @@ impl Coherence {
             tier,
             kernel: KernelNotifier::new(),
             own: OwnEvents::new(),
+            watched: AtomicBool::new(false),
         }
     }
 
     /// Starts telling the kernel, through `sink`, what goes stale. Once only.
     pub fn connect(&self, sink: impl NotifySink) -> std::io::Result<()> {
         self.kernel.connect(sink)
+    }
+
+    /// A watcher hands STORAGE's events to [`Self::storage_event`] from now
+    /// on (called before its first event; own operations register from then).
+    pub fn watcher_started(&self) {
+        self.watched.store(true, Ordering::SeqCst);
     }
 
     /// Whether the kernel is told what goes stale (device-view entries and
@@ -436,6 +446,12 @@ impl Coherence {
     /// to cause, each `(directory, name, event)`. Call before the syscall;
     /// [`OwnChange::happened`] after it succeeded.
     pub fn expect_own(&self, events: &[(&Inode, &OsStr, EntryEvent)]) -> OwnChange<'_> {
+        if !self.watched.load(Ordering::SeqCst) {
+            return OwnChange {
+                own: &self.own,
+                registered: Vec::new(),
+            };
+        }
         let mut registry = lock(&self.own.registry);
         registry.sweep(Instant::now());
         let mut registered = Vec::with_capacity(events.len());
@@ -715,6 +731,7 @@ mod tests {
                 .unwrap(),
             );
             let coh = Coherence::new(tier.clone());
+            coh.watcher_started();
             let rec = Recorder::default();
             coh.connect(rec.clone()).unwrap();
             let f = Self::look_up(&inodes, &root, "f", f_view);
@@ -1126,6 +1143,15 @@ mod tests {
             };
             assert_eq!(fx.rec.take(), want, "own operation succeeded: {succeeds}");
         }
+    }
+
+    #[test]
+    fn without_a_watcher_nothing_is_registered() {
+        let fx = Fixture::new(View::Host);
+        let unwatched = Coherence::new(fx.tier.clone());
+        let own = unwatched.expect_own(&[(&fx.root, OsStr::new("d"), EntryEvent::Created)]);
+        own.happened();
+        assert!(lock(&unwatched.own.registry).by_key.is_empty());
     }
 
     #[test]

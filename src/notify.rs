@@ -500,6 +500,32 @@ mod tests {
     }
 
     #[test]
+    fn send_now_writes_everything_itself_in_order() {
+        let t = table();
+        let file = t.lookup_ref(
+            InodeKey { dev: 1, ino: 13 },
+            libc::S_IFREG,
+            fd(),
+            View::Host,
+        );
+        let rec = Recorder::default();
+        let n = KernelNotifier::new();
+        n.connect(rec.clone()).unwrap();
+        let mut s = Stale::new();
+        s.external_entry(&t.get(ROOT_ID).unwrap(), OsStr::new("e"))
+            .external_data(&file);
+        n.send_now(s);
+        let host = encode(file.id, View::Host);
+        // No polling: written before send_now returned, by the caller.
+        assert_eq!(
+            rec.seen(),
+            ["entry 1 e", "entry 2 e", &format!("pages {host}")],
+            "both views of the root's entry, the host-only file's pages (no device view)"
+        );
+        assert_eq!(n.counters().sent.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn unconnected_send_is_a_no_op() {
         KernelNotifier::new().send(entry_in_root("w"));
     }

@@ -95,6 +95,8 @@ impl Watcher {
             dirs: HashMap::new(),
         };
         state.add_tree(storage::open_root(storage_root)?);
+        // Before the first event: own operations register their events from here on.
+        fs.coherence().watcher_started();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         std::thread::Builder::new()
