@@ -30,13 +30,16 @@
 //!   pages dropped. So a matching fingerprint always means the caches hold
 //!   nothing older than it, and an open may keep the kernel's cache.
 //! - the watcher records what it saw, too: its invalidation covers the file as
-//!   it stat'd it, and leaving the old fingerprint would make the next open
-//!   drop again the device pages refilled with the new bytes and the kernel's
-//!   cache (and under multigrain timestamps a later change always shows).
+//!   it stat'd it (the stat comes first), and leaving the old fingerprint
+//!   would make the next open drop again the device pages refilled with the
+//!   new bytes and the kernel's cache. A later change still shows: it changes
+//!   the fingerprint (ctime is fine-grained once queried, multigrain
+//!   timestamps), and its own event follows.
 //! - a registration of an own event is withdrawn when the syscall fails, is
 //!   consumed by at most one event, and expires [`OWN_EVENT_TTL`] after the
 //!   syscall (an unwatched directory never reports it). An event that meets a
-//!   registration whose syscall has not returned yet waits for the outcome.
+//!   registration whose syscall has not returned yet waits for the outcome
+//!   (up to `OUTCOME_WAIT`; past it the event is taken as the operation's).
 //! - no lock of this module is held while calling the tier or the kernel.
 //!
 //! Lock order: an inode's fingerprint mutex and the own-event registry are
