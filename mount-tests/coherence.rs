@@ -16,12 +16,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{Mounted, wait_until};
-use util::{free_port, http_get, pattern, sample};
+use util::{free_port, http_get, pattern, run_deadline, sample};
 
 /// How long an eventually-true condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -357,5 +358,83 @@ fn changes_behind_the_mounts_back_show_within_the_ttl() {
     assert!(
         wait_until(DEADLINE, || gone(dstat(&m, "b"))),
         "device still lists an externally removed file"
+    );
+}
+
+/// Rounds of `mkdir -p` + `cd` + `getcwd` in a fresh child under directory churn, and the
+/// time they may take in all.
+const CWD_ROUNDS: usize = 300;
+const CWD_BUDGET: Duration = Duration::from_secs(90);
+
+/// Creates and removes directories in `dir` until `stop` is set: `width` at a time, so
+/// that every pass makes `2 * width` entry events.
+fn churn_dirs(
+    dir: std::path::PathBuf,
+    width: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    fs::create_dir_all(&dir).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            for i in 0..width {
+                let _ = fs::create_dir(dir.join(format!("d{i}")));
+            }
+            for i in 0..width {
+                let _ = fs::remove_dir(dir.join(format!("d{i}")));
+            }
+        }
+    })
+}
+
+/// `mkdir -p MNT/a/b && cd MNT/a/b && git init` must never fail with "unable to get current
+/// working directory" while other processes create and remove directories, through the
+/// host view and in STORAGE. A change made through the mount is already known to the
+/// kernel: telling it again (from the watcher's inotify event) unhashes the dentry the
+/// process has just entered, and its `getcwd` fails with ENOENT.
+#[test]
+fn getcwd_works_in_a_directory_just_made_under_directory_churn() {
+    let m = Mounted::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners = [
+        churn_dirs(m.host("churn-host"), 16, stop.clone()),
+        churn_dirs(m.backing("churn-storage"), 16, stop.clone()),
+    ];
+    let start = Instant::now();
+    let mut rounds = 0;
+    let mut failures = Vec::new();
+    while rounds < CWD_ROUNDS && start.elapsed() < CWD_BUDGET {
+        let dir = m.host(&format!("r{rounds}/a/b"));
+        // `realpath .` resolves a relative name from getcwd(3) and fails if it fails.
+        let out = run_deadline(
+            Command::new("sh")
+                .arg("-c")
+                .arg(r#"mkdir -p "$1" && cd "$1" && realpath ."#)
+                .arg("sh")
+                .arg(&dir),
+            DEADLINE,
+        );
+        if out.code() != 0 || out.stdout.trim_end() != dir.to_str().unwrap() {
+            failures.push(format!(
+                "round {rounds}: exit {}, stdout {:?}, stderr {:?}",
+                out.code(),
+                out.stdout,
+                out.stderr
+            ));
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in churners {
+        c.join().unwrap();
+    }
+    assert!(
+        rounds >= 50,
+        "only {rounds} rounds ran within {CWD_BUDGET:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {rounds} rounds could not get their working directory; first: {}",
+        failures.len(),
+        failures[0]
     );
 }

@@ -11,10 +11,15 @@
 //!   reply, so no later read of either view can see the old bytes (a fill that
 //!   raced with the change is discarded by the tier's invalidation sequence);
 //! - a file whose backing fingerprint changed behind the mount's back has its
-//!   device pages and kernel-cached data dropped at the next open.
+//!   device pages and kernel-cached data dropped at the next open;
 //! - every change made through the host view tells the kernel what it made
 //!   stale in its cache of the device view (entries, attributes, mapped
-//!   pages) as `notify.rs` describes: attributes and entries before the reply.
+//!   pages) as `notify.rs` describes: attributes and entries before the reply;
+//! - every change of names made through the host view registers the inotify
+//!   events it causes before its syscall, so that the watcher does not tell
+//!   the kernel again what it already knows.
+//!
+//! `coherence.rs` holds the protocol behind these; this file only calls it.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -27,13 +32,13 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use serde_json::json;
 
+use crate::coherence::{Child, Coherence, EntryEvent};
 use crate::control::{self, ControlXattr};
 use crate::creds::{Caller, become_caller};
 use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
-use crate::notify::{KernelNotifier, Stale};
 use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
 
@@ -189,9 +194,8 @@ pub struct Pagetier {
     host: HostCounters,
     started: SystemTime,
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
-    /// Pushes what host-view changes make stale in the kernel's cache of the
-    /// device view.
-    kernel: KernelNotifier,
+    /// Keeps both views and the kernel's caches of them coherent with STORAGE.
+    coherence: Coherence,
 }
 
 fn ts(t: TimeSpec) -> Timespec {
@@ -247,10 +251,10 @@ impl Pagetier {
             cfg,
             handles: std::sync::RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            coherence: Coherence::new(tier.clone()),
             tier,
             host: HostCounters::default(),
             started: SystemTime::now(),
-            kernel: KernelNotifier::new(),
         })
     }
 
@@ -258,27 +262,18 @@ impl Pagetier {
     /// make stale in its cache of the device view. Until then (and without
     /// it) device-view entries and attributes must not be cached.
     pub fn connect_kernel(&self, notifier: fuser::Notifier) -> std::io::Result<()> {
-        self.kernel.connect(notifier)
+        self.coherence.connect(notifier)
     }
 
     /// Whether the kernel may cache device-view entries and attributes: only
     /// once it is told what host-view changes make stale there.
     pub fn device_view_cacheable(&self) -> bool {
-        self.kernel.is_connected()
+        self.coherence.is_connected()
     }
 
-    /// Sends what `mark` finds stale in the device view (see `notify.rs`).
-    fn device_view_stale(&self, mark: impl FnOnce(&mut Stale)) {
-        let mut stale = Stale::new();
-        mark(&mut stale);
-        self.kernel.send(stale);
-    }
-
-    /// Marks a child found by [`Self::child_id`] as changed, if still live.
-    fn stale_child(&self, stale: &mut Stale, child: Option<(InodeId, u64, bool)>) {
-        if let Some(inode) = child.and_then(|(id, _, _)| self.inodes.get(id)) {
-            stale.inode(&inode);
-        }
+    /// The coherence protocol (the watcher answers STORAGE's events through it).
+    pub fn coherence(&self) -> &Coherence {
+        &self.coherence
     }
 
     /// The device tier.
@@ -393,7 +388,8 @@ impl Pagetier {
         set: SetAttr,
     ) -> FsResult<Attr> {
         let (inode, view) = self.writable(ino)?;
-        self.changing(&inode, || self.apply_setattr(caller, &inode, fh, set))?;
+        self.coherence
+            .changing(&inode, || self.apply_setattr(caller, &inode, fh, set))?;
         self.attr_of(&inode, view)
     }
 
@@ -491,57 +487,6 @@ impl Pagetier {
         }
     }
 
-    /// Runs `change`, a modification of `inode` made through the mount.
-    /// Before it, a change made behind the mount's back since the mount last
-    /// looked drops the whole file's device pages; while it runs the watcher
-    /// leaves the file alone; after it, what the mount saw is updated so that
-    /// the change is not mistaken for an external one, and the kernel drops
-    /// the device view's cached attributes. The caller invalidates exactly
-    /// the device pages its change covers.
-    fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
-        let res = if inode.is_reg() {
-            let _in_flight = InFlight::enter(inode);
-            if let Ok(st) = storage::stat(&inode.fd) {
-                self.revalidate(inode, &st);
-            }
-            let res = change();
-            self.note_changed_by_us(inode);
-            res
-        } else {
-            change()
-        };
-        // Even a failed change may have done part of its work (a short write).
-        self.device_view_stale(|s| {
-            s.inode(inode);
-        });
-        res
-    }
-
-    /// Remembers the backing file's state after a change made through the
-    /// mount, so that the next open keeps the kernel's (already updated) cache.
-    fn note_changed_by_us(&self, inode: &Inode) {
-        if let Ok(st) = storage::stat(&inode.fd) {
-            *inode.seen.lock().unwrap() = Some(storage::fingerprint(&st));
-        }
-    }
-
-    /// Compares the backing file with what the mount last saw of it; if it
-    /// changed behind the mount's back, drops its device pages. Returns
-    /// whether the kernel's cached data may be kept.
-    fn revalidate(&self, inode: &Inode, st: &rustix::fs::Stat) -> bool {
-        let fp = storage::fingerprint(st);
-        let mut seen = inode.seen.lock().unwrap();
-        let same = *seen == Some(fp);
-        if !same && seen.is_some() {
-            drop(seen);
-            self.tier
-                .invalidate_file(inode.id, InvalidationCause::External);
-            seen = inode.seen.lock().unwrap();
-        }
-        *seen = Some(fp);
-        same
-    }
-
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let (inode, _) = self.backing(ino)?;
         let target = rustix::fs::readlinkat(&inode.fd, "", Vec::new())?;
@@ -577,11 +522,15 @@ impl Pagetier {
         rdev: u32,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Created)]);
         as_creator(caller, mode, umask, |perm| {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(&dir.fd, name, kind, perm, rdev as u64)
         })?;
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
         });
         self.lookup_child(&dir, view, name)
@@ -596,10 +545,14 @@ impl Pagetier {
         umask: u32,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Created)]);
         as_creator(caller, mode, umask, |perm| {
             rustix::fs::mkdirat(&dir.fd, name, perm)
         })?;
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
         });
         self.lookup_child(&dir, view, name)
@@ -613,11 +566,15 @@ impl Pagetier {
         target: &OsStr,
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Created)]);
         {
             let _as = become_caller(caller);
             rustix::fs::symlinkat(target, &dir.fd, name)?;
         }
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
         });
         self.lookup_child(&dir, view, name)
@@ -632,73 +589,65 @@ impl Pagetier {
     ) -> FsResult<Attr> {
         let (inode, _) = self.writable(ino)?;
         let (dir, view) = self.dir_for_create(newparent, newname)?;
-        self.changing(&inode, || {
+        self.coherence.changing(&inode, || {
+            let own = self
+                .coherence
+                .expect_own(&[(&dir, newname, EntryEvent::Created)]);
             let path = storage::proc_path(inode.fd.as_fd());
             let _as = become_caller(caller);
-            Ok(rustix::fs::linkat(
+            rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_c_str(),
                 &dir.fd,
                 newname,
                 AtFlags::SYMLINK_FOLLOW,
-            )?)
+            )?;
+            own.happened();
+            Ok(())
         })?;
-        self.device_view_stale(|s| {
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, newname);
         });
         self.lookup_child(&dir, view, newname)
     }
 
-    /// The live id of the child `name` of `dir`, with its link count, if any.
-    fn child_id(&self, dir: &Inode, name: &OsStr) -> Option<(InodeId, u64, bool)> {
-        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-        let id = self.inodes.known_id(storage::key_of(&st))?;
-        Some((id, st.st_nlink, storage::fmt_of(&st) == libc::S_IFREG))
-    }
-
-    /// A regular file whose last name went away loses its device pages; one
-    /// that keeps other names only changed its link count and ctime.
-    fn drop_if_last_link(&self, victim: Option<(InodeId, u64, bool)>) {
-        let Some((id, nlink, true)) = victim else {
-            return;
-        };
-        if nlink <= 1 {
-            self.tier
-                .invalidate_file(id, InvalidationCause::UnlinkRename);
-            // A later file that reuses the inode number starts without it.
-            self.tier.set_hint(id, Hint::Normal);
-            // Nor may readahead keep the deleted file's space allocated.
-            self.tier.cancel_readahead(id);
-        } else if let Some(inode) = self.inodes.get(id) {
-            self.note_changed_by_us(&inode);
-        }
-    }
-
     pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, _) = self.dir_for_create(parent, name)?;
-        let victim = self.child_id(&dir, name);
+        let victim = Child::of(&self.inodes, &dir, name);
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
         {
             let _as = become_caller(caller);
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
         }
-        self.drop_if_last_link(victim);
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.name_gone(&self.inodes, victim);
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
-            self.stale_child(s, victim);
+            if let Some(v) = victim {
+                v.mark_stale(&self.inodes, s);
+            }
         });
         Ok(())
     }
 
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, _) = self.dir_for_create(parent, name)?;
-        let victim = self.child_id(&dir, name);
+        let victim = Child::of(&self.inodes, &dir, name);
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
         {
             let _as = become_caller(caller);
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
         }
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
-            self.stale_child(s, victim);
+            if let Some(v) = victim {
+                v.mark_stale(&self.inodes, s);
+            }
         });
         Ok(())
     }
@@ -719,21 +668,26 @@ impl Pagetier {
         let victim = if exchange {
             None
         } else {
-            self.child_id(&to, newname)
+            Child::of(&self.inodes, &to, newname)
         };
-        let moved = self.child_id(&from, name);
+        let moved = Child::of(&self.inodes, &from, name);
+        let own = self
+            .coherence
+            .expect_rename(&from, name, &to, newname, exchange);
         {
             let _as = become_caller(caller);
             rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
         }
-        self.drop_if_last_link(victim);
-        if let Some(inode) = moved.and_then(|(id, _, _)| self.inodes.get(id)) {
-            self.note_changed_by_us(&inode);
+        own.happened();
+        self.coherence.name_gone(&self.inodes, victim);
+        if let Some(inode) = moved.and_then(|m| self.inodes.get(m.id())) {
+            self.coherence.note_changed_by_us(&inode);
         }
-        self.device_view_stale(|s| {
+        self.coherence.device_view_stale(|s| {
             s.entry(&from, name).entry(&to, newname);
-            self.stale_child(s, moved);
-            self.stale_child(s, victim);
+            for child in [moved, victim].into_iter().flatten() {
+                child.mark_stale(&self.inodes, s);
+            }
         });
         Ok(())
     }
@@ -809,7 +763,7 @@ impl Pagetier {
             }
         };
         let st = storage::stat(&file)?;
-        let keep = self.revalidate(&inode, &st);
+        let keep = self.coherence.revalidate(&inode, &st);
         let append = flags & libc::O_APPEND != 0;
         match view {
             View::Host => {
@@ -874,17 +828,21 @@ impl Pagetier {
             } else {
                 OFlags::empty()
             };
+        // Without O_EXCL an existing file is opened and no event comes: the
+        // registration then expires unused.
+        let own = self
+            .coherence
+            .expect_own(&[(&dir, name, EntryEvent::Created)]);
         let file = as_creator(caller, mode, umask, |perm| {
             rustix::fs::openat(&dir.fd, name, oflags, perm)
         })?;
-        self.device_view_stale(|s| {
+        own.happened();
+        self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
         });
         let attr = self.lookup_child(&dir, view, name)?;
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
-        self.tier
-            .invalidate_file(inode.id, InvalidationCause::UnlinkRename);
-        self.note_changed_by_us(&inode);
+        self.coherence.created(&inode);
         let fh = self.add_handle(
             Some(inode),
             HandleKind::File {
@@ -991,7 +949,7 @@ impl Pagetier {
         }
         storage::check_offset(offset)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-        let n = self.changing(inode, || {
+        let n = self.coherence.changing(inode, || {
             let n = storage::pwrite_full(file.as_fd(), data, offset)?;
             // STORAGE has the bytes: now drop the device copies they replace.
             let from = if *append {
@@ -1047,7 +1005,7 @@ impl Pagetier {
         storage::check_offset(len)?;
         let flags = rustix::fs::FallocateFlags::from_bits(mode as u32).ok_or(Errno::ENOTSUP)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-        self.changing(inode, || {
+        self.coherence.changing(inode, || {
             rustix::fs::fallocate(file, flags, offset, len)?;
             let changes_data = libc::FALLOC_FL_PUNCH_HOLE
                 | libc::FALLOC_FL_ZERO_RANGE
@@ -1113,7 +1071,7 @@ impl Pagetier {
         let mut oout = offset_out;
         let len = len.min(u32::MAX as u64 & !4095) as usize;
         let inode = hout.inode.as_ref().ok_or(Errno::EBADF)?;
-        let n = self.changing(inode, || {
+        let n = self.coherence.changing(inode, || {
             let n = rustix::fs::copy_file_range(fin, Some(&mut oin), fout, Some(&mut oout), len)?;
             self.tier
                 .invalidate_range(inode.id, offset_out, n as u64, InvalidationCause::Copy);
@@ -1329,7 +1287,7 @@ impl Pagetier {
         }
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
         let path = storage::proc_path(inode.fd.as_fd());
-        self.changing(&inode, || {
+        self.coherence.changing(&inode, || {
             let _as = become_caller(caller);
             Ok(rustix::fs::setxattr(path.as_c_str(), name, value, flags)?)
         })
@@ -1349,7 +1307,7 @@ impl Pagetier {
             return Err(self.refuse(view));
         }
         let path = storage::proc_path(inode.fd.as_fd());
-        self.changing(&inode, || {
+        self.coherence.changing(&inode, || {
             let _as = become_caller(caller);
             Ok(rustix::fs::removexattr(path.as_c_str(), name)?)
         })
@@ -1415,7 +1373,7 @@ impl Pagetier {
             control::parse_range(range.trim_end_matches('\0').trim()).map_err(|_| Errno::EINVAL)?;
         let src = StorageSource::open(inode)?;
         let st = storage::stat(&inode.fd)?;
-        self.revalidate(inode, &st);
+        self.coherence.revalidate(inode, &st);
         let size = st.st_size as u64;
         let end = end.map_or(size, |e| e.saturating_add(1).min(size));
         if start >= end {
@@ -1481,7 +1439,7 @@ impl Pagetier {
             "read_bytes": h.read_bytes.load(Ordering::Relaxed),
             "write_bytes": h.write_bytes.load(Ordering::Relaxed),
         });
-        let n = self.kernel.counters();
+        let n = self.coherence.notify_counters();
         doc["notifications"] = json!({
             "sent": n.sent.load(Ordering::Relaxed),
             "late": n.late.load(Ordering::Relaxed),
@@ -1523,22 +1481,6 @@ fn read_sized(
             Err(rustix::io::Errno::RANGE) => continue,
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-/// Marks a write through the mount in progress on an inode.
-struct InFlight<'a>(&'a Inode);
-
-impl<'a> InFlight<'a> {
-    fn enter(inode: &'a Inode) -> Self {
-        inode.writes_in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(inode)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

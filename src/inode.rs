@@ -18,13 +18,19 @@
 //! view holds: while that is zero the kernel has no device-view inode for it,
 //! so there is nothing of it to invalidate there (`notify.rs`).
 //!
-//! Lock order: the table's `RwLock`, then an inode's `seen` mutex (a leaf);
-//! never call out while holding either.
+//! Each inode carries its coherence state ([`FileState`]), opaque here: only
+//! `coherence.rs` reads or writes it. What it remembers survives a forget.
+//!
+//! Lock order: the table's `RwLock`, then an inode's coherence state (a
+//! leaf); never call out while holding either.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use crate::coherence::{FileState, Remembered};
+use crate::lock::{read, write};
 
 /// Stable internal id of a backing object (or a virtual control object).
 pub type InodeId = u64;
@@ -96,12 +102,9 @@ pub struct Inode {
     nlookup: AtomicU64,
     /// The share of `nlookup` held through the device view.
     device_nlookup: AtomicU64,
-    /// The backing file as last seen by an open or a write through the mount;
-    /// the kernel's cached data is kept across opens only while it matches.
-    pub seen: Mutex<Option<Fingerprint>>,
-    /// Writes through the mount in progress; the watcher leaves the file to
-    /// them (each checks for an external change before it writes).
-    pub writes_in_flight: AtomicU64,
+    /// What the mount last saw of the backing file, and the changes through
+    /// the mount running on it (see `coherence.rs`).
+    pub coherence: FileState,
 }
 
 impl Inode {
@@ -125,7 +128,7 @@ struct Inner {
     /// What the mount last saw of files the kernel forgot: restored when they
     /// come back, so that their device pages (kept across the forget) are
     /// revalidated at the next open instead of trusted blindly.
-    forgotten: HashMap<InodeId, Fingerprint>,
+    forgotten: HashMap<InodeId, Remembered>,
     ids: HashMap<InodeKey, InodeId>,
     next: InodeId,
 }
@@ -152,8 +155,7 @@ impl InodeTable {
                 fd: root_fd,
                 nlookup: AtomicU64::new(1),
                 device_nlookup: AtomicU64::new(0),
-                seen: Mutex::new(None),
-                writes_in_flight: AtomicU64::new(0),
+                coherence: FileState::new(None),
             }),
         );
         InodeTable {
@@ -163,21 +165,21 @@ impl InodeTable {
 
     /// The live inode `id`, if the kernel still references it.
     pub fn get(&self, id: InodeId) -> Option<Arc<Inode>> {
-        self.inner.read().unwrap().live.get(&id).cloned()
+        read(&self.inner).live.get(&id).cloned()
     }
 
     /// The id of `key`, assigning a new one if it was never seen.
     pub fn id_of(&self, key: InodeKey) -> InodeId {
-        if let Some(id) = self.inner.read().unwrap().ids.get(&key) {
+        if let Some(id) = read(&self.inner).ids.get(&key) {
             return *id;
         }
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = write(&self.inner);
         Self::assign(&mut inner, key)
     }
 
     /// The id of `key` if it was ever seen (no assignment).
     pub fn known_id(&self, key: InodeKey) -> Option<InodeId> {
-        self.inner.read().unwrap().ids.get(&key).copied()
+        read(&self.inner).ids.get(&key).copied()
     }
 
     fn assign(inner: &mut Inner, key: InodeKey) -> InodeId {
@@ -194,7 +196,7 @@ impl InodeTable {
     /// `fd`) in `view`, making it live if it was not. Returns the live inode.
     pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd, view: View) -> Arc<Inode> {
         let device = u64::from(view == View::Device);
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = write(&self.inner);
         let id = Self::assign(&mut inner, key);
         if let Some(inode) = inner.live.get(&id) {
             // Same object (key) but the type may differ if the inode number was
@@ -207,7 +209,7 @@ impl InodeTable {
                 return inode.clone();
             }
         }
-        let seen = inner.forgotten.remove(&id);
+        let remembered = inner.forgotten.remove(&id);
         let inode = Arc::new(Inode {
             id,
             key,
@@ -215,8 +217,7 @@ impl InodeTable {
             fd,
             nlookup: AtomicU64::new(1),
             device_nlookup: AtomicU64::new(device),
-            seen: Mutex::new(seen),
-            writes_in_flight: AtomicU64::new(0),
+            coherence: FileState::new(remembered),
         });
         inner.live.insert(id, inode.clone());
         inode
@@ -228,7 +229,7 @@ impl InodeTable {
         if id == ROOT_ID {
             return None;
         }
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = write(&self.inner);
         let inode = inner.live.get(&id)?;
         if view == View::Device {
             let d = inode.device_nlookup.load(Ordering::SeqCst);
@@ -241,8 +242,8 @@ impl InodeTable {
         inode.nlookup.store(left, Ordering::Relaxed);
         if left == 0 {
             let gone = inner.live.remove(&id)?;
-            if let Some(fp) = *gone.seen.lock().unwrap() {
-                inner.forgotten.insert(id, fp);
+            if let Some(r) = gone.coherence.remembered() {
+                inner.forgotten.insert(id, r);
             }
             Some(gone)
         } else {
@@ -252,7 +253,7 @@ impl InodeTable {
 
     /// Number of live inodes (for leak checks and stats).
     pub fn live_count(&self) -> usize {
-        self.inner.read().unwrap().live.len()
+        read(&self.inner).live.len()
     }
 }
 
@@ -286,25 +287,14 @@ mod tests {
         assert_eq!(a.id, FIRST_BACKING_ID);
         let b = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(a.id, b.id);
-        *a.seen.lock().unwrap() = Some(Fingerprint {
-            size: 1,
-            mtime: (2, 3),
-            ctime: (4, 5),
-        });
         assert!(t.forget(a.id, 1, View::Host).is_none());
         assert!(t.forget(a.id, 1, View::Host).is_some());
         assert!(t.get(a.id).is_none());
-        let fp = Fingerprint {
-            size: 1,
-            mtime: (2, 3),
-            ctime: (4, 5),
-        };
-        *a.seen.lock().unwrap() = Some(fp);
         drop((a, b));
         let c = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(c.id, FIRST_BACKING_ID, "re-lookup keeps the inode number");
-        assert_eq!(*c.seen.lock().unwrap(), Some(fp), "and what was seen of it");
         assert_eq!(t.id_of(InodeKey { dev: 1, ino: 100 }), FIRST_BACKING_ID + 1);
+        // What was seen of the file survives too: `coherence.rs` tests it.
     }
 
     #[test]

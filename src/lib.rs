@@ -3,6 +3,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod coherence;
 pub mod control;
 pub mod creds;
 pub mod errno;

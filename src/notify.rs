@@ -7,7 +7,9 @@
 //! it cannot know that device-view inode `2n+2` is the same file as host-view
 //! inode `2n+1`. So every such change tells the kernel what it made stale in
 //! the device view with FUSE notifications. Changes made behind the mount's
-//! back reach the kernel through the watcher (`watch.rs`) instead.
+//! back are the other source: for them the watcher (`watch.rs`, decided by
+//! `coherence.rs`) tells the kernel what went stale in *both* views, through
+//! the same [`KernelNotifier`] with [`KernelNotifier::send_now`].
 //!
 //! Three kinds, three ways, each chosen by what the kernel locks for it:
 //! - *Attributes* (and ACLs) of an inode: written by the worker that made the
@@ -26,9 +28,16 @@
 //!   write), coalesced per inode. A device-view mapping sees a host write
 //!   moments after the write returns.
 //!
+//! The watcher is no FUSE worker: no request waits on it, so it writes its
+//! notifications itself, in order, and returns once all are written
+//! ([`KernelNotifier::send_now`]). That lets it record the file as seen
+//! afterwards without an open slipping in between that keeps pages it has
+//! not dropped yet.
+//!
 //! Only what the kernel can hold is notified: inodes with device-view lookup
 //! references ([`Inode::in_device_view`]) and entries in such directories. A
-//! change nothing in the device view refers to costs nothing.
+//! change nothing in the device view refers to costs nothing. (The host view
+//! is notified only for changes behind the mount's back, for every live inode.)
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -40,6 +49,7 @@ use std::time::Duration;
 use tracing::debug;
 
 use crate::inode::{Inode, View, encode};
+use crate::lock::lock;
 
 /// How long a worker waits for its entry notifications before it replies anyway.
 pub const WAIT: Duration = Duration::from_millis(20);
@@ -87,6 +97,32 @@ impl Stale {
             });
         }
         self.inode(dir)
+    }
+
+    /// Behind the mount's back, the name `name` in `dir` appeared or went away:
+    /// both views' entries (the kernel drops `dir`'s attributes with them).
+    pub fn external_entry(&mut self, dir: &Inode, name: &OsStr) -> &mut Self {
+        self.items.push(StaleItem::Entry {
+            parent: encode(dir.id, View::Host),
+            name: name.to_owned(),
+        });
+        if dir.in_device_view() {
+            self.items.push(StaleItem::Entry {
+                parent: encode(dir.id, View::Device),
+                name: name.to_owned(),
+            });
+        }
+        self
+    }
+
+    /// Behind the mount's back, `inode`'s data changed: both views' attributes
+    /// and pages.
+    pub fn external_data(&mut self, inode: &Inode) -> &mut Self {
+        let host = StaleItem::Inode(encode(inode.id, View::Host));
+        if !self.items.contains(&host) {
+            self.items.push(host);
+        }
+        self.inode(inode)
     }
 
     /// Whether nothing needs telling.
@@ -202,7 +238,7 @@ impl KernelNotifier {
                         Job::Pages(inos) => {
                             for ino in inos {
                                 // Unmarked first: a change made from here on queues anew.
-                                pending.lock().unwrap().remove(&ino);
+                                lock(&pending).remove(&ino);
                                 note(&ino, thread_sink.inval_pages(ino));
                             }
                         }
@@ -231,7 +267,7 @@ impl KernelNotifier {
             match item {
                 StaleItem::Inode(ino) => {
                     self.counters.note(&ino, conn.sink.inval_attrs(ino));
-                    if self.pages_pending.lock().unwrap().insert(ino) {
+                    if lock(&self.pages_pending).insert(ino) {
                         pages.push(ino);
                     }
                 }
@@ -251,6 +287,29 @@ impl KernelNotifier {
         if written.recv_timeout(WAIT).is_err() {
             self.counters.late.fetch_add(1, Ordering::Relaxed);
             debug!("device-view entry notifications still queued after {WAIT:?}; replying anyway");
+        }
+    }
+
+    /// Tells the kernel what `stale` lists, written by the calling thread in
+    /// order: every entry, and every inode's attributes and pages, before it
+    /// returns. Only for a thread no FUSE request waits on (the watcher): it
+    /// may block on the kernel's directory and page locks until a worker
+    /// serves the request that holds them.
+    pub fn send_now(&self, stale: Stale) {
+        let Some(conn) = self.conn.get() else {
+            return;
+        };
+        for item in stale.items {
+            match item {
+                StaleItem::Inode(ino) => {
+                    // Pages and attributes in one; a page drop still queued changes nothing.
+                    self.counters.note(&ino, conn.sink.inval_pages(ino));
+                }
+                StaleItem::Entry { parent, name } => {
+                    let r = conn.sink.inval_entry(parent, &name);
+                    self.counters.note(&(parent, &name), r);
+                }
+            }
         }
     }
 
@@ -438,6 +497,32 @@ mod tests {
             (1..=2).contains(&pages),
             "100 changes, {pages} page drops: one in flight, at most one more queued"
         );
+    }
+
+    #[test]
+    fn send_now_writes_everything_itself_in_order() {
+        let t = table();
+        let file = t.lookup_ref(
+            InodeKey { dev: 1, ino: 13 },
+            libc::S_IFREG,
+            fd(),
+            View::Host,
+        );
+        let rec = Recorder::default();
+        let n = KernelNotifier::new();
+        n.connect(rec.clone()).unwrap();
+        let mut s = Stale::new();
+        s.external_entry(&t.get(ROOT_ID).unwrap(), OsStr::new("e"))
+            .external_data(&file);
+        n.send_now(s);
+        let host = encode(file.id, View::Host);
+        // No polling: written before send_now returned, by the caller.
+        assert_eq!(
+            rec.seen(),
+            ["entry 1 e", "entry 2 e", &format!("pages {host}")],
+            "both views of the root's entry, the host-only file's pages (no device view)"
+        );
+        assert_eq!(n.counters().sent.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -443,7 +443,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     if let Err(e) = fs.connect_kernel(session.notifier()) {
         warn!("device-view entries and attributes will not be cached: {e}");
     }
-    let watcher = watch::Watcher::start(&storage, fs.clone(), session.notifier());
+    let watcher = watch::Watcher::start(&storage, fs.clone());
     if let Err(e) = &watcher {
         warn!("not watching STORAGE for external changes: {e}");
     }

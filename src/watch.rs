@@ -1,14 +1,16 @@
 //! Watching STORAGE for changes made behind the mount's back.
 //!
-//! An inotify watch on every directory of STORAGE reports changes that other
-//! processes make to backing files' data (metadata-only changes are caught
-//! by the open-time revalidation). For a file the mount knows (live inode)
-//! whose fingerprint differs from what the mount last saw, the watcher drops
-//! its device pages and the kernel's cached host-view data; for entry
-//! changes it drops the kernel's cached dentries. Invariant: the watcher
-//! never resolves paths — directories are reached through `O_PATH` fds and
-//! watched through their `/proc/self/fd/N` link — and it calls the kernel
-//! notifier with no lock held.
+//! An inotify watch on every directory of STORAGE reports changes of names
+//! and of files' data (metadata-only changes are caught by the open-time
+//! revalidation). This module only translates: each event about a name in a
+//! directory the mount knows goes to [`Coherence::storage_event`], which
+//! decides what is stale and tells the kernel (and passes over the events the
+//! mount's own operations caused). Invariants: the watcher never resolves
+//! paths — directories are reached through `O_PATH` fds and watched through
+//! their `/proc/self/fd/N` link — and it holds no lock while it hands an
+//! event on. New directories are watched whoever made them.
+//!
+//! [`Coherence::storage_event`]: crate::coherence::Coherence::storage_event
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -19,13 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
-use rustix::fs::{AtFlags, OFlags};
+use rustix::fs::OFlags;
 use tracing::{debug, warn};
 
+use crate::coherence::{EntryEvent, StorageEvent};
 use crate::fs::Pagetier;
-use crate::inode::{InodeKey, View, encode};
+use crate::inode::InodeKey;
 use crate::storage;
-use crate::tier::InvalidationCause;
 
 /// A running watcher thread.
 pub struct Watcher {
@@ -86,22 +88,20 @@ impl State {
 
 impl Watcher {
     /// Starts watching the tree at `storage`.
-    pub fn start(
-        storage_root: &Path,
-        fs: Arc<Pagetier>,
-        notifier: fuser::Notifier,
-    ) -> std::io::Result<Watcher> {
+    pub fn start(storage_root: &Path, fs: Arc<Pagetier>) -> std::io::Result<Watcher> {
         let inotify = Inotify::init()?;
         let mut state = State {
             inotify,
             dirs: HashMap::new(),
         };
         state.add_tree(storage::open_root(storage_root)?);
+        // Before the first event: own operations register their events from here on.
+        fs.coherence().watcher_started();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         std::thread::Builder::new()
             .name("watcher".into())
-            .spawn(move || run(state, fs, notifier, stop2))?;
+            .spawn(move || run(state, fs, stop2))?;
         Ok(Watcher { stop })
     }
 
@@ -111,7 +111,25 @@ impl Watcher {
     }
 }
 
-fn run(mut state: State, fs: Arc<Pagetier>, notifier: fuser::Notifier, stop: Arc<AtomicBool>) {
+/// What an inotify event says happened to its name.
+fn event_of(mask: EventMask) -> Option<StorageEvent> {
+    let entry = |e| Some(StorageEvent::Entry(e));
+    if mask.contains(EventMask::CREATE) {
+        entry(EntryEvent::Created)
+    } else if mask.contains(EventMask::DELETE) {
+        entry(EntryEvent::Deleted)
+    } else if mask.contains(EventMask::MOVED_FROM) {
+        entry(EntryEvent::MovedFrom)
+    } else if mask.contains(EventMask::MOVED_TO) {
+        entry(EntryEvent::MovedTo)
+    } else if mask.intersects(EventMask::MODIFY | EventMask::CLOSE_WRITE) {
+        Some(StorageEvent::Data)
+    } else {
+        None
+    }
+}
+
+fn run(mut state: State, fs: Arc<Pagetier>, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let events: Vec<(WatchDescriptor, EventMask, Option<Vec<u8>>)> =
@@ -129,7 +147,9 @@ fn run(mut state: State, fs: Arc<Pagetier>, notifier: fuser::Notifier, stop: Arc
                 warn!("inotify queue overflowed: some external changes are seen at open only");
                 continue;
             }
-            let (Some(dir_key), Some(name)) = (state.dirs.get(&wd).copied(), name) else {
+            let (Some(dir_key), Some(name), Some(event)) =
+                (state.dirs.get(&wd).copied(), name, event_of(mask))
+            else {
                 continue;
             };
             let Some(dir_id) = fs.inodes().known_id(dir_key) else {
@@ -139,7 +159,6 @@ fn run(mut state: State, fs: Arc<Pagetier>, notifier: fuser::Notifier, stop: Arc
             let Some(dir) = fs.inodes().get(dir_id) else {
                 continue;
             };
-            let child = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok();
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 && mask.contains(EventMask::ISDIR)
                 && let Ok(fd) = rustix::fs::openat(
@@ -151,32 +170,8 @@ fn run(mut state: State, fs: Arc<Pagetier>, notifier: fuser::Notifier, stop: Arc
             {
                 state.add_tree(fd);
             }
-            if mask.intersects(
-                EventMask::CREATE | EventMask::DELETE | EventMask::MOVED_FROM | EventMask::MOVED_TO,
-            ) {
-                for view in [View::Host, View::Device] {
-                    let _ = notifier.inval_entry(fuser::INodeNo(encode(dir_id, view)), name);
-                }
-            }
-            let Some(st) = child else { continue };
-            let Some(id) = fs.inodes().known_id(storage::key_of(&st)) else {
-                continue;
-            };
-            let Some(inode) = fs.inodes().get(id) else {
-                continue;
-            };
-            if !inode.is_reg() || inode.writes_in_flight.load(Ordering::SeqCst) > 0 {
-                continue;
-            }
-            let fp = storage::fingerprint(&st);
-            let seen = *inode.seen.lock().unwrap();
-            if seen != Some(fp) {
-                debug!(id, ?name, "external change");
-                fs.tier().invalidate_file(id, InvalidationCause::External);
-                for view in [View::Host, View::Device] {
-                    let _ = notifier.inval_inode(fuser::INodeNo(encode(id, view)), 0, 0);
-                }
-            }
+            debug!(dir = dir_id, ?name, ?event, "storage event");
+            fs.coherence().storage_event(fs.inodes(), &dir, name, event);
         }
     }
 }
