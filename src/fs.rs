@@ -33,7 +33,9 @@ use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
+use crate::lock::{lock, read, write};
 use crate::notify::{KernelNotifier, Stale};
+use crate::stats::{HostStats, NotificationStats, StatsDocument};
 use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
 
@@ -742,20 +744,12 @@ impl Pagetier {
 
     fn add_handle(&self, inode: Option<Arc<Inode>>, kind: HandleKind) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .unwrap()
-            .insert(fh, Arc::new(Handle { inode, kind }));
+        write(&self.handles).insert(fh, Arc::new(Handle { inode, kind }));
         fh
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles
-            .read()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        read(&self.handles).get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     /// Open flags for the backing file of a host-view open.
@@ -777,7 +771,7 @@ impl Pagetier {
             if wants_write {
                 return Err(Errno::EROFS);
             }
-            let json = serde_json::to_vec_pretty(&self.stats_json()).unwrap_or_default();
+            let json = self.stats_document().to_file_bytes();
             let fh = self.add_handle(None, HandleKind::Stats(json));
             return Ok((
                 fh,
@@ -995,7 +989,7 @@ impl Pagetier {
     fn trace_read(&self, id: u64, offset: u64, len: usize) {
         if let Some(trace) = &self.trace {
             use std::io::Write;
-            let _ = writeln!(trace.lock().unwrap(), "{id},{offset},{len}");
+            let _ = writeln!(lock(trace), "{id},{offset},{len}");
         }
     }
 
@@ -1053,7 +1047,7 @@ impl Pagetier {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.write().unwrap().remove(&fh);
+        write(&self.handles).remove(&fh);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
@@ -1208,13 +1202,13 @@ impl Pagetier {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
                 if offset == 0 {
                     let (_, fresh) = storage::list_dir(inode.fd.as_fd())?;
-                    *entries.lock().unwrap() = fresh;
+                    *lock(entries) = fresh;
                     out.push(dot(b".", 1, me));
                 }
                 if offset <= 1 {
                     out.push(dot(b"..", 2, me));
                 }
-                let entries = entries.lock().unwrap().clone();
+                let entries = lock(entries).clone();
                 let skip = offset.saturating_sub(2) as usize;
                 for (i, e) in entries.iter().enumerate().skip(skip) {
                     let name = OsStr::from_bytes(&e.name);
@@ -1486,30 +1480,30 @@ impl Pagetier {
     pub fn flush_trace(&self) {
         if let Some(trace) = &self.trace {
             use std::io::Write;
-            let _ = trace.lock().unwrap().flush();
+            let _ = lock(trace).flush();
         }
     }
 
     /// The `.pagetier/stats` document.
-    pub fn stats_json(&self) -> serde_json::Value {
+    /// The stats document (`.pagetier/stats`, the metrics, `--log-stats`).
+    pub fn stats_document(&self) -> StatsDocument {
         let h = &self.host;
-        let tier = self.tier.stats();
-        let mut doc = control::stats_document(&tier);
-        doc["diagnostics"] = serde_json::to_value(&tier.diagnostics).unwrap_or_default();
-        doc["host"] = json!({
-            "reads": h.reads.load(Ordering::Relaxed),
-            "writes": h.writes.load(Ordering::Relaxed),
-            "read_bytes": h.read_bytes.load(Ordering::Relaxed),
-            "write_bytes": h.write_bytes.load(Ordering::Relaxed),
-        });
         let n = self.kernel.counters();
-        doc["notifications"] = json!({
-            "sent": n.sent.load(Ordering::Relaxed),
-            "late": n.late.load(Ordering::Relaxed),
-        });
-        doc["inodes"] = json!(self.inodes.live_count());
-        doc["open_handles"] = json!(self.handles.read().unwrap().len());
-        doc
+        StatsDocument::new(
+            self.tier.stats(),
+            HostStats {
+                reads: h.reads.load(Ordering::Relaxed),
+                writes: h.writes.load(Ordering::Relaxed),
+                read_bytes: h.read_bytes.load(Ordering::Relaxed),
+                write_bytes: h.write_bytes.load(Ordering::Relaxed),
+            },
+            NotificationStats {
+                sent: n.sent.load(Ordering::Relaxed),
+                late: n.late.load(Ordering::Relaxed),
+            },
+            self.inodes.live_count() as u64,
+            read(&self.handles).len() as u64,
+        )
     }
 }
 

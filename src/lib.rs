@@ -13,6 +13,7 @@ pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod run;
+pub mod stats;
 pub mod storage;
 pub mod tier;
 pub mod tools;

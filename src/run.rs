@@ -520,7 +520,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
                 Ok(Life::Ended) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Life::Stop(_)) => warn!("second signal: aborting the connection"),
                 Err(RecvTimeoutError::Timeout) => warn!(
-                    open_handles = %fs_stop.stats_json()["open_handles"],
+                    open_handles = fs_stop.stats_document().open_handles,
                     "files still open {} s after the unmount: aborting the connection",
                     drain.as_secs()
                 ),
