@@ -569,3 +569,69 @@ fn fstab_line_of_the_readme_parses() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("STORAGE"), "{opts}: {out:?}");
 }
+
+#[test]
+fn failed_requests_are_logged_at_debug_and_isatty_on_a_file_is_enotty() {
+    use std::os::fd::AsRawFd;
+    // A log file: plain text (stderr gets colour codes between the fields).
+    let logs = tempfile::tempdir().unwrap();
+    let log_file = logs.path().join("pagetier.log");
+    let log_arg = log_file.to_str().unwrap();
+    let m = Mounted::with(&["--log-level", "debug", "--log-file", log_arg], |s| {
+        fs::write(s.join("f"), b"x").unwrap()
+    });
+    let log_text = || fs::read_to_string(&log_file).unwrap_or_default();
+    // isatty() asks the file with ioctl(TCGETS): a file of either view answers ENOTTY,
+    // as any plain file does.
+    for p in [m.host("f"), m.device().join("f")] {
+        let f = fs::File::open(&p).unwrap();
+        // SAFETY: isatty only queries the open descriptor `f` owns.
+        let tty = unsafe { libc::isatty(f.as_raw_fd()) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(tty, 0, "{}", p.display());
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{}: {e}", p.display());
+    }
+    // Failures every program meets: each logged once, at debug, saying what failed.
+    assert!(fs::metadata(m.host("missing")).is_err());
+    fs::create_dir(m.host("d")).unwrap();
+    fs::write(m.host("d/x"), b"x").unwrap();
+    assert!(fs::remove_dir(m.host("d")).is_err());
+    let failed = |op: &str, what: &str| {
+        log_text()
+            .lines()
+            .find(|l| {
+                l.contains("request failed")
+                    && l.contains(&format!("op=\"{op}\""))
+                    && l.contains(what)
+            })
+            .map(str::to_string)
+    };
+    let want = [
+        ("lookup", "name=\"missing\""),
+        ("rmdir", "name=\"d\""),
+        ("ioctl", "os error 25"),
+    ];
+    assert!(
+        wait_until(DEADLINE, || want
+            .iter()
+            .all(|(op, what)| failed(op, what).is_some())),
+        "failed requests not logged with op, name and errno:\n{}",
+        log_text()
+    );
+    let rmdir = failed("rmdir", "name=\"d\"").unwrap();
+    assert!(
+        rmdir.contains("DEBUG") && rmdir.contains("os error 39"),
+        "{rmdir}"
+    );
+    let log = log_text();
+    assert!(
+        !log.contains("Not Implemented"),
+        "fuser's default warned:\n{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("request failed")) {
+        assert!(
+            line.contains("DEBUG"),
+            "an expected failure above debug: {line}"
+        );
+    }
+}

@@ -1167,8 +1167,8 @@ fn no_fd_inode_or_handle_leak_after_many_cycles() {
 // ----- bad input: parsers ----------------------------------------------------------------
 
 mod parsers {
-    use pagetier::cli::{MountArgs, settings};
     use pagetier::tier::{ByteRange, ByteSize, parse_capacity, parse_size};
+    use pagetier::{MountArgs, settings};
     use proptest::prelude::*;
 
     fn args(o: &str) -> MountArgs {

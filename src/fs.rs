@@ -415,7 +415,7 @@ impl Pagetier {
         {
             // chown(f, -1, -1) and friends: the kernel sends an empty setattr
             // for a change that only marks ctime; let the backing fs mark it.
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chownat(&inode.fd, "", None, None, AtFlags::EMPTY_PATH)?;
             return Ok(());
         }
@@ -423,7 +423,7 @@ impl Pagetier {
             self.chmod(caller, inode, mode)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chownat(
                 &inode.fd,
                 "",
@@ -448,7 +448,7 @@ impl Pagetier {
                     rustix::fs::ftruncate(file, size)?;
                 }
                 _ => {
-                    let _as = become_caller(caller);
+                    let _as = become_caller(caller)?;
                     let fd = storage::reopen(inode.fd.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&fd, size)?;
                 }
@@ -463,7 +463,7 @@ impl Pagetier {
                 last_modification: set.mtime.map(ts).unwrap_or(OMIT),
             };
             let path = storage::proc_path(inode.fd.as_fd());
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
         }
         Ok(())
@@ -473,7 +473,7 @@ impl Pagetier {
         let path = storage::proc_path(inode.fd.as_fd());
         let mode = Mode::from_bits_truncate(mode & 0o7777);
         let res = {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chmodat(rustix::fs::CWD, path.as_c_str(), mode, AtFlags::empty())
         };
         match res {
@@ -616,7 +616,7 @@ impl Pagetier {
     ) -> FsResult<Attr> {
         let (dir, view) = self.dir_for_create(parent, name)?;
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::symlinkat(target, &dir.fd, name)?;
         }
         self.device_view_stale(|s| {
@@ -636,7 +636,7 @@ impl Pagetier {
         let (dir, view) = self.dir_for_create(newparent, newname)?;
         self.changing(&inode, || {
             let path = storage::proc_path(inode.fd.as_fd());
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             Ok(rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_c_str(),
@@ -680,7 +680,7 @@ impl Pagetier {
         let (dir, _) = self.dir_for_create(parent, name)?;
         let victim = self.child_id(&dir, name);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
         }
         self.drop_if_last_link(victim);
@@ -695,7 +695,7 @@ impl Pagetier {
         let (dir, _) = self.dir_for_create(parent, name)?;
         let victim = self.child_id(&dir, name);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
         }
         self.device_view_stale(|s| {
@@ -725,7 +725,7 @@ impl Pagetier {
         };
         let moved = self.child_id(&from, name);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
         }
         self.drop_if_last_link(victim);
@@ -1345,7 +1345,7 @@ impl Pagetier {
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
         let path = storage::proc_path(inode.fd.as_fd());
         self.changing(&inode, || {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             Ok(rustix::fs::setxattr(path.as_c_str(), name, value, flags)?)
         })
     }
@@ -1365,7 +1365,7 @@ impl Pagetier {
         }
         let path = storage::proc_path(inode.fd.as_fd());
         self.changing(&inode, || {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             Ok(rustix::fs::removexattr(path.as_c_str(), name)?)
         })
     }
@@ -1384,7 +1384,7 @@ impl Pagetier {
             return Err(Errno::EROFS);
         }
         let path = storage::proc_path(inode.fd.as_fd());
-        let _as = become_caller(caller);
+        let _as = become_caller(caller)?;
         rustix::fs::accessat(
             rustix::fs::CWD,
             path.as_c_str(),
@@ -1516,7 +1516,7 @@ fn as_creator<T>(
     umask: u32,
     create: impl FnOnce(Mode) -> rustix::io::Result<T>,
 ) -> FsResult<T> {
-    let _as = become_caller(caller);
+    let _as = become_caller(caller)?;
     let um = crate::creds::UmaskGuard::set(umask);
     let mode = mode & !um.fallback_mask(umask);
     Ok(create(Mode::from_bits_truncate(mode & 0o7777))?)

@@ -71,10 +71,11 @@ pub enum Op {
     Fallocate,
     Lseek,
     CopyFileRange,
+    Ioctl,
 }
 
 impl Op {
-    pub const ALL: [Op; 33] = [
+    pub const ALL: [Op; 34] = [
         Op::Lookup,
         Op::Forget,
         Op::Getattr,
@@ -108,6 +109,7 @@ impl Op {
         Op::Fallocate,
         Op::Lseek,
         Op::CopyFileRange,
+        Op::Ioctl,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -146,6 +148,7 @@ impl Op {
             Op::Fallocate => "fallocate",
             Op::Lseek => "lseek",
             Op::CopyFileRange => "copy_file_range",
+            Op::Ioctl => "ioctl",
         }
     }
 }

@@ -109,15 +109,6 @@ pub struct LogConfig {
     pub stats: bool,
 }
 
-/// Sets up tracing: quiet by default, `--log-level` or RUST_LOG to change.
-pub fn init_logging(level: Option<&str>, format: LogFormat) {
-    let _ = init_logging_with(&LogConfig {
-        level: level.map(str::to_string),
-        format,
-        ..Default::default()
-    });
-}
-
 /// Sets up tracing as `cfg` says; returns the log file to reopen on SIGHUP.
 pub fn init_logging_with(cfg: &LogConfig) -> Result<Option<Arc<LogFile>>> {
     use tracing_subscriber::EnvFilter;
@@ -334,12 +325,8 @@ enum Life {
     Ended,
 }
 
-/// Mounts and serves until unmounted or signalled.
-pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
-    mount_with_log(args, s, None)
-}
-
-/// [`mount`] with the log file to reopen on SIGHUP (from [`init_logging_with`]).
+/// Mounts and serves until unmounted or signalled; `log` is the log file to reopen on
+/// SIGHUP (from [`init_logging_with`]).
 pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile>>) -> Result<()> {
     let (storage, mnt) = preflight(&args, &s)?;
     // Bound before forking, so that a taken port is a plain startup error.
