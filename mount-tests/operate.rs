@@ -571,7 +571,7 @@ fn fstab_line_of_the_readme_parses() {
 }
 
 #[test]
-fn failed_requests_are_logged_at_debug_and_isatty_on_a_file_is_enotty() {
+fn failed_requests_are_logged_at_debug_and_isatty_or_poll_on_a_file_answer_quietly() {
     use std::os::fd::AsRawFd;
     // A log file: plain text (stderr gets colour codes between the fields).
     let logs = tempfile::tempdir().unwrap();
@@ -590,6 +590,16 @@ fn failed_requests_are_logged_at_debug_and_isatty_on_a_file_is_enotty() {
         let e = std::io::Error::last_os_error();
         assert_eq!(tty, 0, "{}", p.display());
         assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{}: {e}", p.display());
+        // poll() on a file: ready at once, as a plain file is.
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd owned here.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(ready, 1, "{}", p.display());
+        assert_ne!(pfd.revents & libc::POLLIN, 0, "{}", p.display());
     }
     // Failures every program meets: each logged once, at debug, saying what failed.
     assert!(fs::metadata(m.host("missing")).is_err());
@@ -610,6 +620,7 @@ fn failed_requests_are_logged_at_debug_and_isatty_on_a_file_is_enotty() {
         ("lookup", "name=\"missing\""),
         ("rmdir", "name=\"d\""),
         ("ioctl", "os error 25"),
+        ("poll", "os error 38"),
     ];
     assert!(
         wait_until(DEADLINE, || want

@@ -31,6 +31,7 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const ENOTTY: Errno = Errno(libc::ENOTTY);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
 
     /// The raw errno value.
     pub fn raw(self) -> i32 {

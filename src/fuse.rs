@@ -2,6 +2,14 @@
 //!
 //! Each callback opens a tracing span, calls one core method and replies with
 //! its value or its errno. No filesystem logic lives here.
+//!
+//! Invariant: every error reply goes through [`failed`], the one place a failed
+//! request is logged (op, inode, view, name, errno; `warn` only for errnos that
+//! mean trouble, `debug` for ordinary answers). Every request the kernel sends
+//! this mount is answered here, including those a program makes in passing
+//! (ioctl `TCGETS` from `isatty()`, `poll`): fuser's defaults, which warn
+//! "[Not Implemented]", are left only for requests it never sends (locks, as
+//! `FUSE_POSIX_LOCKS` is not negotiated; `bmap`, for block devices only).
 
 use std::ffi::OsStr;
 use std::io;
@@ -12,9 +20,9 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, debug_span, warn};
 
@@ -874,6 +882,23 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Ioctl, ino);
         let _s = debug_span!("ioctl", view = view(ino), ino = ino.0, cmd).entered();
         reply.error(failed(at(Op::Ioctl, ino, None), Errno::ENOTTY));
+    }
+
+    /// `poll`/`epoll` on a file: `ENOSYS`, after which the kernel stops asking for this
+    /// mount and reports files always ready, as a regular file is (fuser's default would
+    /// warn).
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        let _t = self.timed(Op::Poll, ino);
+        reply.error(failed(at(Op::Poll, ino, None), Errno::ENOSYS));
     }
 }
 

@@ -72,10 +72,11 @@ pub enum Op {
     Lseek,
     CopyFileRange,
     Ioctl,
+    Poll,
 }
 
 impl Op {
-    pub const ALL: [Op; 34] = [
+    pub const ALL: [Op; 35] = [
         Op::Lookup,
         Op::Forget,
         Op::Getattr,
@@ -110,6 +111,7 @@ impl Op {
         Op::Lseek,
         Op::CopyFileRange,
         Op::Ioctl,
+        Op::Poll,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -149,6 +151,7 @@ impl Op {
             Op::Lseek => "lseek",
             Op::CopyFileRange => "copy_file_range",
             Op::Ioctl => "ioctl",
+            Op::Poll => "poll",
         }
     }
 }

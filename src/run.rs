@@ -60,7 +60,7 @@ impl LogFile {
     /// Opens the path anew; lines being written meanwhile go to the old file.
     pub fn reopen(&self) -> std::io::Result<()> {
         let f = Arc::new(Self::open_file(&self.path)?);
-        *self.file.write().unwrap_or_else(|e| e.into_inner()) = f;
+        *crate::lock::write(&self.file) = f;
         Ok(())
     }
 
@@ -87,13 +87,7 @@ impl Write for LogWriter {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
-        LogWriter(
-            self.0
-                .file
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        LogWriter(crate::lock::read(&self.0.file).clone())
     }
 }
 

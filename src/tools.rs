@@ -8,11 +8,13 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
+use crate::lock::lock;
 use crate::stats::StatsDocument;
 
 /// Finds the control directory of the mount holding `mnt`.
@@ -284,11 +286,11 @@ fn run_batch<T: Send>(
             sc.spawn(|| {
                 loop {
                     let i = {
-                        let mut g = next.lock().unwrap();
+                        let mut g = lock(&next);
                         if g.1 || g.0 >= items.len() {
                             return;
                         }
-                        if !(admit.lock().unwrap())(&items[g.0]) {
+                        if !(lock(&admit))(&items[g.0]) {
                             g.1 = true;
                             return;
                         }
@@ -296,14 +298,14 @@ fn run_batch<T: Send>(
                         g.0 - 1
                     };
                     let r = work(&items[i]);
-                    *results[i].lock().unwrap() = Some(r);
+                    *lock(&results[i]) = Some(r);
                 }
             });
         }
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or(None))
+        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
         .collect()
 }
 
