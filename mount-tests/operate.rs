@@ -62,28 +62,36 @@ fn metrics_endpoint_answers_and_its_counters_follow_device_reads() {
 
     let (_, body) = http_get(port, "/metrics");
     let st = m.stats();
-    let d = &st["device"];
-    for (series, key) in [
-        ("pagetier_device_hits_total", "hits"),
-        ("pagetier_device_misses_total", "misses"),
-        ("pagetier_device_served_bytes_total", "bytes_served"),
-        ("pagetier_device_faulted_bytes_total", "bytes_faulted"),
-        ("pagetier_device_used_bytes", "used_bytes"),
-        ("pagetier_device_huge_pages", "huge_pages"),
-        ("pagetier_device_base_pages", "base_pages"),
+    let d = &st.device;
+    for (series, key, value) in [
+        ("pagetier_device_hits_total", "hits", d.hits),
+        ("pagetier_device_misses_total", "misses", d.misses),
+        (
+            "pagetier_device_served_bytes_total",
+            "bytes_served",
+            d.bytes_served,
+        ),
+        (
+            "pagetier_device_faulted_bytes_total",
+            "bytes_faulted",
+            d.bytes_faulted,
+        ),
+        ("pagetier_device_used_bytes", "used_bytes", d.used_bytes),
+        ("pagetier_device_huge_pages", "huge_pages", d.huge_pages),
+        ("pagetier_device_base_pages", "base_pages", d.base_pages),
     ] {
         assert_eq!(
             sample(&body, series),
-            Some(n(&d[key]) as f64),
+            Some(value as f64),
             "{series} vs stats {key}\n{body}"
         );
     }
     // The first pass faults, on the reader's thread (a miss) or ahead of it (readahead; the
     // reader then waits for the fill and counts a hit); the second pass hits.
-    let faulted = n(&d["misses"]) + n(&st["diagnostics"]["readahead_bytes"]);
-    assert!(n(&d["hits"]) > 0 && faulted > 0, "{st}");
-    assert!(n(&d["bytes_faulted"]) >= 4 * MIB as u64 + 123, "{st}");
-    assert!(n(&d["bytes_served"]) >= 2 * (4 * MIB as u64 + 123));
+    let faulted = d.misses + st.diagnostics.readahead_bytes;
+    assert!(d.hits > 0 && faulted > 0, "{st}");
+    assert!(d.bytes_faulted >= 4 * MIB as u64 + 123, "{st}");
+    assert!(d.bytes_served >= 2 * (4 * MIB as u64 + 123));
     let reads = sample(
         &body,
         r#"pagetier_request_duration_seconds_count{op="read",view="device"}"#,
@@ -295,12 +303,12 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
     }
     let after = m.stats();
     assert_eq!(
-        after["device"]["misses"], before["device"]["misses"],
+        after.device.misses, before.device.misses,
         "a read after prefetch faulted"
     );
-    assert!(n(&after["device"]["hits"]) > n(&before["device"]["hits"]));
+    assert!(after.device.hits > before.device.hits);
     assert_eq!(
-        n(&after["device"]["bytes_served"]) - n(&before["device"]["bytes_served"]),
+        after.device.bytes_served - before.device.bytes_served,
         total as u64
     );
 
@@ -333,7 +341,7 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
     for (p, _) in &files {
         assert_eq!(resident(&m.host(p)), 0, "{p}");
     }
-    assert_eq!(n(&m.stats()["device"]["used_bytes"]), 0);
+    assert_eq!(m.stats().device.used_bytes, 0);
 }
 
 #[test]
@@ -353,8 +361,8 @@ fn prefetch_stops_at_the_tier_capacity_unless_told_otherwise() {
     assert!(out.stdout.contains("prefetched 2 file(s)"), "{out:?}");
     assert!(out.stdout.contains("skipped 4 file(s)"), "{out:?}");
     let st = m.stats();
-    assert_eq!(n(&st["device"]["evictions"]), 0, "{st}");
-    assert_eq!(n(&st["device"]["used_bytes"]), 6 * MIB as u64, "{st}");
+    assert_eq!(st.device.evictions, 0, "{st}");
+    assert_eq!(st.device.used_bytes, 6 * MIB as u64, "{st}");
 
     let out = run_deadline(
         Command::new(bin())
@@ -364,7 +372,7 @@ fn prefetch_stops_at_the_tier_capacity_unless_told_otherwise() {
     );
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.contains("prefetched 6 file(s)"), "{out:?}");
-    assert!(n(&m.stats()["device"]["evictions"]) > 0);
+    assert!(m.stats().device.evictions > 0);
 }
 
 #[test]
@@ -394,8 +402,8 @@ fn sigterm_during_fio_unmounts_and_fio_fails_instead_of_hanging() {
         .expect("spawn fio");
     let started = m.stats();
     assert!(
-        wait_until(DEADLINE, || n(&m.stats()["device"]["hits"])
-            > n(&started["device"]["hits"]) + 64),
+        wait_until(DEADLINE, || m.stats().device.hits
+            > started.device.hits + 64),
         "fio does not read"
     );
     let mut daemon = m.take_child().expect("daemon");

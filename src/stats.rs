@@ -157,6 +157,14 @@ pub(crate) fn zeroed() -> StatsDocument {
     }
 }
 
+/// The document as compact JSON (for messages and logs).
+impl std::fmt::Display for StatsDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
 // ----- reading the tier's types back ------------------------------------------------------
 //
 // The tier's snapshot types derive only `Serialize`; these mirrors give serde the field list
