@@ -31,7 +31,8 @@ use tracing::{debug, info, warn};
 
 use crate::fs::Pagetier;
 use crate::inode::{CONTROL_ID, STATS_ID, View};
-use crate::stats::StatsDocument;
+use crate::stats::{HostStats, StatsDocument};
+use crate::tier::{DeviceStats, TierDiagnostics};
 
 // ----- request latency ---------------------------------------------------------------
 
@@ -331,7 +332,15 @@ fn encode_gauge(
 /// `notifications` as gauges, `inodes` and `open_handles` as gauges. A test checks that
 /// every number of the document is exported.
 fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let d = &doc.device;
+    encode_device(&doc.device, enc)?;
+    encode_invalidations(doc, enc)?;
+    encode_host(&doc.host, enc)?;
+    encode_diagnostics(&doc.diagnostics, enc)?;
+    encode_mount(doc, enc)
+}
+
+/// `pagetier_device_*`: levels as gauges, counts as counters.
+fn encode_device(d: &DeviceStats, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let device_gauges = [
         ("capacity_bytes", "Device tier arena size", d.capacity_bytes),
         (
@@ -411,7 +420,14 @@ fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), 
             v,
         )?;
     }
+    Ok(())
+}
 
+/// `pagetier_invalidated_pages_total{cause}`.
+fn encode_invalidations(
+    doc: &StatsDocument,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(0u64);
     let mut fam = enc.encode_descriptor(
         "pagetier_invalidated_pages",
@@ -422,8 +438,11 @@ fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), 
     for (cause, n) in doc.invalidations_by_cause() {
         ConstCounter::new(n).encode(fam.encode_family(&[("cause", cause)])?)?;
     }
+    Ok(())
+}
 
-    let h = &doc.host;
+/// `pagetier_host_*_total`.
+fn encode_host(h: &HostStats, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     for (key, help, v) in [
         ("reads", "Host-view reads", h.reads),
         ("writes", "Host-view writes", h.writes),
@@ -440,8 +459,15 @@ fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), 
     ] {
         encode_counter(enc, &format!("pagetier_host_{key}"), help, v)?;
     }
+    Ok(())
+}
 
-    let g = &doc.diagnostics;
+/// The fill reads and time as `pagetier_device_fill_*` counters, the rest as
+/// `pagetier_diagnostics_*` gauges (the policy's name is not a number).
+fn encode_diagnostics(
+    g: &TierDiagnostics,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     // Fault latency: rate(fill_seconds) / rate(fill_reads) is the mean.
     encode_counter(
         enc,
@@ -473,7 +499,11 @@ fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), 
             v,
         )?;
     }
+    Ok(())
+}
 
+/// Notifications, live inodes and open handles: gauges.
+fn encode_mount(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let n = &doc.notifications;
     for (key, v) in [("sent", n.sent), ("late", n.late)] {
         encode_gauge(
