@@ -39,24 +39,23 @@ impl Errno {
     }
 
     /// Does this errno say the mount, its storage or the daemon is in trouble (an I/O
-    /// error, a stale or unknown handle, memory or descriptors exhausted, a broken
-    /// connection), rather than answer a program's ordinary request (`ENOENT`, `EEXIST`,
-    /// `ENOTEMPTY`, `ENODATA`, `EAGAIN`, `EROFS` in the device view, `EACCES`, ...)?
-    /// The FUSE adapter logs the first kind at `warn` and the second at `debug`.
+    /// error, an inode the kernel still names but the mount no longer knows, memory or
+    /// descriptors exhausted, a broken connection), rather than answer a program's
+    /// ordinary request (`ENOENT`, `EEXIST`, `ENOTEMPTY`, `ENODATA`, `EAGAIN`, `EROFS` in
+    /// the device view, `EACCES`, `EBADF` for an operation the handle does not support,
+    /// `ENOSPC` from a full STORAGE, which the program reports itself, ...)? The FUSE
+    /// adapter logs the first kind at `warn` and the second at `debug`.
     pub fn is_trouble(self) -> bool {
         matches!(
             self.0,
             libc::EIO
                 | libc::ESTALE
-                | libc::EBADF
                 | libc::ENOMEM
                 | libc::EFAULT
                 | libc::ENFILE
                 | libc::EMFILE
                 | libc::ENOTCONN
                 | libc::EUCLEAN
-                | libc::ENOSPC
-                | libc::EDQUOT
         )
     }
 }
@@ -103,10 +102,12 @@ mod tests {
             libc::ENOTTY,
             libc::ERANGE,
             libc::EINVAL,
+            libc::EBADF,
+            libc::ENOSPC,
         ] {
             assert!(!Errno(e).is_trouble(), "{:?}", Errno(e));
         }
-        for e in [libc::EIO, libc::ESTALE, libc::EBADF, libc::ENOMEM] {
+        for e in [libc::EIO, libc::ESTALE, libc::ENOMEM, libc::EMFILE] {
             assert!(Errno(e).is_trouble(), "{:?}", Errno(e));
         }
     }

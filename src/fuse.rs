@@ -77,7 +77,7 @@ fn at(op: Op, ino: INodeNo, name: Option<&OsStr>) -> Target<'_> {
 ///
 /// Every failure is logged with its op, inode, view, name and errno: at `warn` when the errno
 /// says the mount or its storage is in trouble ([`Errno::is_trouble`]: an I/O error, a stale
-/// or unknown handle, no memory or descriptors left), at `debug` otherwise, since a program's
+/// inode, no memory or descriptors left), at `debug` otherwise, since a program's
 /// ordinary requests fail all the time (a lookup of a missing name, a create of an existing
 /// one, a write to the read-only device view, ...) and must not fill the log.
 fn failed(t: Target, e: Errno) -> FErrno {
