@@ -1,4 +1,4 @@
-//! Reliability under faults, bad input and load (issue #6): nothing acknowledged
+//! Reliability under faults, bad input and load: nothing acknowledged
 //! is lost, no read returns stale or foreign bytes, the daemon keeps serving.
 //!
 //! - Faults: STORAGE full (a 16 MiB tmpfs), STORAGE read errors (pagetier

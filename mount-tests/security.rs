@@ -1,4 +1,4 @@
-//! Security (issue #6): nobody is let in further than STORAGE's own
+//! Security: nobody is let in further than STORAGE's own
 //! permissions allow, the device view is read-only for everyone, and a
 //! symlink swapped into STORAGE never leads the daemon outside it.
 //!
