@@ -24,7 +24,7 @@ pub const STATS_VERSION: u32 = 1;
 /// The whole `.pagetier/stats` document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsDocument {
-    /// Always [`STATS_VERSION`].
+    /// Always 1 (`STATS_VERSION`).
     pub version: u32,
     #[serde(deserialize_with = "DeviceFields::deserialize")]
     pub device: DeviceStats,
