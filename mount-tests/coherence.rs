@@ -42,9 +42,9 @@ fn gone(r: io::Result<fs::Metadata>) -> bool {
 fn assert_notifications_counted(m: &Mounted) {
     let s = m.stats();
     assert!(
-        s["notifications"]["sent"].as_u64().unwrap_or(0) > 0,
-        "no device-view notification was counted: {}",
-        s["notifications"]
+        s.notifications.sent > 0,
+        "no device-view notification was counted: {:?}",
+        s.notifications
     );
 }
 

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Mounted, is_fuse_mounted, wait_until};
+use pagetier::StatsDocument;
 use serde_json::Value;
 
 const KIB: u64 = 1024;
@@ -129,29 +130,25 @@ fn model_write(model: &mut Vec<u8>, off: u64, data: &[u8]) {
 
 // ----- stats and xattrs ------------------------------------------------------------------
 
+/// Invalidation counter of `cause` (a key of the stats' `invalidations` object).
 #[track_caller]
-fn dev(s: &Value, k: &str) -> u64 {
-    s["device"][k]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stats has no device.{k}: {s}"))
-}
-
-#[track_caller]
-fn inval(s: &Value, k: &str) -> u64 {
-    s["invalidations"][k]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stats has no invalidations.{k}: {s}"))
+fn inval(s: &StatsDocument, cause: &str) -> u64 {
+    s.invalidations_by_cause()
+        .into_iter()
+        .find(|(c, _)| *c == cause)
+        .unwrap_or_else(|| panic!("stats has no invalidations.{cause}: {s}"))
+        .1
 }
 
 /// Asserts that invalidation counter `key` grew from `s0` to `s1`, showing all counters.
 #[track_caller]
-fn assert_inval_grew(s0: &Value, s1: &Value, key: &str, what: &str) {
+fn assert_inval_grew(s0: &StatsDocument, s1: &StatsDocument, key: &str, what: &str) {
     assert!(
         inval(s1, key) > inval(s0, key),
-        "{what}: invalidations.{key} did not grow\n  before {}\n  after  {}\n  device after {}",
-        s0["invalidations"],
-        s1["invalidations"],
-        s1["device"]
+        "{what}: invalidations.{key} did not grow\n  before {:?}\n  after  {:?}\n  device after {:?}",
+        s0.invalidations,
+        s1.invalidations,
+        s1.device
     );
 }
 
@@ -725,18 +722,17 @@ fn two_pass(m: &Mounted, rel: &str, min_hits: impl Fn(&Value) -> u64) {
     let mut s1 = m.stats();
     wait_until(Duration::from_secs(10), || {
         s1 = m.stats();
-        dev(&s1, "huge_pages") * 2 * MIB + dev(&s1, "base_pages") * 4096 == dev(&s1, "used_bytes")
+        s1.device.huge_pages * 2 * MIB + s1.device.base_pages * 4096 == s1.device.used_bytes
     });
     // Pass 1 faults: on the reader's thread (misses) or ahead of it (readahead).
-    let faulted =
-        |s: &Value| dev(s, "misses") + s["diagnostics"]["readahead_bytes"].as_u64().unwrap_or(0);
+    let faulted = |s: &StatsDocument| s.device.misses + s.diagnostics.readahead_bytes;
     assert!(
         faulted(&s1) > faulted(&s0),
         "pass 1 of a cold file faulted nothing: misses {} -> {}, readahead {} -> {}",
-        dev(&s0, "misses"),
-        dev(&s1, "misses"),
-        s0["diagnostics"]["readahead_bytes"],
-        s1["diagnostics"]["readahead_bytes"]
+        s0.device.misses,
+        s1.device.misses,
+        s0.diagnostics.readahead_bytes,
+        s1.diagnostics.readahead_bytes
     );
     let res = residency(&m.device().join(rel));
     let (_, resident, _, _) = res4(&res);
@@ -748,23 +744,21 @@ fn two_pass(m: &Mounted, rel: &str, min_hits: impl Fn(&Value) -> u64) {
     assert_bytes_eq(&read(&m.device().join(rel)), &want, "device pass 2");
     let s2 = m.stats();
     assert_eq!(
-        dev(&s2, "misses"),
-        dev(&s1, "misses"),
+        s2.device.misses, s1.device.misses,
         "pass 2 faulted (misses grew); hits {} -> {}",
-        dev(&s1, "hits"),
-        dev(&s2, "hits")
+        s1.device.hits, s2.device.hits
     );
     let need = min_hits(&res);
     assert!(
-        dev(&s2, "hits") - dev(&s1, "hits") >= need,
+        s2.device.hits - s1.device.hits >= need,
         "pass 2 hits grew by {} but {need} device pages were read (residency {res})",
-        dev(&s2, "hits") - dev(&s1, "hits")
+        s2.device.hits - s1.device.hits
     );
     eprintln!(
         "two_pass {rel}: pass1 misses +{} hits +{}; pass2 misses +0 hits +{}",
-        dev(&s1, "misses") - dev(&s0, "misses"),
-        dev(&s1, "hits") - dev(&s0, "hits"),
-        dev(&s2, "hits") - dev(&s1, "hits")
+        s1.device.misses - s0.device.misses,
+        s1.device.hits - s0.device.hits,
+        s2.device.hits - s1.device.hits
     );
 }
 
@@ -800,7 +794,7 @@ fn second_device_read_is_all_hits_with_base_pages_only() {
         );
         base
     });
-    assert_eq!(m.stats()["device"]["huge_pages_enabled"], false);
+    assert!(!m.stats().device.huge_pages_enabled);
 }
 
 // ===== 2. host writes ====================================================================
@@ -923,15 +917,15 @@ fn small_write_splits_a_resident_huge_page() {
         "(size, resident_bytes, huge_pages, base_pages) after a 4 KiB write into huge page 1"
     );
     let s1 = m.stats();
-    assert_eq!(dev(&s1, "splits"), dev(&s0, "splits") + 1, "stats splits");
+    assert_eq!(s1.device.splits, s0.device.splits + 1, "stats splits");
     assert_eq!(
-        inval(&s1, "write"),
-        inval(&s0, "write") + 1,
+        s1.invalidations.write,
+        s0.invalidations.write + 1,
         "invalidations.write should count the one base page dropped"
     );
     assert_eq!(
-        dev(&s1, "used_bytes"),
-        dev(&s0, "used_bytes") - PAGE,
+        s1.device.used_bytes,
+        s0.device.used_bytes - PAGE,
         "used_bytes should drop by exactly the dropped page"
     );
 
@@ -947,18 +941,17 @@ fn small_write_splits_a_resident_huge_page() {
     }
     let s2 = m.stats();
     assert_eq!(
-        dev(&s2, "misses"),
-        dev(&s1, "misses"),
+        s2.device.misses, s1.device.misses,
         "reading the 511 surviving pages faulted"
     );
-    assert!(dev(&s2, "hits") - dev(&s1, "hits") >= 511);
+    assert!(s2.device.hits - s1.device.hits >= 511);
 
     // The written page faults once and carries the new bytes.
     assert_bytes_eq(&pread(&dv, off, PAGE as usize), &data, "the written page");
     let s3 = m.stats();
     assert_eq!(
-        dev(&s3, "misses"),
-        dev(&s2, "misses") + 1,
+        s3.device.misses,
+        s2.device.misses + 1,
         "the written page should be one base-page miss"
     );
     assert_bytes_eq(&read(&dv), &want, "whole file after the split");
@@ -1195,10 +1188,10 @@ fn unlink_of_last_link_leaves_no_stale_device_bytes() {
         let s0 = m.stats();
         fs::remove_file(m.host(&rel)).unwrap();
         let s1 = m.stats();
-        if inval(&s1, "unlink_rename") <= inval(&s0, "unlink_rename") {
+        if s1.invalidations.unlink_rename <= s0.invalidations.unlink_rename {
             problems.push(format!(
-                "round {r}: unlink of the last link of a resident file: invalidations.unlink_rename did not grow: before {}, after {}",
-                s0["invalidations"], s1["invalidations"]
+                "round {r}: unlink of the last link of a resident file: invalidations.unlink_rename did not grow: before {:?}, after {:?}",
+                s0.invalidations, s1.invalidations
             ));
         }
         match File::open(m.device().join(&rel)) {
@@ -1248,10 +1241,10 @@ fn rename_over_existing_file_leaves_no_stale_device_bytes() {
         let s0 = m.stats();
         fs::rename(m.host(&a), m.host(&b)).unwrap();
         let s1 = m.stats();
-        if inval(&s1, "unlink_rename") <= inval(&s0, "unlink_rename") {
+        if s1.invalidations.unlink_rename <= s0.invalidations.unlink_rename {
             problems.push(format!(
-                "round {r}: rename over a resident file: invalidations.unlink_rename did not grow: before {}, after {}",
-                s0["invalidations"], s1["invalidations"]
+                "round {r}: rename over a resident file: invalidations.unlink_rename did not grow: before {:?}, after {:?}",
+                s0.invalidations, s1.invalidations
             ));
         }
         let got = read(&m.device().join(&b));
@@ -1403,9 +1396,9 @@ fn device_view_refuses_every_modification() {
     r.finish();
     assert_unchanged(&before, &after);
     assert!(
-        dev(&s1, "refused_writes") > dev(&s0, "refused_writes"),
+        s1.device.refused_writes > s0.device.refused_writes,
         "refused_writes stayed {}",
-        dev(&s0, "refused_writes")
+        s0.device.refused_writes
     );
     // Reads still work and still match.
     assert_bytes_eq(
@@ -1495,10 +1488,10 @@ fn device_view_statfs_reports_tier_capacity() {
     );
     assert_eq!(
         used1,
-        dev(&m.stats(), "used_bytes"),
+        m.stats().device.used_bytes,
         "statfs used vs stats used_bytes"
     );
-    assert_eq!(dev(&m.stats(), "capacity_bytes"), 64 * MIB);
+    assert_eq!(m.stats().device.capacity_bytes, 64 * MIB);
     // The host view reports STORAGE's filesystem.
     let h = rustix::fs::statvfs(&m.mnt).unwrap();
     let s = rustix::fs::statvfs(&m.storage).unwrap();
@@ -1551,8 +1544,8 @@ fn control_xattr_residency_prefetch_evict() {
         "device read after prefetch",
     );
     assert_eq!(
-        dev(&m.stats(), "misses"),
-        dev(&s0, "misses"),
+        m.stats().device.misses,
+        s0.device.misses,
         "misses after prefetch 0-"
     );
 
@@ -1560,7 +1553,7 @@ fn control_xattr_residency_prefetch_evict() {
     assert_eq!(res4(&residency(&host)), (size, 0, 0, 0), "after evict");
     let s1 = m.stats();
     assert_eq!(
-        inval(&s1, "evict") - inval(&s0, "evict"),
+        s1.invalidations.evict - s0.invalidations.evict,
         3 + tail_pages,
         "invalidations.evict should count the device pages dropped"
     );
@@ -1587,8 +1580,8 @@ fn control_xattr_residency_prefetch_evict() {
             &format!("device read of prefetched {range:?}"),
         );
         assert_eq!(
-            dev(&m.stats(), "misses"),
-            dev(&s, "misses"),
+            m.stats().device.misses,
+            s.device.misses,
             "reading the prefetched range {range:?} faulted"
         );
     }
@@ -1745,7 +1738,7 @@ fn control_dir_hidden_but_reachable() {
             .unwrap()
             .is_file()
     );
-    assert_eq!(m.stats()["version"], 1);
+    assert_eq!(m.stats().version, 1);
     assert_eq!(
         names(&m.device()),
         names(&m.storage),
@@ -1770,9 +1763,8 @@ fn control_dir_can_be_renamed() {
     assert_eq!(root, names(&m.storage), "host root listing vs STORAGE");
     assert_eq!(read(&m.mnt.join(".pagetier")), b"just a file");
     assert!(fs::metadata(m.mnt.join(".ctl")).unwrap().is_dir());
-    let stats: Value =
-        serde_json::from_str(&fs::read_to_string(m.mnt.join(".ctl/stats")).unwrap()).unwrap();
-    assert_eq!(stats["version"], 1);
+    let stats = StatsDocument::parse(&fs::read(m.mnt.join(".ctl/stats")).unwrap()).unwrap();
+    assert_eq!(stats.version, 1);
     assert_eq!(read(&m.mnt.join(".ctl/device/f.bin")), b"hello");
     let e = fs::metadata(m.mnt.join(".ctl/device/.ctl")).map(drop);
     assert!(
@@ -1920,11 +1912,11 @@ fn device_reads_do_not_fill_host_page_cache() {
         "page cache of the STORAGE file: {:.2}% before, {:.2}% after; misses +{}, bytes_faulted +{}",
         before * 100.0,
         after * 100.0,
-        dev(&s1, "misses") - dev(&s0, "misses"),
-        dev(&s1, "bytes_faulted") - dev(&s0, "bytes_faulted")
+        s1.device.misses - s0.device.misses,
+        s1.device.bytes_faulted - s0.device.bytes_faulted
     );
     assert!(
-        dev(&s1, "bytes_faulted") - dev(&s0, "bytes_faulted") >= (BLOCK * BLOCKS) as u64 / 2,
+        s1.device.bytes_faulted - s0.device.bytes_faulted >= (BLOCK * BLOCKS) as u64 / 2,
         "the tier faulted too little to be the source of these reads"
     );
     assert!(
@@ -2069,10 +2061,10 @@ fn concurrent_host_writes_never_give_stale_device_reads() {
         reads.load(Ordering::Relaxed),
         blocks_checked.load(Ordering::Relaxed),
         problems.len(),
-        dev(&s1, "misses") - dev(&s0, "misses"),
-        dev(&s1, "hits") - dev(&s0, "hits"),
-        dev(&s1, "splits") - dev(&s0, "splits"),
-        dev(&s1, "discarded_fills") - dev(&s0, "discarded_fills"),
+        s1.device.misses - s0.device.misses,
+        s1.device.hits - s0.device.hits,
+        s1.device.splits - s0.device.splits,
+        s1.device.discarded_fills - s0.device.discarded_fills,
     );
     assert!(
         problems.is_empty(),
@@ -2152,8 +2144,8 @@ fn fio_second_pass_adds_no_misses() {
     let b1 = run(1);
     // Let readahead started by pass 1 finish: an extent still being filled
     // when pass 2 reaches it is neither a miss nor a hit yet.
-    let settled = |s: &Value| {
-        dev(s, "huge_pages") * 2 * MIB + dev(s, "base_pages") * 4096 == dev(s, "used_bytes")
+    let settled = |s: &StatsDocument| {
+        s.device.huge_pages * 2 * MIB + s.device.base_pages * 4096 == s.device.used_bytes
     };
     let mut s1 = m.stats();
     wait_until(Duration::from_secs(10), || {
@@ -2165,25 +2157,20 @@ fn fio_second_pass_adds_no_misses() {
     let total = (size * FILES.len()) as u64;
     eprintln!(
         "fio pass 1: {b1} bytes, hits +{}, misses +{}; pass 2: {b2} bytes, hits +{}, misses +{}",
-        dev(&s1, "hits") - dev(&s0, "hits"),
-        dev(&s1, "misses") - dev(&s0, "misses"),
-        dev(&s2, "hits") - dev(&s1, "hits"),
-        dev(&s2, "misses") - dev(&s1, "misses"),
+        s1.device.hits - s0.device.hits,
+        s1.device.misses - s0.device.misses,
+        s2.device.hits - s1.device.hits,
+        s2.device.misses - s1.device.misses,
     );
     assert_eq!(b1, total, "fio pass 1 read bytes");
     assert_eq!(b2, total, "fio pass 2 read bytes");
-    let faulted =
-        |s: &Value| dev(s, "misses") + s["diagnostics"]["readahead_bytes"].as_u64().unwrap_or(0);
+    let faulted = |s: &StatsDocument| s.device.misses + s.diagnostics.readahead_bytes;
     assert!(faulted(&s1) > faulted(&s0), "pass 1 faulted nothing");
     assert_eq!(
-        dev(&s2, "misses"),
-        dev(&s1, "misses"),
+        s2.device.misses, s1.device.misses,
         "fio pass 2 added misses"
     );
-    assert!(
-        dev(&s2, "hits") > dev(&s1, "hits"),
-        "fio pass 2 added no hits"
-    );
+    assert!(s2.device.hits > s1.device.hits, "fio pass 2 added no hits");
 }
 
 /// A device-view listing leaves entries the kernel keeps (readdirplus gives
@@ -2230,11 +2217,7 @@ fn readahead_option_turns_readahead_off() {
         assert_bytes_eq(&got, &data[..1 << 20], "first MiB");
         f.read_exact(&mut got).unwrap();
         assert_bytes_eq(&got, &data[1 << 20..2 << 20], "second MiB");
-        let readahead = |m: &Mounted| {
-            m.stats()["diagnostics"]["readahead_bytes"]
-                .as_u64()
-                .unwrap()
-        };
+        let readahead = |m: &Mounted| m.stats().diagnostics.readahead_bytes;
         if ahead {
             assert!(
                 wait_until(Duration::from_secs(10), || readahead(&m) > 0),
@@ -2248,7 +2231,7 @@ fn readahead_option_turns_readahead_off() {
             assert_bytes_eq(&rest, &data[2 << 20..], "the rest");
             let s = m.stats();
             assert_eq!(readahead(&m), 0, "readahead with --readahead off: {s}");
-            assert_eq!(dev(&s, "misses"), 4, "one fault per 2 MiB extent: {s}");
+            assert_eq!(s.device.misses, 4, "one fault per 2 MiB extent: {s}");
         }
     }
 }

@@ -62,28 +62,36 @@ fn metrics_endpoint_answers_and_its_counters_follow_device_reads() {
 
     let (_, body) = http_get(port, "/metrics");
     let st = m.stats();
-    let d = &st["device"];
-    for (series, key) in [
-        ("pagetier_device_hits_total", "hits"),
-        ("pagetier_device_misses_total", "misses"),
-        ("pagetier_device_served_bytes_total", "bytes_served"),
-        ("pagetier_device_faulted_bytes_total", "bytes_faulted"),
-        ("pagetier_device_used_bytes", "used_bytes"),
-        ("pagetier_device_huge_pages", "huge_pages"),
-        ("pagetier_device_base_pages", "base_pages"),
+    let d = &st.device;
+    for (series, key, value) in [
+        ("pagetier_device_hits_total", "hits", d.hits),
+        ("pagetier_device_misses_total", "misses", d.misses),
+        (
+            "pagetier_device_served_bytes_total",
+            "bytes_served",
+            d.bytes_served,
+        ),
+        (
+            "pagetier_device_faulted_bytes_total",
+            "bytes_faulted",
+            d.bytes_faulted,
+        ),
+        ("pagetier_device_used_bytes", "used_bytes", d.used_bytes),
+        ("pagetier_device_huge_pages", "huge_pages", d.huge_pages),
+        ("pagetier_device_base_pages", "base_pages", d.base_pages),
     ] {
         assert_eq!(
             sample(&body, series),
-            Some(n(&d[key]) as f64),
+            Some(value as f64),
             "{series} vs stats {key}\n{body}"
         );
     }
     // The first pass faults, on the reader's thread (a miss) or ahead of it (readahead; the
     // reader then waits for the fill and counts a hit); the second pass hits.
-    let faulted = n(&d["misses"]) + n(&st["diagnostics"]["readahead_bytes"]);
-    assert!(n(&d["hits"]) > 0 && faulted > 0, "{st}");
-    assert!(n(&d["bytes_faulted"]) >= 4 * MIB as u64 + 123, "{st}");
-    assert!(n(&d["bytes_served"]) >= 2 * (4 * MIB as u64 + 123));
+    let faulted = d.misses + st.diagnostics.readahead_bytes;
+    assert!(d.hits > 0 && faulted > 0, "{st}");
+    assert!(d.bytes_faulted >= 4 * MIB as u64 + 123, "{st}");
+    assert!(d.bytes_served >= 2 * (4 * MIB as u64 + 123));
     let reads = sample(
         &body,
         r#"pagetier_request_duration_seconds_count{op="read",view="device"}"#,
@@ -295,12 +303,12 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
     }
     let after = m.stats();
     assert_eq!(
-        after["device"]["misses"], before["device"]["misses"],
+        after.device.misses, before.device.misses,
         "a read after prefetch faulted"
     );
-    assert!(n(&after["device"]["hits"]) > n(&before["device"]["hits"]));
+    assert!(after.device.hits > before.device.hits);
     assert_eq!(
-        n(&after["device"]["bytes_served"]) - n(&before["device"]["bytes_served"]),
+        after.device.bytes_served - before.device.bytes_served,
         total as u64
     );
 
@@ -333,7 +341,7 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
     for (p, _) in &files {
         assert_eq!(resident(&m.host(p)), 0, "{p}");
     }
-    assert_eq!(n(&m.stats()["device"]["used_bytes"]), 0);
+    assert_eq!(m.stats().device.used_bytes, 0);
 }
 
 #[test]
@@ -353,8 +361,8 @@ fn prefetch_stops_at_the_tier_capacity_unless_told_otherwise() {
     assert!(out.stdout.contains("prefetched 2 file(s)"), "{out:?}");
     assert!(out.stdout.contains("skipped 4 file(s)"), "{out:?}");
     let st = m.stats();
-    assert_eq!(n(&st["device"]["evictions"]), 0, "{st}");
-    assert_eq!(n(&st["device"]["used_bytes"]), 6 * MIB as u64, "{st}");
+    assert_eq!(st.device.evictions, 0, "{st}");
+    assert_eq!(st.device.used_bytes, 6 * MIB as u64, "{st}");
 
     let out = run_deadline(
         Command::new(bin())
@@ -364,7 +372,7 @@ fn prefetch_stops_at_the_tier_capacity_unless_told_otherwise() {
     );
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.contains("prefetched 6 file(s)"), "{out:?}");
-    assert!(n(&m.stats()["device"]["evictions"]) > 0);
+    assert!(m.stats().device.evictions > 0);
 }
 
 #[test]
@@ -394,8 +402,8 @@ fn sigterm_during_fio_unmounts_and_fio_fails_instead_of_hanging() {
         .expect("spawn fio");
     let started = m.stats();
     assert!(
-        wait_until(DEADLINE, || n(&m.stats()["device"]["hits"])
-            > n(&started["device"]["hits"]) + 64),
+        wait_until(DEADLINE, || m.stats().device.hits
+            > started.device.hits + 64),
         "fio does not read"
     );
     let mut daemon = m.take_child().expect("daemon");
@@ -568,4 +576,81 @@ fn fstab_line_of_the_readme_parses() {
     );
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("STORAGE"), "{opts}: {out:?}");
+}
+
+#[test]
+fn failed_requests_are_logged_at_debug_and_isatty_or_poll_on_a_file_answer_quietly() {
+    use std::os::fd::AsRawFd;
+    // A log file: plain text (stderr gets colour codes between the fields).
+    let logs = tempfile::tempdir().unwrap();
+    let log_file = logs.path().join("pagetier.log");
+    let log_arg = log_file.to_str().unwrap();
+    let m = Mounted::with(&["--log-level", "debug", "--log-file", log_arg], |s| {
+        fs::write(s.join("f"), b"x").unwrap()
+    });
+    let log_text = || fs::read_to_string(&log_file).unwrap_or_default();
+    // isatty() asks the file with ioctl(TCGETS): a file of either view answers ENOTTY,
+    // as any plain file does.
+    for p in [m.host("f"), m.device().join("f")] {
+        let f = fs::File::open(&p).unwrap();
+        // SAFETY: isatty only queries the open descriptor `f` owns.
+        let tty = unsafe { libc::isatty(f.as_raw_fd()) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(tty, 0, "{}", p.display());
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{}: {e}", p.display());
+        // poll() on a file: ready at once, as a plain file is.
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd owned here.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(ready, 1, "{}", p.display());
+        assert_ne!(pfd.revents & libc::POLLIN, 0, "{}", p.display());
+    }
+    // Failures every program meets: each logged once, at debug, saying what failed.
+    assert!(fs::metadata(m.host("missing")).is_err());
+    fs::create_dir(m.host("d")).unwrap();
+    fs::write(m.host("d/x"), b"x").unwrap();
+    assert!(fs::remove_dir(m.host("d")).is_err());
+    let failed = |op: &str, what: &str| {
+        log_text()
+            .lines()
+            .find(|l| {
+                l.contains("request failed")
+                    && l.contains(&format!("op=\"{op}\""))
+                    && l.contains(what)
+            })
+            .map(str::to_string)
+    };
+    let want = [
+        ("lookup", "name=\"missing\""),
+        ("rmdir", "name=\"d\""),
+        ("ioctl", "os error 25"),
+        ("poll", "os error 38"),
+    ];
+    assert!(
+        wait_until(DEADLINE, || want
+            .iter()
+            .all(|(op, what)| failed(op, what).is_some())),
+        "failed requests not logged with op, name and errno:\n{}",
+        log_text()
+    );
+    let rmdir = failed("rmdir", "name=\"d\"").unwrap();
+    assert!(
+        rmdir.contains("DEBUG") && rmdir.contains("os error 39"),
+        "{rmdir}"
+    );
+    let log = log_text();
+    assert!(
+        !log.contains("Not Implemented"),
+        "fuser's default warned:\n{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("request failed")) {
+        assert!(
+            line.contains("DEBUG"),
+            "an expected failure above debug: {line}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Reliability under faults, bad input and load (issue #6): nothing acknowledged
+//! Reliability under faults, bad input and load: nothing acknowledged
 //! is lost, no read returns stale or foreign bytes, the daemon keeps serving.
 //!
 //! - Faults: STORAGE full (a 16 MiB tmpfs), STORAGE read errors (pagetier
@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Mounted, is_fuse_mounted, wait_until};
+use pagetier::StatsDocument;
 use serde_json::Value;
 use util::{MountGuard, TEST_LIMIT, Watchdog, errname, force_unmount, run_deadline};
 
@@ -122,17 +123,6 @@ fn os_err(e: &io::Error) -> i32 {
         .unwrap_or_else(|| panic!("not an OS error: {e}"))
 }
 
-fn dev(s: &Value, k: &str) -> u64 {
-    s["device"][k]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stats device.{k} missing: {s}"))
-}
-
-fn top(s: &Value, k: &str) -> u64 {
-    s[k].as_u64()
-        .unwrap_or_else(|| panic!("stats field {k:?} missing: {s}"))
-}
-
 /// Residency JSON of a file (either view).
 fn residency(p: &Path) -> Value {
     let v = rustix::fs::getxattr(p, "user.pagetier.residency", &mut [0u8; 512][..])
@@ -149,29 +139,29 @@ fn resident_bytes(p: &Path) -> u64 {
 /// The stats once the tier has settled: readahead runs in the background, and
 /// a fill in flight holds arena bytes that no resident page accounts for yet.
 /// Polls (with a deadline) until no fill is in flight, then returns the stats.
-fn settled(m: &Mounted) -> Value {
+fn settled(m: &Mounted) -> StatsDocument {
     let mut s = m.stats();
     wait_until(Duration::from_secs(10), || {
         s = m.stats();
-        let resident = dev(&s, "huge_pages") * 2 * MIB + dev(&s, "base_pages") * 4 * KIB;
-        resident == dev(&s, "used_bytes")
+        let resident = s.device.huge_pages * 2 * MIB + s.device.base_pages * 4 * KIB;
+        resident == s.device.used_bytes
     });
     s
 }
 
 /// Stats invariants that hold at rest (no device read or fill in flight).
 #[track_caller]
-fn assert_stats_at_rest(s: &Value, what: &str) {
-    let cap = dev(s, "capacity_bytes");
-    let used = dev(s, "used_bytes");
-    let resident = dev(s, "huge_pages") * 2 * MIB + dev(s, "base_pages") * 4 * KIB;
+fn assert_stats_at_rest(s: &StatsDocument, what: &str) {
+    let cap = s.device.capacity_bytes;
+    let used = s.device.used_bytes;
+    let resident = s.device.huge_pages * 2 * MIB + s.device.base_pages * 4 * KIB;
     assert!(used <= cap, "{what}: used_bytes {used} > capacity {cap}");
     assert_eq!(
         resident, used,
         "{what}: resident pages ({resident} bytes) != used_bytes ({used}) at rest: {s}"
     );
     assert!(
-        dev(s, "bytes_faulted") >= dev(s, "misses").min(1),
+        s.device.bytes_faulted >= s.device.misses.min(1),
         "{what}: misses without faulted bytes: {s}"
     );
 }
@@ -551,11 +541,7 @@ fn storage_read_errors(refuse_direct: bool) {
     );
     let s = settled(&m);
     assert_stats_at_rest(&s, "after bad-file");
-    assert_eq!(
-        dev(&s, "used_bytes"),
-        0,
-        "failed fills hold arena bytes: {s}"
-    );
+    assert_eq!(s.device.used_bytes, 0, "failed fills hold arena bytes: {s}");
 
     // Every read fails: EIO in both views; nothing resident.
     faults(&m, "on");
@@ -632,9 +618,7 @@ fn storage_read_errors(refuse_direct: bool) {
     );
     let s1 = m.stats();
     // Faulted again by the reader (a miss) or ahead of it (readahead).
-    let refaulted = |s: &serde_json::Value| {
-        dev(s, "misses") + s["diagnostics"]["readahead_bytes"].as_u64().unwrap_or(0)
-    };
+    let refaulted = |s: &StatsDocument| s.device.misses + s.diagnostics.readahead_bytes;
     assert!(
         refaulted(&s1) > refaulted(&s0),
         "the extent that failed was never faulted again (served from the tier?)"
@@ -1091,14 +1075,14 @@ fn rss_stays_within_capacity_plus_constant() {
         "RSS: start {} MiB, peak {} MiB; evictions {}",
         base / MIB,
         peak / MIB,
-        dev(&s, "evictions")
+        s.device.evictions
     );
     // The tier may evict or refuse admission (scan resistance): either way the
     // reads pushed several capacities through the device view.
     assert!(
-        dev(&s, "bytes_served") >= 4 * cap,
+        s.device.bytes_served >= 4 * cap,
         "device view served only {} bytes",
-        dev(&s, "bytes_served")
+        s.device.bytes_served
     );
     assert!(
         peak <= cap + SLACK,
@@ -1125,7 +1109,7 @@ fn no_fd_inode_or_handle_leak_after_many_cycles() {
     let settle = || {
         drop_dentries();
         let s = m.stats();
-        (top(&s, "inodes"), top(&s, "open_handles"), fd_count(pid))
+        (s.inodes, s.open_handles, fd_count(pid))
     };
     let base = settle();
     for i in 0..cycles {
@@ -1167,9 +1151,7 @@ fn no_fd_inode_or_handle_leak_after_many_cycles() {
 // ----- bad input: parsers ----------------------------------------------------------------
 
 mod parsers {
-    use pagetier::cli::{MountArgs, settings};
-    use pagetier::range::ByteRange;
-    use pagetier::size::{ByteSize, parse_capacity, parse_size};
+    use pagetier::{ByteRange, ByteSize, MountArgs, parse_capacity, parse_size, settings};
     use proptest::prelude::*;
 
     fn args(o: &str) -> MountArgs {
@@ -1707,7 +1689,7 @@ fn more_open_files_than_the_daemon_fd_limit() {
         }
     });
     let pid = m.pid().unwrap();
-    let base_handles = top(&m.stats(), "open_handles");
+    let base_handles = m.stats().open_handles;
     let mut open = Vec::with_capacity(N);
     for i in 0..N {
         let p = if i % 2 == 0 {
@@ -1717,7 +1699,7 @@ fn more_open_files_than_the_daemon_fd_limit() {
         };
         open.push(File::open(&p).unwrap_or_else(|e| panic!("open #{i} of {N}: {e}")));
     }
-    assert_eq!(top(&m.stats(), "open_handles"), base_handles + N as u64);
+    assert_eq!(m.stats().open_handles, base_handles + N as u64);
     for (i, f) in open.iter().enumerate().step_by(97) {
         let mut b = [0u8; 8];
         assert_eq!(f.read_at(&mut b, 0).unwrap(), 8);
@@ -1725,7 +1707,7 @@ fn more_open_files_than_the_daemon_fd_limit() {
     }
     drop(open);
     assert!(
-        wait_until(Duration::from_secs(20), || top(&m.stats(), "open_handles")
+        wait_until(Duration::from_secs(20), || m.stats().open_handles
             == base_handles),
         "handles not released after close: {}",
         m.stats()
@@ -1769,7 +1751,7 @@ fn more_open_files_than_the_daemon_fd_limit() {
     assert!(
         wait_until(Duration::from_secs(20), || {
             drop_dentries();
-            top(&m.stats(), "open_handles") == base_handles
+            m.stats().open_handles == base_handles
         }),
         "handles not released: {}",
         m.stats()
@@ -1847,16 +1829,16 @@ fn fio_mixed_host_writes_and_device_reads() {
     let s0 = settled(&m);
     assert_stats_at_rest(&s0, "after fio");
     assert!(
-        dev(&s0, "bytes_served") >= dev_read_bytes,
+        s0.device.bytes_served >= dev_read_bytes,
         "bytes_served {} < bytes fio read through the device view {dev_read_bytes}",
-        dev(&s0, "bytes_served")
+        s0.device.bytes_served
     );
     assert!(
-        dev(&s0, "hits") + dev(&s0, "misses") >= dev(&s0, "reads") / 2,
+        s0.device.hits + s0.device.misses >= s0.device.reads / 2,
         "page lookups fewer than device reads: {s0}"
     );
     assert!(
-        top(&s0["invalidations"], "write") > 0,
+        s0.invalidations.write > 0,
         "writes invalidated nothing: {s0}"
     );
     // Full compare at rest, and the counters of exactly these reads.
@@ -1890,17 +1872,17 @@ fn fio_mixed_host_writes_and_device_reads() {
     }
     let s1 = settled(&m);
     assert_eq!(
-        dev(&s1, "bytes_served") - dev(&s0, "bytes_served"),
+        s1.device.bytes_served - s0.device.bytes_served,
         read_bytes,
         "bytes_served counts exactly the bytes device reads returned"
     );
-    let lookups = dev(&s1, "hits") + dev(&s1, "misses") - dev(&s0, "hits") - dev(&s0, "misses");
+    let lookups = s1.device.hits + s1.device.misses - s0.device.hits - s0.device.misses;
     assert!(
         lookups >= reads_with_data,
         "{lookups} page lookups for {reads_with_data} device reads with data"
     );
     assert!(
-        dev(&s1, "reads") - dev(&s0, "reads") >= reads_with_data,
+        s1.device.reads - s0.device.reads >= reads_with_data,
         "device reads counter"
     );
     assert_stats_at_rest(&s1, "after compare");

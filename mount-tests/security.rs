@@ -1,4 +1,4 @@
-//! Security (issue #6): nobody is let in further than STORAGE's own
+//! Security: nobody is let in further than STORAGE's own
 //! permissions allow, the device view is read-only for everyone, and a
 //! symlink swapped into STORAGE never leads the daemon outside it.
 //!
@@ -99,7 +99,7 @@ fn device_view_is_read_only_even_for_root() {
     }));
     let before = snapshot(&m.storage);
     let d = m.device();
-    let refused0 = m.stats()["device"]["refused_writes"].as_u64().unwrap();
+    let refused0 = m.stats().device.refused_writes;
     let p = |s: &str| d.join(s);
     let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let ops: Vec<(&str, io::Result<()>)> = vec![
@@ -235,7 +235,7 @@ fn device_view_is_read_only_even_for_root() {
     );
     assert_eq!(snapshot(&m.storage), before, "STORAGE changed");
     assert_eq!(fs::read(p("f")).unwrap(), b"original");
-    let refused = m.stats()["device"]["refused_writes"].as_u64().unwrap() - refused0;
+    let refused = m.stats().device.refused_writes - refused0;
     assert!(refused >= 10, "refused_writes grew by only {refused}");
 }
 

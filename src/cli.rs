@@ -376,8 +376,25 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         log_stats: None,
         drain_timeout: DEFAULT_DRAIN,
     };
-    let mut allow_remote = args.metrics_allow_remote;
-    for opt in args.options.iter().flat_map(|o| o.split(',')) {
+    let allow_remote = apply_options(&mut s, &args.options)? || args.metrics_allow_remote;
+    apply_flags(&mut s, args)?;
+    if let Some(a) = s.metrics_addr
+        && !a.ip().is_loopback()
+        && !allow_remote
+    {
+        return Err(format!(
+            "metrics address {a} is not a loopback address: the endpoint has no \
+             authentication; pass --metrics-allow-remote (-o metrics_allow_remote) to serve it there"
+        ));
+    }
+    Ok(s)
+}
+
+/// Applies `-o` options (comma-separated, in order) to `s`; returns whether one was
+/// `metrics_allow_remote`.
+fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, String> {
+    let mut allow_remote = false;
+    for opt in options.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
         if opt.is_empty() {
             continue;
@@ -422,6 +439,11 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
             _ => return Err(format!("unknown mount option -o {opt}")),
         }
     }
+    Ok(allow_remote)
+}
+
+/// Applies the command-line flags to `s`: they win over `-o` options.
+fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     if let Some(t) = args.threads {
         s.threads = t;
     }
@@ -462,16 +484,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
     if let Some(v) = &args.drain_timeout {
         s.drain_timeout = parse_secs("--drain-timeout", v)?;
     }
-    if let Some(a) = s.metrics_addr
-        && !a.ip().is_loopback()
-        && !allow_remote
-    {
-        return Err(format!(
-            "metrics address {a} is not a loopback address: the endpoint has no \
-             authentication; pass --metrics-allow-remote (-o metrics_allow_remote) to serve it there"
-        ));
-    }
-    Ok(s)
+    Ok(())
 }
 
 /// Rewrites `pagetier STORAGE MOUNTPOINT -o ...` (what mount.fuse3 runs) into

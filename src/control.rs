@@ -1,12 +1,10 @@
-//! The control surface: `user.pagetier.*` xattrs and the stats document.
+//! The control surface: the `user.pagetier.*` xattrs.
 //!
 //! Invariant: control xattr names are recognised here and only here; they
 //! never reach STORAGE and are never listed as ordinary xattrs.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-
-use serde_json::{Value, json};
 
 /// A control xattr.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,15 +59,6 @@ pub fn prefetch_reply(faulted: u64, resident: u64, skipped: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Builds the stats document (see docs/INTERFACE.md) from the tier's stats.
-pub fn stats_document(tier: &crate::tier::TierStats) -> Value {
-    json!({
-        "version": 1,
-        "device": tier.device,
-        "invalidations": tier.invalidations,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,31 +75,5 @@ mod tests {
         );
         assert_eq!(parse_name(OsStr::new("user.pagetier.other")), None);
         assert_eq!(parse_name(OsStr::new("user.other")), None);
-    }
-
-    #[test]
-    fn stats_document_has_every_field() {
-        let tier = crate::tier::DeviceTier::new(crate::tier::TierConfig {
-            capacity: 4 << 20,
-            huge_pages: true,
-        })
-        .unwrap();
-        let doc = stats_document(&tier.stats());
-        assert_eq!(doc["version"], 1);
-        for k in crate::tier::DEVICE_FIELDS {
-            assert!(doc["device"].get(k).is_some(), "device.{k}");
-        }
-        assert_eq!(doc["device"]["capacity_bytes"], 4 << 20);
-        for k in [
-            "write",
-            "truncate",
-            "fallocate",
-            "copy",
-            "unlink_rename",
-            "external",
-            "evict",
-        ] {
-            assert_eq!(doc["invalidations"][k], 0, "invalidations.{k}");
-        }
     }
 }

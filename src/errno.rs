@@ -20,27 +20,43 @@ impl Errno {
     pub const ENOENT: Errno = Errno(libc::ENOENT);
     pub const EIO: Errno = Errno(libc::EIO);
     pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const EACCES: Errno = Errno(libc::EACCES);
     pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
     pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
     pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EROFS: Errno = Errno(libc::EROFS);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ENOTSUP: Errno = Errno(libc::EOPNOTSUPP);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    pub const EFBIG: Errno = Errno(libc::EFBIG);
-    pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
     pub const ENXIO: Errno = Errno(libc::ENXIO);
-    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
 
     /// The raw errno value.
     pub fn raw(self) -> i32 {
         self.0
+    }
+
+    /// Does this errno say the mount, its storage or the daemon is in trouble (an I/O
+    /// error, an inode the kernel still names but the mount no longer knows, memory or
+    /// descriptors exhausted, a broken connection), rather than answer a program's
+    /// ordinary request (`ENOENT`, `EEXIST`, `ENOTEMPTY`, `ENODATA`, `EAGAIN`, `EROFS` in
+    /// the device view, `EACCES`, `EBADF` for an operation the handle does not support,
+    /// `ENOSPC` from a full STORAGE, which the program reports itself, ...)? The FUSE
+    /// adapter logs the first kind at `warn` and the second at `debug`.
+    pub fn is_trouble(self) -> bool {
+        matches!(
+            self.0,
+            libc::EIO
+                | libc::ESTALE
+                | libc::ENOMEM
+                | libc::EFAULT
+                | libc::ENFILE
+                | libc::EMFILE
+                | libc::ENOTCONN
+                | libc::EUCLEAN
+        )
     }
 }
 
@@ -65,5 +81,34 @@ impl fmt::Debug for Errno {
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_refusals_are_not_trouble_and_io_errors_are() {
+        for e in [
+            libc::ENOENT,
+            libc::EEXIST,
+            libc::ENOTEMPTY,
+            libc::ENODATA,
+            libc::EAGAIN,
+            libc::EROFS,
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOTTY,
+            libc::ERANGE,
+            libc::EINVAL,
+            libc::EBADF,
+            libc::ENOSPC,
+        ] {
+            assert!(!Errno(e).is_trouble(), "{:?}", Errno(e));
+        }
+        for e in [libc::EIO, libc::ESTALE, libc::ENOMEM, libc::EMFILE] {
+            assert!(Errno(e).is_trouble(), "{:?}", Errno(e));
+        }
     }
 }

@@ -39,6 +39,8 @@ use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
+use crate::lock::{lock, read, write};
+use crate::stats::{HostStats, NotificationStats, StatsDocument};
 use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
 
@@ -276,11 +278,6 @@ impl Pagetier {
         &self.coherence
     }
 
-    /// The device tier.
-    pub fn tier(&self) -> &Arc<DeviceTier> {
-        &self.tier
-    }
-
     /// The inode table (for leak checks).
     pub fn inodes(&self) -> &InodeTable {
         &self.inodes
@@ -409,7 +406,7 @@ impl Pagetier {
         {
             // chown(f, -1, -1) and friends: the kernel sends an empty setattr
             // for a change that only marks ctime; let the backing fs mark it.
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chownat(&inode.fd, "", None, None, AtFlags::EMPTY_PATH)?;
             return Ok(());
         }
@@ -417,7 +414,7 @@ impl Pagetier {
             self.chmod(caller, inode, mode)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chownat(
                 &inode.fd,
                 "",
@@ -442,7 +439,7 @@ impl Pagetier {
                     rustix::fs::ftruncate(file, size)?;
                 }
                 _ => {
-                    let _as = become_caller(caller);
+                    let _as = become_caller(caller)?;
                     let fd = storage::reopen(inode.fd.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&fd, size)?;
                 }
@@ -457,7 +454,7 @@ impl Pagetier {
                 last_modification: set.mtime.map(ts).unwrap_or(OMIT),
             };
             let path = storage::proc_path(inode.fd.as_fd());
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
         }
         Ok(())
@@ -467,7 +464,7 @@ impl Pagetier {
         let path = storage::proc_path(inode.fd.as_fd());
         let mode = Mode::from_bits_truncate(mode & 0o7777);
         let res = {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::chmodat(rustix::fs::CWD, path.as_c_str(), mode, AtFlags::empty())
         };
         match res {
@@ -570,7 +567,7 @@ impl Pagetier {
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Created)]);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::symlinkat(target, &dir.fd, name)?;
         }
         own.happened();
@@ -594,7 +591,7 @@ impl Pagetier {
                 .coherence
                 .expect_own(&[(&dir, newname, EntryEvent::Created)]);
             let path = storage::proc_path(inode.fd.as_fd());
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_c_str(),
@@ -618,7 +615,7 @@ impl Pagetier {
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
         }
         own.happened();
@@ -639,7 +636,7 @@ impl Pagetier {
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
         }
         own.happened();
@@ -675,7 +672,7 @@ impl Pagetier {
             .coherence
             .expect_rename(&from, name, &to, newname, exchange);
         {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
         }
         own.happened();
@@ -696,20 +693,12 @@ impl Pagetier {
 
     fn add_handle(&self, inode: Option<Arc<Inode>>, kind: HandleKind) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .unwrap()
-            .insert(fh, Arc::new(Handle { inode, kind }));
+        write(&self.handles).insert(fh, Arc::new(Handle { inode, kind }));
         fh
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles
-            .read()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        read(&self.handles).get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     /// Open flags for the backing file of a host-view open.
@@ -731,7 +720,7 @@ impl Pagetier {
             if wants_write {
                 return Err(Errno::EROFS);
             }
-            let json = serde_json::to_vec_pretty(&self.stats_json()).unwrap_or_default();
+            let json = self.stats_document().to_file_bytes();
             let fh = self.add_handle(None, HandleKind::Stats(json));
             return Ok((
                 fh,
@@ -932,7 +921,7 @@ impl Pagetier {
     fn trace_read(&self, id: u64, offset: u64, len: usize) {
         if let Some(trace) = &self.trace {
             use std::io::Write;
-            let _ = writeln!(trace.lock().unwrap(), "{id},{offset},{len}");
+            let _ = writeln!(lock(trace), "{id},{offset},{len}");
         }
     }
 
@@ -990,7 +979,7 @@ impl Pagetier {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.write().unwrap().remove(&fh);
+        write(&self.handles).remove(&fh);
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
@@ -1145,13 +1134,13 @@ impl Pagetier {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
                 if offset == 0 {
                     let (_, fresh) = storage::list_dir(inode.fd.as_fd())?;
-                    *entries.lock().unwrap() = fresh;
+                    *lock(entries) = fresh;
                     out.push(dot(b".", 1, me));
                 }
                 if offset <= 1 {
                     out.push(dot(b"..", 2, me));
                 }
-                let entries = entries.lock().unwrap().clone();
+                let entries = lock(entries).clone();
                 let skip = offset.saturating_sub(2) as usize;
                 for (i, e) in entries.iter().enumerate().skip(skip) {
                     let name = OsStr::from_bytes(&e.name);
@@ -1288,7 +1277,7 @@ impl Pagetier {
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
         let path = storage::proc_path(inode.fd.as_fd());
         self.coherence.changing(&inode, || {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             Ok(rustix::fs::setxattr(path.as_c_str(), name, value, flags)?)
         })
     }
@@ -1308,7 +1297,7 @@ impl Pagetier {
         }
         let path = storage::proc_path(inode.fd.as_fd());
         self.coherence.changing(&inode, || {
-            let _as = become_caller(caller);
+            let _as = become_caller(caller)?;
             Ok(rustix::fs::removexattr(path.as_c_str(), name)?)
         })
     }
@@ -1327,7 +1316,7 @@ impl Pagetier {
             return Err(Errno::EROFS);
         }
         let path = storage::proc_path(inode.fd.as_fd());
-        let _as = become_caller(caller);
+        let _as = become_caller(caller)?;
         rustix::fs::accessat(
             rustix::fs::CWD,
             path.as_c_str(),
@@ -1423,30 +1412,30 @@ impl Pagetier {
     pub fn flush_trace(&self) {
         if let Some(trace) = &self.trace {
             use std::io::Write;
-            let _ = trace.lock().unwrap().flush();
+            let _ = lock(trace).flush();
         }
     }
 
     /// The `.pagetier/stats` document.
-    pub fn stats_json(&self) -> serde_json::Value {
+    /// The stats document (`.pagetier/stats`, the metrics, `--log-stats`).
+    pub fn stats_document(&self) -> StatsDocument {
         let h = &self.host;
-        let tier = self.tier.stats();
-        let mut doc = control::stats_document(&tier);
-        doc["diagnostics"] = serde_json::to_value(&tier.diagnostics).unwrap_or_default();
-        doc["host"] = json!({
-            "reads": h.reads.load(Ordering::Relaxed),
-            "writes": h.writes.load(Ordering::Relaxed),
-            "read_bytes": h.read_bytes.load(Ordering::Relaxed),
-            "write_bytes": h.write_bytes.load(Ordering::Relaxed),
-        });
         let n = self.coherence.notify_counters();
-        doc["notifications"] = json!({
-            "sent": n.sent.load(Ordering::Relaxed),
-            "late": n.late.load(Ordering::Relaxed),
-        });
-        doc["inodes"] = json!(self.inodes.live_count());
-        doc["open_handles"] = json!(self.handles.read().unwrap().len());
-        doc
+        StatsDocument::new(
+            self.tier.stats(),
+            HostStats {
+                reads: h.reads.load(Ordering::Relaxed),
+                writes: h.writes.load(Ordering::Relaxed),
+                read_bytes: h.read_bytes.load(Ordering::Relaxed),
+                write_bytes: h.write_bytes.load(Ordering::Relaxed),
+            },
+            NotificationStats {
+                sent: n.sent.load(Ordering::Relaxed),
+                late: n.late.load(Ordering::Relaxed),
+            },
+            self.inodes.live_count() as u64,
+            read(&self.handles).len() as u64,
+        )
     }
 }
 
@@ -1459,7 +1448,7 @@ fn as_creator<T>(
     umask: u32,
     create: impl FnOnce(Mode) -> rustix::io::Result<T>,
 ) -> FsResult<T> {
-    let _as = become_caller(caller);
+    let _as = become_caller(caller)?;
     let um = crate::creds::UmaskGuard::set(umask);
     let mode = mode & !um.fallback_mask(umask);
     Ok(create(Mode::from_bits_truncate(mode & 0o7777))?)

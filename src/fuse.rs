@@ -2,6 +2,14 @@
 //!
 //! Each callback opens a tracing span, calls one core method and replies with
 //! its value or its errno. No filesystem logic lives here.
+//!
+//! Invariant: every error reply goes through [`failed`], the one place a failed
+//! request is logged (op, inode, view, name, errno; `warn` only for errnos that
+//! mean trouble, `debug` for ordinary answers). Every request the kernel sends
+//! this mount is answered here, including those a program makes in passing
+//! (ioctl `TCGETS` from `isatty()`, `poll`): fuser's defaults, which warn
+//! "[Not Implemented]", are left only for requests it never sends (locks, as
+//! `FUSE_POSIX_LOCKS` is not negotiated; `bmap`, for block devices only).
 
 use std::ffi::OsStr;
 use std::io;
@@ -11,11 +19,12 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, debug_span};
+use tracing::{debug, debug_span, warn};
 
 use crate::creds::Caller;
 use crate::errno::Errno;
@@ -39,10 +48,6 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Pagetier>) -> Self {
-        FuseAdapter { fs, metrics: None }
-    }
-
     /// Times one request on `ino` until the returned guard drops (metrics on only).
     #[inline]
     fn timed(&self, op: Op, ino: INodeNo) -> Option<RequestTimer<'_>> {
@@ -55,7 +60,34 @@ fn view(ino: INodeNo) -> &'static str {
     ViewLabel::of(ino.0).name()
 }
 
-fn err(e: Errno) -> FErrno {
+/// What a request addressed, for the log line of its failure.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    op: Op,
+    ino: INodeNo,
+    /// The name the request carried (a lookup's, a create's, an xattr's), if any.
+    name: Option<&'a OsStr>,
+}
+
+fn at(op: Op, ino: INodeNo, name: Option<&OsStr>) -> Target<'_> {
+    Target { op, ino, name }
+}
+
+/// The one place a failed request is reported: logs it and gives the errno to reply with.
+///
+/// Every failure is logged with its op, inode, view, name and errno: at `warn` when the errno
+/// says the mount or its storage is in trouble ([`Errno::is_trouble`]: an I/O error, a stale
+/// inode, no memory or descriptors left), at `debug` otherwise, since a program's
+/// ordinary requests fail all the time (a lookup of a missing name, a create of an existing
+/// one, a write to the read-only device view, ...) and must not fill the log.
+fn failed(t: Target, e: Errno) -> FErrno {
+    let (op, ino, view) = (t.op.name(), t.ino.0, view(t.ino));
+    match t.name {
+        Some(name) if e.is_trouble() => warn!(op, ino, view, ?name, errno = %e, "request failed"),
+        Some(name) => debug!(op, ino, view, ?name, errno = %e, "request failed"),
+        None if e.is_trouble() => warn!(op, ino, view, errno = %e, "request failed"),
+        None => debug!(op, ino, view, errno = %e, "request failed"),
+    }
     FErrno::from_i32(e.raw())
 }
 
@@ -148,27 +180,28 @@ impl FuseAdapter {
         }
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+    fn reply_entry(&self, reply: ReplyEntry, t: Target, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => reply.entry(&self.ttl(a.ino), &fattr(&a), Generation(0)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(t, e)),
         }
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+fn reply_empty(reply: ReplyEmpty, t: Target, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(err(e)),
+        Err(e) => reply.error(failed(t, e)),
     }
 }
 
-fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
+fn reply_xattr(reply: ReplyXattr, t: Target, size: u32, r: Result<Vec<u8>, Errno>) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+        // The caller's buffer is too small: it asks for the size again.
+        Ok(v) if v.len() > size as usize => reply.error(failed(t, Errno(libc::ERANGE))),
         Ok(v) => reply.data(&v),
-        Err(e) => reply.error(err(e)),
+        Err(e) => reply.error(failed(t, e)),
     }
 }
 
@@ -212,7 +245,7 @@ impl Filesystem for FuseAdapter {
             (Ok(a), Some((crate::inode::CONTROL_ID, crate::inode::View::Host))) => {
                 reply.entry_with_ttls(&self.ttl(a.ino), &TTL, &fattr(&a), Generation(0))
             }
-            (r, _) => self.reply_entry(reply, r),
+            (r, _) => self.reply_entry(reply, at(Op::Lookup, parent, Some(name)), r),
         }
     }
 
@@ -226,7 +259,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("getattr", view = view(ino), ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Getattr, ino, None), e)),
         }
     }
 
@@ -269,7 +302,7 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Setattr, ino, None), e)),
         }
     }
 
@@ -277,7 +310,7 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Readlink, ino);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Readlink, ino, None), e)),
         }
     }
 
@@ -296,6 +329,7 @@ impl Filesystem for FuseAdapter {
             debug_span!("mknod", view = view(parent), parent = parent.0, ?name, mode).entered();
         self.reply_entry(
             reply,
+            at(Op::Mknod, parent, Some(name)),
             self.fs
                 .mknod(caller(req), parent.0, name, mode, umask, rdev),
         );
@@ -315,6 +349,7 @@ impl Filesystem for FuseAdapter {
             debug_span!("mkdir", view = view(parent), parent = parent.0, ?name, mode).entered();
         self.reply_entry(
             reply,
+            at(Op::Mkdir, parent, Some(name)),
             self.fs.mkdir(caller(req), parent.0, name, mode, umask),
         );
     }
@@ -322,13 +357,21 @@ impl Filesystem for FuseAdapter {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.timed(Op::Unlink, parent);
         let _s = debug_span!("unlink", view = view(parent), parent = parent.0, ?name).entered();
-        reply_empty(reply, self.fs.unlink(caller(req), parent.0, name));
+        reply_empty(
+            reply,
+            at(Op::Unlink, parent, Some(name)),
+            self.fs.unlink(caller(req), parent.0, name),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.timed(Op::Rmdir, parent);
         let _s = debug_span!("rmdir", view = view(parent), parent = parent.0, ?name).entered();
-        reply_empty(reply, self.fs.rmdir(caller(req), parent.0, name));
+        reply_empty(
+            reply,
+            at(Op::Rmdir, parent, Some(name)),
+            self.fs.rmdir(caller(req), parent.0, name),
+        );
     }
 
     fn symlink(
@@ -349,6 +392,7 @@ impl Filesystem for FuseAdapter {
         .entered();
         self.reply_entry(
             reply,
+            at(Op::Symlink, parent, Some(link_name)),
             self.fs
                 .symlink(caller(req), parent.0, link_name, target.as_os_str()),
         );
@@ -376,6 +420,7 @@ impl Filesystem for FuseAdapter {
         .entered();
         reply_empty(
             reply,
+            at(Op::Rename, parent, Some(name)),
             self.fs.rename(
                 caller(req),
                 parent.0,
@@ -406,6 +451,7 @@ impl Filesystem for FuseAdapter {
         .entered();
         self.reply_entry(
             reply,
+            at(Op::Link, ino, Some(newname)),
             self.fs.link(caller(req), ino.0, newparent.0, newname),
         );
     }
@@ -415,7 +461,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
         match self.fs.open(ino.0, flags.0) {
             Ok((fh, out)) => reply.opened(FileHandle(fh), fopen(out)),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Open, ino, None), e)),
         }
     }
 
@@ -442,7 +488,7 @@ impl Filesystem for FuseAdapter {
         .entered();
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(data) => reply.data(data),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Read, ino, None), e)),
         });
     }
 
@@ -470,7 +516,7 @@ impl Filesystem for FuseAdapter {
         .entered();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Write, ino, None), e)),
         }
     }
 
@@ -512,7 +558,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let _t = self.timed(Op::Fsync, ino);
         let _s = debug_span!("fsync", view = view(ino), ino = ino.0, fh = fh.0, datasync).entered();
-        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+        reply_empty(
+            reply,
+            at(Op::Fsync, ino, None),
+            self.fs.fsync(fh.0, datasync),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -520,7 +570,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("opendir", view = view(ino), ino = ino.0).entered();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Opendir, ino, None), e)),
         }
     }
 
@@ -548,7 +598,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Readdir, ino, None), e)),
         }
     }
 
@@ -601,7 +651,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Readdirplus, ino, None), e)),
         }
     }
 
@@ -627,7 +677,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Fsyncdir, ino);
-        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+        reply_empty(
+            reply,
+            at(Op::Fsyncdir, ino, None),
+            self.fs.fsync(fh.0, datasync),
+        );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -636,7 +690,7 @@ impl Filesystem for FuseAdapter {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Statfs, ino, None), e)),
         }
     }
 
@@ -654,6 +708,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("setxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_empty(
             reply,
+            at(Op::Setxattr, ino, Some(name)),
             self.fs.setxattr(caller(req), ino.0, name, value, flags),
         );
     }
@@ -661,22 +716,40 @@ impl Filesystem for FuseAdapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _t = self.timed(Op::Getxattr, ino);
         let _s = debug_span!("getxattr", view = view(ino), ino = ino.0, ?name).entered();
-        reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
+        reply_xattr(
+            reply,
+            at(Op::Getxattr, ino, Some(name)),
+            size,
+            self.fs.getxattr(ino.0, name),
+        );
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _t = self.timed(Op::Listxattr, ino);
-        reply_xattr(reply, size, self.fs.listxattr(caller(req), ino.0));
+        reply_xattr(
+            reply,
+            at(Op::Listxattr, ino, None),
+            size,
+            self.fs.listxattr(caller(req), ino.0),
+        );
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.timed(Op::Removexattr, ino);
-        reply_empty(reply, self.fs.removexattr(caller(req), ino.0, name));
+        reply_empty(
+            reply,
+            at(Op::Removexattr, ino, Some(name)),
+            self.fs.removexattr(caller(req), ino.0, name),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let _t = self.timed(Op::Access, ino);
-        reply_empty(reply, self.fs.access(caller(req), ino.0, mask.bits()));
+        reply_empty(
+            reply,
+            at(Op::Access, ino, None),
+            self.fs.access(caller(req), ino.0, mask.bits()),
+        );
     }
 
     fn create(
@@ -710,7 +783,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(fh),
                 fopen(out),
             ),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Create, parent, Some(name)), e)),
         }
     }
 
@@ -734,7 +807,11 @@ impl Filesystem for FuseAdapter {
             mode
         )
         .entered();
-        reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+        reply_empty(
+            reply,
+            at(Op::Fallocate, ino, None),
+            self.fs.fallocate(fh.0, offset, length, mode),
+        );
     }
 
     fn lseek(
@@ -749,7 +826,7 @@ impl Filesystem for FuseAdapter {
         let _t = self.timed(Op::Lseek, ino);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::Lseek, ino, None), e)),
         }
     }
 
@@ -784,8 +861,44 @@ impl Filesystem for FuseAdapter {
             flags.bits() as u32,
         ) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(failed(at(Op::CopyFileRange, ino_in, None), e)),
         }
+    }
+
+    /// No ioctl is supported. A terminal query on a file (`isatty()` sends `TCGETS`) is
+    /// the common one: every request gets `ENOTTY`, what a plain file answers, logged at
+    /// `debug` like any expected failure (fuser's default would warn on each).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let _t = self.timed(Op::Ioctl, ino);
+        let _s = debug_span!("ioctl", view = view(ino), ino = ino.0, cmd).entered();
+        reply.error(failed(at(Op::Ioctl, ino, None), Errno::ENOTTY));
+    }
+
+    /// `poll`/`epoll` on a file: `ENOSYS`, after which the kernel stops asking for this
+    /// mount and reports files always ready, as a regular file is (fuser's default would
+    /// warn).
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        let _t = self.timed(Op::Poll, ino);
+        reply.error(failed(at(Op::Poll, ino, None), Errno::ENOSYS));
     }
 }
 

@@ -1,23 +1,39 @@
 //! pagetier: a FUSE filesystem prototyping a page-cache extension with a
 //! read-only device tier. See README.md for the model and the interfaces.
+//!
+//! The library exists for the `pagetier` binary, the mount tests and the
+//! benchmarks: it exports what they use and nothing else (the modules are
+//! private, so the compiler reports code nothing reaches). `tier` is public
+//! for the benchmarks and the tests of its parsers.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod cli;
-pub mod coherence;
-pub mod control;
-pub mod creds;
-pub mod errno;
-pub mod fs;
-pub mod fuse;
-pub mod inode;
-pub mod lock;
-pub mod metrics;
-pub mod notify;
-pub mod range;
-pub mod run;
-pub mod size;
-pub mod storage;
+mod cli;
+mod coherence;
+mod control;
+mod creds;
+mod errno;
+mod fs;
+mod fuse;
+mod inode;
+mod lock;
+mod metrics;
+mod notify;
+mod range;
+mod run;
+mod size;
+mod stats;
+mod storage;
 pub mod tier;
-pub mod tools;
-pub mod top;
-pub mod watch;
+mod tools;
+mod top;
+mod watch;
+
+pub use cli::{Cli, Command, MountArgs, normalize_args, settings};
+pub use run::{LogConfig, init_logging_with, mount_with_log};
+pub use range::ByteRange;
+pub use size::{ByteSize, parse_capacity, parse_size};
+pub use stats::StatsDocument;
+pub use tools::{
+    BatchOptions, SimulateArgs, evict, prefetch, residency, simulate, stats as print_stats,
+};
+pub use top::top;

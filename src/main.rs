@@ -1,38 +1,38 @@
 //! The `pagetier` binary: parse, then hand over to the library.
 
 use clap::Parser;
-use pagetier::cli::{Cli, Command};
+use pagetier::{Cli, Command};
 
 fn main() {
-    let argv = pagetier::cli::normalize_args(std::env::args_os().collect());
+    let argv = pagetier::normalize_args(std::env::args_os().collect());
     let cli = Cli::parse_from(argv);
     let res = match cli.command {
         Command::Mount(args) => {
             let args = *args;
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-            match pagetier::cli::settings(&args, cpus) {
-                Ok(s) => pagetier::run::init_logging_with(&pagetier::run::LogConfig {
+            match pagetier::settings(&args, cpus) {
+                Ok(s) => pagetier::init_logging_with(&pagetier::LogConfig {
                     level: s.log_level.clone(),
                     format: args.log_format.unwrap_or_default(),
                     file: s.log_file.clone(),
                     stats: s.log_stats.is_some(),
                 })
-                .and_then(|log| pagetier::run::mount_with_log(args, s, log)),
+                .and_then(|log| pagetier::mount_with_log(args, s, log)),
                 Err(e) => Err(anyhow::anyhow!(e)),
             }
         }
-        Command::Stats { mountpoint, json } => pagetier::tools::stats(&mountpoint, json),
-        Command::Residency { paths } => pagetier::tools::residency(&paths),
+        Command::Stats { mountpoint, json } => pagetier::print_stats(&mountpoint, json),
+        Command::Residency { paths } => pagetier::residency(&paths),
         Command::Prefetch {
             range,
             recursive,
             jobs,
             ignore_capacity,
             paths,
-        } => pagetier::tools::prefetch(
+        } => pagetier::prefetch(
             &range,
             &paths,
-            &pagetier::tools::BatchOptions {
+            &pagetier::BatchOptions {
                 recursive,
                 jobs: jobs.map(usize::from),
                 ignore_capacity,
@@ -42,9 +42,9 @@ fn main() {
             recursive,
             jobs,
             paths,
-        } => pagetier::tools::evict(
+        } => pagetier::evict(
             &paths,
-            &pagetier::tools::BatchOptions {
+            &pagetier::BatchOptions {
                 recursive,
                 jobs: jobs.map(usize::from),
                 ignore_capacity: true,
@@ -58,7 +58,7 @@ fn main() {
             policies,
             epoch_hint,
             json,
-        } => pagetier::tools::simulate(pagetier::tools::SimulateArgs {
+        } => pagetier::simulate(pagetier::SimulateArgs {
             traces,
             synthetic,
             capacities,
@@ -71,7 +71,7 @@ fn main() {
             mountpoint,
             once,
             interval,
-        } => pagetier::top::top(&mountpoint, once, interval),
+        } => pagetier::top(&mountpoint, once, interval),
     };
     if let Err(e) = res {
         eprintln!("pagetier: error: {e:#}");

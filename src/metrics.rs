@@ -5,13 +5,14 @@
 //! Invariants:
 //! - Nothing here runs unless asked for: with metrics off, the adapter holds
 //!   no [`RequestMetrics`] and pays one `Option` check per request.
-//! - Counters and gauges are *sampled* from [`Pagetier::stats_json`] at scrape
-//!   time (no hot-path cost); every number of the stats document is exported,
-//!   so a counter added there appears here without a change.
+//! - Counters and gauges are *sampled* from [`Pagetier::stats_document`] at
+//!   scrape time (no hot-path cost); every number of the stats document is
+//!   exported (a test fails when a field of [`StatsDocument`] is not).
 //! - The request hot path touches only relaxed atomics of a fixed table
 //!   indexed by (op, view): no lock, no allocation, no label hashing.
 //! - The endpoint runs on a one-thread tokio runtime on its own plain thread;
-//!   the runtime is blocked on only from that thread (STYLE habit 8).
+//!   the runtime is blocked on only from that thread, never from a FUSE worker
+//!   or from inside the runtime (where `block_on` would panic or stall it).
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -25,12 +26,13 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
 use crate::fs::Pagetier;
 use crate::inode::{CONTROL_ID, STATS_ID, View};
+use crate::stats::{HostStats, StatsDocument};
+use crate::tier::{DeviceStats, TierDiagnostics};
 
 // ----- request latency ---------------------------------------------------------------
 
@@ -70,10 +72,12 @@ pub enum Op {
     Fallocate,
     Lseek,
     CopyFileRange,
+    Ioctl,
+    Poll,
 }
 
 impl Op {
-    pub const ALL: [Op; 33] = [
+    pub const ALL: [Op; 35] = [
         Op::Lookup,
         Op::Forget,
         Op::Getattr,
@@ -107,6 +111,8 @@ impl Op {
         Op::Fallocate,
         Op::Lseek,
         Op::CopyFileRange,
+        Op::Ioctl,
+        Op::Poll,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -145,6 +151,8 @@ impl Op {
             Op::Fallocate => "fallocate",
             Op::Lseek => "lseek",
             Op::CopyFileRange => "copy_file_range",
+            Op::Ioctl => "ioctl",
+            Op::Poll => "poll",
         }
     }
 }
@@ -289,37 +297,6 @@ impl Drop for RequestTimer<'_> {
 
 // ----- the exposition ----------------------------------------------------------------
 
-/// Fields of the `"device"` object that are levels, not counts.
-const DEVICE_GAUGES: &[(&str, &str)] = &[
-    ("capacity_bytes", "Device tier arena size"),
-    (
-        "used_bytes",
-        "Device tier arena bytes held by resident pages and in-flight fills",
-    ),
-    ("huge_pages", "Resident 2 MiB device pages"),
-    ("base_pages", "Resident 4 KiB device pages"),
-    (
-        "metadata_bytes",
-        "Host memory used by the tier's bookkeeping",
-    ),
-];
-
-fn device_help(key: &str) -> &'static str {
-    match key {
-        "reads" => "Device-view reads served by the tier",
-        "hits" => "Device page lookups served from resident pages",
-        "misses" => "Device page lookups that faulted (equals faults)",
-        "bytes_served" => "Bytes returned by device-view reads",
-        "bytes_faulted" => "Bytes read from storage into the tier",
-        "evictions" => "Device pages evicted to make room",
-        "splits" => "Huge device pages split by partial invalidation",
-        "collapses" => "Huge device pages collapsed back from base pages",
-        "discarded_fills" => "Faults discarded at install time because the file changed",
-        "refused_writes" => "Modifications refused (EROFS) in the device view",
-        _ => "A counter of the stats document's device object",
-    }
-}
-
 /// The Prometheus name of a stats key: `bytes_served` -> `served_bytes`
 /// (the unit last, as Prometheus names it).
 fn metric_key(key: &str) -> String {
@@ -343,141 +320,211 @@ fn encode_gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    v: i64,
+    v: u64,
 ) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(v);
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn as_gauge(v: &Value) -> Option<i64> {
-    match v {
-        Value::Bool(b) => Some(*b as i64),
-        Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),
-        _ => None,
-    }
+/// Writes the families of one stats document: `device` levels as gauges and its counts as
+/// counters (`pagetier_device_*`), `invalidations` as one counter family by `cause`, `host`
+/// as counters, `diagnostics` as gauges (the fill time as a counter in seconds),
+/// `notifications` as gauges, `inodes` and `open_handles` as gauges. A test checks that
+/// every number of the document is exported.
+fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    encode_device(&doc.device, enc)?;
+    encode_invalidations(doc, enc)?;
+    encode_host(&doc.host, enc)?;
+    encode_diagnostics(&doc.diagnostics, enc)?;
+    encode_mount(doc, enc)
 }
 
-/// Writes the families of one stats document (see the module docs for the mapping).
-fn encode_stats(doc: &Value, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let Some(top) = doc.as_object() else {
-        return Ok(());
-    };
-    for (section, body) in top {
-        match (section.as_str(), body) {
-            ("version", _) => {}
-            ("device", Value::Object(o)) => {
-                for (k, v) in o {
-                    let name = format!("pagetier_device_{}", metric_key(k));
-                    if let Some((_, help)) = DEVICE_GAUGES.iter().find(|(g, _)| g == k) {
-                        if let Some(x) = as_gauge(v) {
-                            encode_gauge(enc, &name, help, x)?;
-                        }
-                    } else if let Some(x) = v.as_u64() {
-                        encode_counter(enc, &name, device_help(k), x)?;
-                    } else if let Some(x) = as_gauge(v) {
-                        // Flags such as huge_pages_enabled.
-                        encode_gauge(enc, &name, "A setting of the device tier (1: on)", x)?;
-                    }
-                }
-            }
-            ("invalidations", Value::Object(o)) => {
-                let c = ConstCounter::new(0u64);
-                let mut fam = enc.encode_descriptor(
-                    "pagetier_invalidated_pages",
-                    "Device pages dropped, by cause",
-                    None,
-                    c.metric_type(),
-                )?;
-                for (cause, v) in o {
-                    let labels = [("cause", cause.as_str())];
-                    ConstCounter::new(v.as_u64().unwrap_or(0))
-                        .encode(fam.encode_family(&labels)?)?;
-                }
-            }
-            ("host", Value::Object(o)) => {
-                for (k, v) in o {
-                    if let Some(x) = v.as_u64() {
-                        let help = match k.as_str() {
-                            "reads" => "Host-view reads",
-                            "writes" => "Host-view writes",
-                            "read_bytes" => "Bytes read through the host view",
-                            "write_bytes" => "Bytes written through the host view",
-                            _ => "A counter of the stats document's host object",
-                        };
-                        encode_counter(enc, &format!("pagetier_host_{}", metric_key(k)), help, x)?;
-                    }
-                }
-            }
-            ("inodes", v) => {
-                if let Some(x) = as_gauge(v) {
-                    encode_gauge(enc, "pagetier_live_inodes", "Inodes the mount tracks", x)?;
-                }
-            }
-            ("open_handles", v) => {
-                if let Some(x) = as_gauge(v) {
-                    encode_gauge(
-                        enc,
-                        "pagetier_open_handles",
-                        "Open file and directory handles",
-                        x,
-                    )?;
-                }
-            }
-            ("diagnostics", Value::Object(o)) => {
-                // Fault latency: rate(fill_seconds) / rate(fill_reads) is the mean.
-                if let Some(n) = o.get("fill_reads").and_then(Value::as_u64) {
-                    encode_counter(
-                        enc,
-                        "pagetier_device_fill_reads",
-                        "Storage reads made to fill device pages (faults, prefetch, readahead)",
-                        n,
-                    )?;
-                }
-                if let Some(ns) = o.get("fill_nanos").and_then(Value::as_u64) {
-                    let c = ConstCounter::new(ns as f64 / 1e9);
-                    c.encode(enc.encode_descriptor(
-                        "pagetier_device_fill_seconds",
-                        "Time spent in storage reads that fill device pages",
-                        None,
-                        c.metric_type(),
-                    )?)?;
-                }
-                for (k, v) in o {
-                    if k.starts_with("fill_") {
-                        continue;
-                    }
-                    if let Some(x) = as_gauge(v) {
-                        encode_gauge(
-                            enc,
-                            &format!("pagetier_diagnostics_{}", metric_key(k)),
-                            "A diagnostic field of the stats document",
-                            x,
-                        )?;
-                    }
-                }
-            }
-            // Anything added to the document later: numbers as gauges.
-            (_, Value::Object(o)) => {
-                for (k, v) in o {
-                    if let Some(x) = as_gauge(v) {
-                        encode_gauge(
-                            enc,
-                            &format!("pagetier_{section}_{}", metric_key(k)),
-                            "A field of the stats document",
-                            x,
-                        )?;
-                    }
-                }
-            }
-            (k, v) => {
-                if let Some(x) = as_gauge(v) {
-                    let name = format!("pagetier_{}", metric_key(k));
-                    encode_gauge(enc, &name, "A field of the stats document", x)?;
-                }
-            }
-        }
+/// `pagetier_device_*`: levels as gauges, counts as counters.
+fn encode_device(d: &DeviceStats, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let device_gauges = [
+        ("capacity_bytes", "Device tier arena size", d.capacity_bytes),
+        (
+            "used_bytes",
+            "Device tier arena bytes held by resident pages and in-flight fills",
+            d.used_bytes,
+        ),
+        ("huge_pages", "Resident 2 MiB device pages", d.huge_pages),
+        ("base_pages", "Resident 4 KiB device pages", d.base_pages),
+        (
+            "metadata_bytes",
+            "Host memory used by the tier's bookkeeping",
+            d.metadata_bytes,
+        ),
+        (
+            "huge_pages_enabled",
+            "A setting of the device tier (1: on)",
+            u64::from(d.huge_pages_enabled),
+        ),
+    ];
+    for (key, help, v) in device_gauges {
+        encode_gauge(enc, &format!("pagetier_device_{key}"), help, v)?;
+    }
+    let device_counters = [
+        ("reads", "Device-view reads served by the tier", d.reads),
+        (
+            "hits",
+            "Device page lookups served from resident pages",
+            d.hits,
+        ),
+        (
+            "misses",
+            "Device page lookups that faulted (equals faults)",
+            d.misses,
+        ),
+        (
+            "bytes_served",
+            "Bytes returned by device-view reads",
+            d.bytes_served,
+        ),
+        (
+            "bytes_faulted",
+            "Bytes read from storage into the tier",
+            d.bytes_faulted,
+        ),
+        (
+            "evictions",
+            "Device pages evicted to make room",
+            d.evictions,
+        ),
+        (
+            "splits",
+            "Huge device pages split by partial invalidation",
+            d.splits,
+        ),
+        (
+            "collapses",
+            "Huge device pages collapsed back from base pages",
+            d.collapses,
+        ),
+        (
+            "discarded_fills",
+            "Faults discarded at install time because the file changed",
+            d.discarded_fills,
+        ),
+        (
+            "refused_writes",
+            "Modifications refused (EROFS) in the device view",
+            d.refused_writes,
+        ),
+    ];
+    for (key, help, v) in device_counters {
+        encode_counter(
+            enc,
+            &format!("pagetier_device_{}", metric_key(key)),
+            help,
+            v,
+        )?;
     }
     Ok(())
+}
+
+/// `pagetier_invalidated_pages_total{cause}`.
+fn encode_invalidations(
+    doc: &StatsDocument,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(0u64);
+    let mut fam = enc.encode_descriptor(
+        "pagetier_invalidated_pages",
+        "Device pages dropped, by cause",
+        None,
+        c.metric_type(),
+    )?;
+    for (cause, n) in doc.invalidations_by_cause() {
+        ConstCounter::new(n).encode(fam.encode_family(&[("cause", cause)])?)?;
+    }
+    Ok(())
+}
+
+/// `pagetier_host_*_total`.
+fn encode_host(h: &HostStats, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for (key, help, v) in [
+        ("reads", "Host-view reads", h.reads),
+        ("writes", "Host-view writes", h.writes),
+        (
+            "read_bytes",
+            "Bytes read through the host view",
+            h.read_bytes,
+        ),
+        (
+            "write_bytes",
+            "Bytes written through the host view",
+            h.write_bytes,
+        ),
+    ] {
+        encode_counter(enc, &format!("pagetier_host_{key}"), help, v)?;
+    }
+    Ok(())
+}
+
+/// The fill reads and time as `pagetier_device_fill_*` counters, the rest as
+/// `pagetier_diagnostics_*` gauges (the policy's name is not a number).
+fn encode_diagnostics(
+    g: &TierDiagnostics,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    // Fault latency: rate(fill_seconds) / rate(fill_reads) is the mean.
+    encode_counter(
+        enc,
+        "pagetier_device_fill_reads",
+        "Storage reads made to fill device pages (faults, prefetch, readahead)",
+        g.fill_reads,
+    )?;
+    let c = ConstCounter::new(g.fill_nanos as f64 / 1e9);
+    c.encode(enc.encode_descriptor(
+        "pagetier_device_fill_seconds",
+        "Time spent in storage reads that fill device pages",
+        None,
+        c.metric_type(),
+    )?)?;
+    for (key, v) in [
+        ("admission_refusals", g.admission_refusals),
+        ("bypass_reads", g.bypass_reads),
+        ("huge_fallbacks", g.huge_fallbacks),
+        ("lookups", g.lookups),
+        ("pinned_bytes", g.pinned_bytes),
+        ("policy_entries", g.policy_entries),
+        ("readahead_bytes", g.readahead_bytes),
+        ("readahead_dropped", g.readahead_dropped),
+    ] {
+        encode_gauge(
+            enc,
+            &format!("pagetier_diagnostics_{key}"),
+            "A diagnostic field of the stats document",
+            v,
+        )?;
+    }
+    Ok(())
+}
+
+/// Notifications, live inodes and open handles: gauges.
+fn encode_mount(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let n = &doc.notifications;
+    for (key, v) in [("sent", n.sent), ("late", n.late)] {
+        encode_gauge(
+            enc,
+            &format!("pagetier_notifications_{key}"),
+            "A field of the stats document",
+            v,
+        )?;
+    }
+    encode_gauge(
+        enc,
+        "pagetier_live_inodes",
+        "Inodes the mount tracks",
+        doc.inodes,
+    )?;
+    encode_gauge(
+        enc,
+        "pagetier_open_handles",
+        "Open file and directory handles",
+        doc.open_handles,
+    )
 }
 
 /// Writes the latency histograms: one series per (op, view) seen so far.
@@ -530,7 +577,7 @@ impl Collector for PagetierCollector {
             )?
             .encode_family(&labels)?,
         )?;
-        encode_stats(&self.fs.stats_json(), &mut enc)?;
+        encode_stats(&self.fs.stats_document(), &mut enc)?;
         encode_latency(&self.req, &mut enc)
     }
 }
@@ -584,7 +631,7 @@ pub fn serve(
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            // A plain thread: blocking on the runtime here is fine (habit 8).
+            // A plain thread outside the runtime: blocking on it here is safe.
             rt.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
@@ -687,10 +734,10 @@ pub fn log_stats_every(
     std::thread::Builder::new()
         .name("log-stats".into())
         .spawn(move || {
-            let mut prev = crate::top::Sample::from_json(&fs.stats_json(), Instant::now());
+            let mut prev = crate::top::Sample::from_document(&fs.stats_document(), Instant::now());
             loop {
                 std::thread::sleep(period);
-                let cur = crate::top::Sample::from_json(&fs.stats_json(), Instant::now());
+                let cur = crate::top::Sample::from_document(&fs.stats_document(), Instant::now());
                 let r = crate::top::Rates::between(&prev, &cur);
                 if structured {
                     info!(
@@ -721,7 +768,6 @@ pub fn log_stats_every(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn buckets_hold_what_they_should() {
@@ -756,7 +802,7 @@ mod tests {
         }
     }
 
-    struct Doc(Value, RequestMetrics);
+    struct Doc(StatsDocument, RequestMetrics);
     impl std::fmt::Debug for Doc {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("Doc")
@@ -769,26 +815,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_number_of_the_stats_document_is_exported() {
-        let doc = json!({
-            "version": 1,
-            "device": {"capacity_bytes": 1024, "used_bytes": 512, "huge_pages_enabled": true,
-                       "huge_pages": 1, "base_pages": 2, "hits": 5, "misses": 3,
-                       "bytes_served": 4096, "bytes_faulted": 8192},
-            "invalidations": {"write": 2, "external": 1},
-            "host": {"reads": 4, "read_bytes": 100},
-            "inodes": 9,
-            "open_handles": 2,
-            "diagnostics": {"fill_reads": 4, "fill_nanos": 2_000_000_000u64, "policy": "lru",
-                            "bypass_reads": 1},
-            "future": {"thing": 3}
-        });
-        let req = RequestMetrics::new();
-        drop(req.start(Op::Read, 2));
+    fn exposition(doc: StatsDocument, req: RequestMetrics) -> String {
         let mut r = Registry::default();
         r.register_collector(Box::new(Doc(doc, req)));
-        let text = render(&r);
+        render(&r)
+    }
+
+    #[test]
+    fn the_stats_document_is_exported_under_its_metric_names() {
+        let mut doc = crate::stats::zeroed();
+        let d = &mut doc.device;
+        (d.capacity_bytes, d.used_bytes, d.huge_pages_enabled) = (1024, 512, true);
+        (d.huge_pages, d.base_pages, d.hits, d.misses) = (1, 2, 5, 3);
+        (d.bytes_served, d.bytes_faulted) = (4096, 8192);
+        (doc.invalidations.write, doc.invalidations.external) = (2, 1);
+        (doc.host.reads, doc.host.read_bytes) = (4, 100);
+        (doc.inodes, doc.open_handles, doc.notifications.sent) = (9, 2, 3);
+        let g = &mut doc.diagnostics;
+        (g.fill_reads, g.fill_nanos, g.bypass_reads) = (4, 2_000_000_000, 1);
+        let req = RequestMetrics::new();
+        drop(req.start(Op::Read, 2));
+        let text = exposition(doc, req);
         for line in [
             "pagetier_device_capacity_bytes 1024",
             "pagetier_device_used_bytes 512",
@@ -805,7 +852,7 @@ mod tests {
             "pagetier_host_read_bytes_total 100",
             "pagetier_live_inodes 9",
             "pagetier_open_handles 2",
-            "pagetier_future_thing 3",
+            "pagetier_notifications_sent 3",
             "pagetier_device_fill_reads_total 4",
             "pagetier_device_fill_seconds_total 2.0",
             "pagetier_diagnostics_bypass_reads 1",
@@ -821,6 +868,69 @@ mod tests {
             );
         }
         assert!(!text.contains("op=\"write\""), "unseen series are left out");
+    }
+
+    /// The metric (without a `_total` suffix) a number of the document is exported as.
+    fn metric_of(section: &str, key: &str) -> String {
+        match (section, key) {
+            ("invalidations", cause) => format!("pagetier_invalidated_pages{{cause=\"{cause}\"}}"),
+            ("diagnostics", "fill_reads") => "pagetier_device_fill_reads".to_string(),
+            ("diagnostics", "fill_nanos") => "pagetier_device_fill_seconds".to_string(),
+            ("", "inodes") => "pagetier_live_inodes".to_string(),
+            ("", k) => format!("pagetier_{k}"),
+            (s, k) => format!("pagetier_{s}_{}", metric_key(k)),
+        }
+    }
+
+    #[test]
+    fn every_number_of_the_stats_document_is_exported_with_its_value() {
+        // Give every number of the document its own value, then find each in the exposition.
+        let mut v = serde_json::to_value(crate::stats::zeroed()).unwrap();
+        let mut want = Vec::new();
+        let mut next = 10u64;
+        let mut number = |section: &str, key: &str, x: &mut serde_json::Value| {
+            if x.is_boolean() {
+                want.push((metric_of(section, key), "1".to_string()));
+            } else if x.is_number() {
+                next += 1;
+                if key == "fill_nanos" {
+                    *x = (next * 1_000_000_000).into();
+                    want.push((metric_of(section, key), format!("{next}.0")));
+                } else {
+                    *x = next.into();
+                    want.push((metric_of(section, key), next.to_string()));
+                }
+            }
+        };
+        for (section, body) in v.as_object_mut().unwrap() {
+            match body {
+                serde_json::Value::Object(o) => {
+                    for (key, x) in o.iter_mut() {
+                        number(section, key, x);
+                    }
+                }
+                x if section != "version" => number("", section, x),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            want.len(),
+            41,
+            "every number and flag of the document: {want:?}"
+        );
+        let doc: StatsDocument = serde_json::from_value(v).unwrap();
+        let text = exposition(doc, RequestMetrics::new());
+        for (name, value) in want {
+            let total = match name.split_once('{') {
+                Some((base, labels)) => format!("{base}_total{{{labels}"),
+                None => format!("{name}_total"),
+            };
+            assert!(
+                text.lines()
+                    .any(|l| l == format!("{name} {value}") || l == format!("{total} {value}")),
+                "{name} {value} is not exported:\n{text}"
+            );
+        }
     }
 
     #[test]

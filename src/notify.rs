@@ -126,11 +126,13 @@ impl Stale {
     }
 
     /// Whether nothing needs telling.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// The gathered items.
+    #[cfg(test)]
     pub fn items(&self) -> &[StaleItem] {
         &self.items
     }

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ impl LogFile {
     /// Opens the path anew; lines being written meanwhile go to the old file.
     pub fn reopen(&self) -> std::io::Result<()> {
         let f = Arc::new(Self::open_file(&self.path)?);
-        *self.file.write().unwrap_or_else(|e| e.into_inner()) = f;
+        *crate::lock::write(&self.file) = f;
         Ok(())
     }
 
@@ -87,13 +87,7 @@ impl Write for LogWriter {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
-        LogWriter(
-            self.0
-                .file
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        LogWriter(crate::lock::read(&self.0.file).clone())
     }
 }
 
@@ -107,15 +101,6 @@ pub struct LogConfig {
     /// `--log-stats` is on: its summary lines (target `pagetier::stats`) are
     /// enabled at info whatever the level.
     pub stats: bool,
-}
-
-/// Sets up tracing: quiet by default, `--log-level` or RUST_LOG to change.
-pub fn init_logging(level: Option<&str>, format: LogFormat) {
-    let _ = init_logging_with(&LogConfig {
-        level: level.map(str::to_string),
-        format,
-        ..Default::default()
-    });
 }
 
 /// Sets up tracing as `cfg` says; returns the log file to reopen on SIGHUP.
@@ -334,28 +319,8 @@ enum Life {
     Ended,
 }
 
-/// Mounts and serves until unmounted or signalled.
-pub fn mount(args: MountArgs, s: MountSettings) -> Result<()> {
-    mount_with_log(args, s, None)
-}
-
-/// [`mount`] with the log file to reopen on SIGHUP (from [`init_logging_with`]).
-pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile>>) -> Result<()> {
-    let (storage, mnt) = preflight(&args, &s)?;
-    // Bound before forking, so that a taken port is a plain startup error.
-    let metrics_listener = match s.metrics_addr {
-        Some(a) => Some(crate::metrics::bind(a).map_err(|e| anyhow!("--metrics-addr {a}: {e}"))?),
-        None => None,
-    };
-    let report = if args.daemon && !args.foreground {
-        Some(daemonize()?)
-    } else {
-        None
-    };
-    // Creation modes arrive with the caller's umask already applied.
-    rustix::process::umask(rustix::fs::Mode::empty());
-    raise_fd_limit();
-
+/// The tier and the filesystem core over STORAGE, as the settings say.
+fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Result<Arc<Pagetier>> {
     let tier = Arc::new(
         DeviceTier::with_options(
             TierConfig {
@@ -370,7 +335,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         )
         .map_err(|e| anyhow!("--device-capacity: {e}"))?,
     );
-    let root_fd = crate::storage::open_root(&storage)
+    let root_fd = crate::storage::open_root(storage)
         .with_context(|| format!("opening STORAGE {}", storage.display()))?;
     let fs = Arc::new(
         Pagetier::new(
@@ -384,7 +349,11 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         )
         .map_err(|e| anyhow!("STORAGE {}: {e}", storage.display()))?,
     );
+    Ok(fs)
+}
 
+/// fuser's session configuration: mount options, who may use the mount, worker threads.
+fn fuse_config(s: &MountSettings, storage: &Path) -> Config {
     let mut opts = vec![
         MountOption::FSName(storage.to_string_lossy().into_owned()),
         MountOption::Subtype("pagetier".into()),
@@ -417,60 +386,15 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     };
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
+    config
+}
 
-    let req_metrics = metrics_listener
-        .is_some()
-        .then(|| Arc::new(RequestMetrics::new()));
-    let adapter = FuseAdapter {
-        fs: fs.clone(),
-        metrics: req_metrics.clone(),
-    };
-    // Signal handlers go in before the mount is live: a SIGTERM sent as soon
-    // as the mount shows up waits in `signals` instead of killing us.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
-    let mut session = fuser::Session::new(adapter, &mnt, &config)
-        .map_err(|e| anyhow!("mounting {}: {e}", mnt.display()))?;
-    // Not a stat of MOUNTPOINT: nothing serves the mount until `run` below.
-    let conn = connection_of(&mnt);
-    info!(storage = %storage.display(), mountpoint = %mnt.display(), "mounted");
-
-    // Before anything is served: device-view replies are cached only once
-    // host-view changes can tell the kernel what they make stale there.
-    if let Err(e) = fs.connect_kernel(session.notifier()) {
-        warn!("device-view entries and attributes will not be cached: {e}");
-    }
-    let watcher = watch::Watcher::start(&storage, fs.clone());
-    if let Err(e) = &watcher {
-        warn!("not watching STORAGE for external changes: {e}");
-    }
-
-    if let (Some(l), Some(m)) = (metrics_listener, &req_metrics) {
-        crate::metrics::serve(l, fs.clone(), m.clone())
-            .map_err(|e| anyhow!("starting the metrics endpoint: {e}"))?;
-    }
-    if let Some(period) = s.log_stats {
-        let json = args.log_format == Some(LogFormat::Json);
-        crate::metrics::log_stats_every(period, fs.clone(), json)?;
-    }
-
-    if let Some(pid_file) = &args.pid_file {
-        fs::write(pid_file, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing pid file {}", pid_file.display()))?;
-    }
-    if let Some(wr) = report {
-        let mut f = fs::File::from(wr);
-        let _ = f.write_all(b"1");
-        detach_stdio();
-    }
-
-    // Signals: SIGHUP reopens the log file; SIGINT/SIGTERM go to the stopper.
-    let (life_tx, life_rx) = channel::<Life>();
-    let sig_handle = signals.handle();
-    let sig_tx = life_tx.clone();
+/// Signals: SIGHUP reopens the log file; SIGINT/SIGTERM go to the stopper as [`Life::Stop`].
+fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    sig_tx: Sender<Life>,
+    log: Option<Arc<LogFile>>,
+) -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -492,16 +416,22 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
                 }
             }
         })?;
+    Ok(())
+}
 
-    // The stopper: on the first SIGINT/SIGTERM, unmount lazily (new opens
-    // fail, requests in flight complete, open files keep working); once the
-    // drain timeout passes or a second signal comes, abort the connection so
-    // that whatever still holds files gets ENOTCONN instead of a daemon that
-    // never exits.
-    let mut unmounter = session.unmount_callable();
-    let mnt_stop = mnt.clone();
-    let drain = s.drain_timeout;
-    let fs_stop = fs.clone();
+/// The stopper: on the first SIGINT/SIGTERM, unmount lazily (new opens
+/// fail, requests in flight complete, open files keep working); once the
+/// drain timeout passes or a second signal comes, abort the connection so
+/// that whatever still holds files gets ENOTCONN instead of a daemon that
+/// never exits. Returns the flag it sets once it has started stopping the mount.
+fn spawn_stopper(
+    mut unmounter: fuser::SessionUnmounter,
+    mnt: PathBuf,
+    drain: Duration,
+    fs: Arc<Pagetier>,
+    conn: Option<u32>,
+    life_rx: Receiver<Life>,
+) -> Result<Arc<AtomicBool>> {
     let stopping = Arc::new(AtomicBool::new(false));
     let stopping_set = stopping.clone();
     std::thread::Builder::new()
@@ -514,13 +444,13 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
             info!(sig, "signal: unmounting");
             stopping_set.store(true, Ordering::SeqCst);
             if unmounter.unmount().is_err() {
-                let _ = lazy_unmount(&mnt_stop);
+                let _ = lazy_unmount(&mnt);
             }
             match life_rx.recv_timeout(drain) {
                 Ok(Life::Ended) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Life::Stop(_)) => warn!("second signal: aborting the connection"),
                 Err(RecvTimeoutError::Timeout) => warn!(
-                    open_handles = %fs_stop.stats_json()["open_handles"],
+                    open_handles = fs.stats_document().open_handles,
                     "files still open {} s after the unmount: aborting the connection",
                     drain.as_secs()
                 ),
@@ -536,6 +466,83 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
             warn!("exiting with files still open: they get ENOTCONN");
             std::process::exit(0);
         })?;
+    Ok(stopping)
+}
+
+/// Mounts and serves until unmounted or signalled; `log` is the log file to reopen on
+/// SIGHUP (from [`init_logging_with`]). A little over 80 lines: the order of its steps is
+/// the point (each constraint is commented where it applies), so it reads top to bottom
+/// and delegates each step's body.
+pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile>>) -> Result<()> {
+    let (storage, mnt) = preflight(&args, &s)?;
+    // Bound before forking, so that a taken port is a plain startup error.
+    let metrics_listener = match s.metrics_addr {
+        Some(a) => Some(crate::metrics::bind(a).map_err(|e| anyhow!("--metrics-addr {a}: {e}"))?),
+        None => None,
+    };
+    let report = if args.daemon && !args.foreground {
+        Some(daemonize()?)
+    } else {
+        None
+    };
+    // Creation modes arrive with the caller's umask already applied.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    raise_fd_limit();
+
+    let fs = open_filesystem(&args, &s, &storage)?;
+    let config = fuse_config(&s, &storage);
+    let req_metrics = metrics_listener
+        .is_some()
+        .then(|| Arc::new(RequestMetrics::new()));
+    let adapter = FuseAdapter {
+        fs: fs.clone(),
+        metrics: req_metrics.clone(),
+    };
+    // Signal handlers go in before the mount is live: a SIGTERM sent as soon
+    // as the mount shows up waits in `signals` instead of killing us.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let mut session = fuser::Session::new(adapter, &mnt, &config)
+        .map_err(|e| anyhow!("mounting {}: {e}", mnt.display()))?;
+    // Not a stat of MOUNTPOINT: nothing serves the mount until `run` below.
+    let conn = connection_of(&mnt);
+    info!(storage = %storage.display(), mountpoint = %mnt.display(), "mounted");
+
+    // Before anything is served: device-view replies are cached only once
+    // host-view changes can tell the kernel what they make stale there.
+    if let Err(e) = fs.connect_kernel(session.notifier()) {
+        warn!("device-view entries and attributes will not be cached: {e}");
+    }
+    let watcher = watch::Watcher::start(&storage, fs.clone());
+    if let Err(e) = &watcher {
+        warn!("not watching STORAGE for external changes: {e}");
+    }
+
+    let json_logs = args.log_format == Some(LogFormat::Json);
+    start_telemetry(
+        &fs,
+        metrics_listener.zip(req_metrics),
+        s.log_stats,
+        json_logs,
+    )?;
+
+    announce_live(args.pid_file.as_deref(), report)?;
+
+    // Signals: SIGHUP reopens the log file; SIGINT/SIGTERM go to the stopper.
+    let (life_tx, life_rx) = channel::<Life>();
+    let sig_handle = signals.handle();
+    spawn_signal_thread(signals, life_tx.clone(), log)?;
+    let stopping = spawn_stopper(
+        session.unmount_callable(),
+        mnt.clone(),
+        s.drain_timeout,
+        fs.clone(),
+        conn,
+        life_rx,
+    )?;
 
     let res = session.run();
     let _ = life_tx.send(Life::Ended);
@@ -555,4 +562,37 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         }
         r => r.map_err(|e| anyhow!("serving {}: {e}", mnt.display())),
     }
+}
+
+/// Starts the metrics endpoint (when `--metrics-addr` bound a listener) and the
+/// `--log-stats` line (every `log_stats`), each on a thread of its own.
+fn start_telemetry(
+    fs: &Arc<Pagetier>,
+    metrics: Option<(std::net::TcpListener, Arc<RequestMetrics>)>,
+    log_stats: Option<Duration>,
+    json_logs: bool,
+) -> Result<()> {
+    if let Some((listener, req)) = metrics {
+        crate::metrics::serve(listener, fs.clone(), req)
+            .map_err(|e| anyhow!("starting the metrics endpoint: {e}"))?;
+    }
+    if let Some(period) = log_stats {
+        crate::metrics::log_stats_every(period, fs.clone(), json_logs)?;
+    }
+    Ok(())
+}
+
+/// The mount is live: writes the pid file, and with `--daemon` tells the waiting parent
+/// (through `report`) and lets go of the terminal.
+fn announce_live(pid_file: Option<&Path>, report: Option<OwnedFd>) -> Result<()> {
+    if let Some(pid_file) = pid_file {
+        fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file {}", pid_file.display()))?;
+    }
+    if let Some(wr) = report {
+        let mut f = fs::File::from(wr);
+        let _ = f.write_all(b"1");
+        detach_stdio();
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+use rustix::fs::{Mode, OFlags, Stat};
 
 use crate::errno::{Errno, FsResult};
 use crate::inode::{Fingerprint, InodeKey};
@@ -244,11 +244,6 @@ pub fn check_offset(offset: u64) -> FsResult<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
-}
-
-/// `AtFlags` for operating on the object behind a descriptor itself.
-pub fn empty_path() -> AtFlags {
-    AtFlags::EMPTY_PATH
 }
 
 #[cfg(test)]

@@ -8,10 +8,14 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
+
+use crate::lock::lock;
+use crate::stats::StatsDocument;
 
 /// Finds the control directory of the mount holding `mnt`.
 fn stats_path(mnt: &Path) -> PathBuf {
@@ -42,13 +46,13 @@ pub fn stats(mnt: &Path, json: bool) -> Result<()> {
         println!("{text}");
         return Ok(());
     }
-    let v: Value = serde_json::from_str(&text)?;
+    let doc = StatsDocument::parse(text.as_bytes())
+        .with_context(|| format!("{}: not a stats document", p.display()))?;
     let mut out = String::new();
-    let d = &v["device"];
-    let n = |x: &Value| x.as_u64().unwrap_or(0);
-    let reads = n(&d["hits"]) + n(&d["misses"]);
+    let d = &doc.device;
+    let reads = d.hits + d.misses;
     let ratio = if reads > 0 {
-        n(&d["hits"]) as f64 / reads as f64 * 100.0
+        d.hits as f64 / reads as f64 * 100.0
     } else {
         0.0
     };
@@ -56,50 +60,42 @@ pub fn stats(mnt: &Path, json: bool) -> Result<()> {
     writeln!(
         out,
         "  capacity        {:>12}   used {:>12}",
-        human(n(&d["capacity_bytes"])),
-        human(n(&d["used_bytes"]))
+        human(d.capacity_bytes),
+        human(d.used_bytes)
     )?;
     writeln!(
         out,
         "  pages           {:>12} huge {:>12} base",
-        n(&d["huge_pages"]),
-        n(&d["base_pages"])
+        d.huge_pages, d.base_pages
     )?;
     writeln!(
         out,
         "  hits / misses   {:>12} / {:<12} ({ratio:.1}% hits)",
-        n(&d["hits"]),
-        n(&d["misses"])
+        d.hits, d.misses
     )?;
     writeln!(
         out,
         "  served          {:>12}   faulted {:>9}",
-        human(n(&d["bytes_served"])),
-        human(n(&d["bytes_faulted"]))
+        human(d.bytes_served),
+        human(d.bytes_faulted)
     )?;
     writeln!(
         out,
         "  evictions {}  splits {}  collapses {}  discarded fills {}  refused writes {}",
-        n(&d["evictions"]),
-        n(&d["splits"]),
-        n(&d["collapses"]),
-        n(&d["discarded_fills"]),
-        n(&d["refused_writes"])
+        d.evictions, d.splits, d.collapses, d.discarded_fills, d.refused_writes
     )?;
     writeln!(out, "invalidations (pages)")?;
-    if let Some(o) = v["invalidations"].as_object() {
-        for (k, x) in o {
-            writeln!(out, "  {k:<15} {:>12}", n(x))?;
-        }
+    for (cause, n) in doc.invalidations_by_cause() {
+        writeln!(out, "  {cause:<15} {n:>12}")?;
     }
-    let h = &v["host"];
+    let h = &doc.host;
     writeln!(
         out,
         "host view\n  reads {} ({})  writes {} ({})",
-        n(&h["reads"]),
-        human(n(&h["read_bytes"])),
-        n(&h["writes"]),
-        human(n(&h["write_bytes"]))
+        h.reads,
+        human(h.read_bytes),
+        h.writes,
+        human(h.write_bytes)
     )?;
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     Ok(())
@@ -247,10 +243,9 @@ fn tier_capacity(path: &Path) -> Result<u64> {
     let stats = stats_path(&root);
     let text = std::fs::read_to_string(&stats)
         .with_context(|| format!("reading the tier's capacity from {}", stats.display()))?;
-    let v: Value = serde_json::from_str(&text)?;
-    v["device"]["capacity_bytes"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("{}: no device.capacity_bytes", stats.display()))
+    let doc = StatsDocument::parse(text.as_bytes())
+        .with_context(|| format!("{}: not a stats document", stats.display()))?;
+    Ok(doc.device.capacity_bytes)
 }
 
 fn resident_bytes(path: &Path) -> Result<u64> {
@@ -291,11 +286,11 @@ fn run_batch<T: Send>(
             sc.spawn(|| {
                 loop {
                     let i = {
-                        let mut g = next.lock().unwrap();
+                        let mut g = lock(&next);
                         if g.1 || g.0 >= items.len() {
                             return;
                         }
-                        if !(admit.lock().unwrap())(&items[g.0]) {
+                        if !(lock(&admit))(&items[g.0]) {
                             g.1 = true;
                             return;
                         }
@@ -303,14 +298,14 @@ fn run_batch<T: Send>(
                         g.0 - 1
                     };
                     let r = work(&items[i]);
-                    *results[i].lock().unwrap() = Some(r);
+                    *lock(&results[i]) = Some(r);
                 }
             });
         }
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or(None))
+        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
         .collect()
 }
 

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use serde_json::Value;
-
+use crate::stats::StatsDocument;
 use crate::tools::human;
+use anyhow::{Context, Result};
 
 /// The numbers `top` shows, read from one stats document.
 #[derive(Clone, Debug, Default)]
@@ -43,40 +42,36 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn from_json(v: &Value, at: Instant) -> Sample {
-        let n = |x: &Value| x.as_u64().unwrap_or(0);
-        let d = &v["device"];
-        let h = &v["host"];
+    pub fn from_document(doc: &StatsDocument, at: Instant) -> Sample {
+        let d = &doc.device;
         Sample {
             at: Some(at),
-            capacity: n(&d["capacity_bytes"]),
-            used: n(&d["used_bytes"]),
-            huge_pages: n(&d["huge_pages"]),
-            base_pages: n(&d["base_pages"]),
-            hits: n(&d["hits"]),
-            misses: n(&d["misses"]),
-            served: n(&d["bytes_served"]),
-            faulted: n(&d["bytes_faulted"]),
-            evictions: n(&d["evictions"]),
-            splits: n(&d["splits"]),
-            discarded_fills: n(&d["discarded_fills"]),
-            invalidations: v["invalidations"]
-                .as_object()
-                .map_or(0, |o| o.values().map(n).sum()),
-            host_read_bytes: n(&h["read_bytes"]),
-            host_write_bytes: n(&h["write_bytes"]),
-            open_handles: n(&v["open_handles"]),
-            inodes: n(&v["inodes"]),
+            capacity: d.capacity_bytes,
+            used: d.used_bytes,
+            huge_pages: d.huge_pages,
+            base_pages: d.base_pages,
+            hits: d.hits,
+            misses: d.misses,
+            served: d.bytes_served,
+            faulted: d.bytes_faulted,
+            evictions: d.evictions,
+            splits: d.splits,
+            discarded_fills: d.discarded_fills,
+            invalidations: doc.invalidations_total(),
+            host_read_bytes: doc.host.read_bytes,
+            host_write_bytes: doc.host.write_bytes,
+            open_handles: doc.open_handles,
+            inodes: doc.inodes,
         }
     }
 
     /// Reads and parses `stats`.
     pub fn read(stats: &Path) -> Result<Sample> {
-        let text = std::fs::read_to_string(stats)
+        let bytes = std::fs::read(stats)
             .with_context(|| format!("{}: not a pagetier mount?", stats.display()))?;
-        let v: Value = serde_json::from_str(&text)
+        let doc = StatsDocument::parse(&bytes)
             .with_context(|| format!("{}: not a stats document", stats.display()))?;
-        Ok(Sample::from_json(&v, Instant::now()))
+        Ok(Sample::from_document(&doc, Instant::now()))
     }
 
     /// Hits over lookups since the mount, if there was any lookup.
@@ -348,26 +343,28 @@ fn live(mnt: &Path, stats: &Path, first: Sample, interval: Duration) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn doc(hits: u64, misses: u64, served: u64) -> Value {
-        json!({
-            "version": 1,
-            "device": {"capacity_bytes": 1u64 << 30, "used_bytes": 256u64 << 20,
-                       "huge_pages": 128, "base_pages": 0, "hits": hits, "misses": misses,
-                       "bytes_served": served, "bytes_faulted": misses * (2 << 20),
-                       "evictions": 0},
-            "invalidations": {"write": 1, "external": 2},
-            "host": {"read_bytes": 0, "write_bytes": 0},
-            "inodes": 5, "open_handles": 1
-        })
+    fn doc(hits: u64, misses: u64, served: u64) -> StatsDocument {
+        let mut doc = crate::stats::zeroed();
+        let d = &mut doc.device;
+        d.capacity_bytes = 1 << 30;
+        d.used_bytes = 256 << 20;
+        d.huge_pages = 128;
+        d.hits = hits;
+        d.misses = misses;
+        d.bytes_served = served;
+        d.bytes_faulted = misses * (2 << 20);
+        doc.invalidations.write = 1;
+        doc.invalidations.external = 2;
+        doc.inodes = 5;
+        doc.open_handles = 1;
+        doc
     }
 
     #[test]
     fn rates_are_deltas_over_the_interval() {
         let t0 = Instant::now();
-        let a = Sample::from_json(&doc(10, 10, 100 << 20), t0);
-        let b = Sample::from_json(&doc(40, 20, 300 << 20), t0 + Duration::from_secs(2));
+        let a = Sample::from_document(&doc(10, 10, 100 << 20), t0);
+        let b = Sample::from_document(&doc(40, 20, 300 << 20), t0 + Duration::from_secs(2));
         let r = Rates::between(&a, &b);
         assert_eq!(r.secs, 2.0);
         assert_eq!(r.served_bps, (100 << 20) as f64);
@@ -380,8 +377,8 @@ mod tests {
     #[test]
     fn a_frame_shows_the_hit_ratio_and_fits_the_width() {
         let t0 = Instant::now();
-        let a = Sample::from_json(&doc(0, 0, 0), t0);
-        let b = Sample::from_json(&doc(90, 10, 1 << 30), t0 + Duration::from_secs(1));
+        let a = Sample::from_document(&doc(0, 0, 0), t0);
+        let b = Sample::from_document(&doc(90, 10, 1 << 30), t0 + Duration::from_secs(1));
         let lines = render(Path::new("/mnt/x"), Some(&a), &b, 60);
         let text = lines.join("\n");
         assert!(text.contains("hit ratio"), "{text}");

@@ -142,9 +142,9 @@ impl Mounted {
     }
 
     /// `MOUNTPOINT/.pagetier/stats` parsed as JSON.
-    pub fn stats(&self) -> serde_json::Value {
-        let text = fs::read_to_string(self.mnt.join(".pagetier/stats")).expect("read stats");
-        serde_json::from_str(&text).expect("stats is JSON")
+    pub fn stats(&self) -> pagetier::StatsDocument {
+        let bytes = fs::read(self.mnt.join(".pagetier/stats")).expect("read stats");
+        pagetier::StatsDocument::parse(&bytes).expect("stats is a stats document")
     }
 
     /// A path in the host view.

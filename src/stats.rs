@@ -1,0 +1,424 @@
+//! The stats document (`MOUNTPOINT/.pagetier/stats`, docs/INTERFACE.md) as one typed value.
+//!
+//! [`StatsDocument`] is written by the mount (`Pagetier::stats_document`, serialized into the
+//! stats file) and read by everything that consumes it: the metrics endpoint, `--log-stats`,
+//! `pagetier stats`, `pagetier top` and the tests. No one indexes the JSON by string.
+//!
+//! Invariants:
+//! - The JSON form keeps the shape docs/INTERFACE.md states, key for key (the golden test
+//!   below lists every key path); a field added here is a field added to that interface.
+//! - The nested tier parts are the tier's own snapshot types ([`DeviceStats`],
+//!   [`InvalidationCounts`], [`TierDiagnostics`]); they serialize themselves. Reading them
+//!   back goes through the `*Fields` mirrors below, which serde checks field for field
+//!   against the tier's types at compile time, so the two cannot drift apart.
+//! - The stats file is written with its keys sorted at every level, as it always has been
+//!   ([`StatsDocument::to_file_bytes`]).
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::tier::{DeviceStats, InvalidationCounts, POLICY_NAMES, TierDiagnostics, TierStats};
+
+/// The version number the document carries (`"version"`).
+pub const STATS_VERSION: u32 = 1;
+
+/// The whole `.pagetier/stats` document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsDocument {
+    /// Always 1 (`STATS_VERSION`).
+    pub version: u32,
+    #[serde(deserialize_with = "DeviceFields::deserialize")]
+    pub device: DeviceStats,
+    #[serde(deserialize_with = "InvalidationFields::deserialize")]
+    pub invalidations: InvalidationCounts,
+    /// Not part of the stable interface (logs, tests, benchmarks, metrics).
+    #[serde(deserialize_with = "diagnostics")]
+    pub diagnostics: TierDiagnostics,
+    pub host: HostStats,
+    pub notifications: NotificationStats,
+    /// Live inodes the mount tracks.
+    pub inodes: u64,
+    /// Open file and directory handles.
+    pub open_handles: u64,
+}
+
+/// The `"host"` object: host-view reads and writes since the mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// The `"notifications"` object: FUSE cache notifications for the device view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationStats {
+    /// Notifications written.
+    pub sent: u64,
+    /// Host-view changes that replied before their entry notifications were written.
+    pub late: u64,
+}
+
+impl StatsDocument {
+    /// The document of a mount whose tier reports `tier`.
+    pub fn new(
+        tier: TierStats,
+        host: HostStats,
+        notifications: NotificationStats,
+        inodes: u64,
+        open_handles: u64,
+    ) -> StatsDocument {
+        StatsDocument {
+            version: STATS_VERSION,
+            device: tier.device,
+            invalidations: tier.invalidations,
+            diagnostics: tier.diagnostics,
+            host,
+            notifications,
+            inodes,
+            open_handles,
+        }
+    }
+
+    /// Device pages dropped, all causes summed.
+    pub fn invalidations_total(&self) -> u64 {
+        self.invalidations_by_cause().iter().map(|(_, n)| n).sum()
+    }
+
+    /// `(cause, device pages dropped)` in the order of the JSON object's keys.
+    pub fn invalidations_by_cause(&self) -> [(&'static str, u64); 7] {
+        let i = &self.invalidations;
+        [
+            ("copy", i.copy),
+            ("evict", i.evict),
+            ("external", i.external),
+            ("fallocate", i.fallocate),
+            ("truncate", i.truncate),
+            ("unlink_rename", i.unlink_rename),
+            ("write", i.write),
+        ]
+    }
+
+    /// The stats file's bytes: pretty JSON with sorted keys (the order readers of the
+    /// file have always seen; going through `Value` sorts them).
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        serde_json::to_value(self)
+            .and_then(|v| serde_json::to_vec_pretty(&v))
+            .unwrap_or_default()
+    }
+
+    /// Parses a stats document (the stats file's contents).
+    pub fn parse(bytes: &[u8]) -> serde_json::Result<StatsDocument> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// A document of zeros, for tests that set the fields they need.
+#[cfg(test)]
+pub(crate) fn zeroed() -> StatsDocument {
+    StatsDocument {
+        version: STATS_VERSION,
+        device: DeviceStats {
+            capacity_bytes: 0,
+            used_bytes: 0,
+            huge_pages_enabled: true,
+            huge_pages: 0,
+            base_pages: 0,
+            reads: 0,
+            hits: 0,
+            misses: 0,
+            bytes_served: 0,
+            bytes_faulted: 0,
+            evictions: 0,
+            splits: 0,
+            collapses: 0,
+            discarded_fills: 0,
+            refused_writes: 0,
+            metadata_bytes: 0,
+        },
+        invalidations: InvalidationCounts::default(),
+        diagnostics: TierDiagnostics {
+            lookups: 0,
+            bypass_reads: 0,
+            huge_fallbacks: 0,
+            policy_entries: 0,
+            policy: POLICY_NAMES[0],
+            admission_refusals: 0,
+            readahead_bytes: 0,
+            readahead_dropped: 0,
+            pinned_bytes: 0,
+            fill_reads: 0,
+            fill_nanos: 0,
+        },
+        host: HostStats::default(),
+        notifications: NotificationStats::default(),
+        inodes: 0,
+        open_handles: 0,
+    }
+}
+
+/// The document as compact JSON (for messages and logs).
+impl std::fmt::Display for StatsDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+// ----- reading the tier's types back ------------------------------------------------------
+//
+// The tier's snapshot types derive only `Serialize`; these mirrors give serde the field list
+// to deserialize them (serde's "remote" derive). Once `DeviceStats`, `InvalidationCounts`
+// and `TierDiagnostics` derive `Deserialize` themselves (the last with an owned or
+// `Cow<'static, str>` policy name), they can go.
+
+#[derive(Deserialize)]
+#[serde(remote = "DeviceStats")]
+struct DeviceFields {
+    capacity_bytes: u64,
+    used_bytes: u64,
+    huge_pages_enabled: bool,
+    huge_pages: u64,
+    base_pages: u64,
+    reads: u64,
+    hits: u64,
+    misses: u64,
+    bytes_served: u64,
+    bytes_faulted: u64,
+    evictions: u64,
+    splits: u64,
+    collapses: u64,
+    discarded_fills: u64,
+    refused_writes: u64,
+    metadata_bytes: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "InvalidationCounts")]
+struct InvalidationFields {
+    write: u64,
+    truncate: u64,
+    fallocate: u64,
+    copy: u64,
+    unlink_rename: u64,
+    external: u64,
+    evict: u64,
+}
+
+/// `TierDiagnostics` names its policy with a `&'static str`, which serde's remote derive
+/// cannot produce; this mirror reads an owned name and [`diagnostics`] converts it (its
+/// struct literal names every field, so it too fails to compile when the tier's type changes).
+#[derive(Deserialize)]
+struct DiagnosticsFields {
+    lookups: u64,
+    bypass_reads: u64,
+    huge_fallbacks: u64,
+    policy_entries: u64,
+    policy: String,
+    admission_refusals: u64,
+    readahead_bytes: u64,
+    readahead_dropped: u64,
+    pinned_bytes: u64,
+    fill_reads: u64,
+    fill_nanos: u64,
+}
+
+/// Reads the `"diagnostics"` object; the policy's name becomes the matching entry of
+/// [`POLICY_NAMES`] (empty for a name this build does not know).
+fn diagnostics<'de, D: Deserializer<'de>>(d: D) -> Result<TierDiagnostics, D::Error> {
+    let f = DiagnosticsFields::deserialize(d)?;
+    Ok(TierDiagnostics {
+        lookups: f.lookups,
+        bypass_reads: f.bypass_reads,
+        huge_fallbacks: f.huge_fallbacks,
+        policy_entries: f.policy_entries,
+        policy: POLICY_NAMES
+            .iter()
+            .copied()
+            .find(|known| *known == f.policy)
+            .unwrap_or(""),
+        admission_refusals: f.admission_refusals,
+        readahead_bytes: f.readahead_bytes,
+        readahead_dropped: f.readahead_dropped,
+        pinned_bytes: f.pinned_bytes,
+        fill_reads: f.fill_reads,
+        fill_nanos: f.fill_nanos,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key path of the document and its JSON type, as captured from a real mount
+    /// before the document became typed (it must never change by accident).
+    const GOLDEN_SHAPE: &[(&str, &str)] = &[
+        ("device.base_pages", "number"),
+        ("device.bytes_faulted", "number"),
+        ("device.bytes_served", "number"),
+        ("device.capacity_bytes", "number"),
+        ("device.collapses", "number"),
+        ("device.discarded_fills", "number"),
+        ("device.evictions", "number"),
+        ("device.hits", "number"),
+        ("device.huge_pages", "number"),
+        ("device.huge_pages_enabled", "bool"),
+        ("device.metadata_bytes", "number"),
+        ("device.misses", "number"),
+        ("device.reads", "number"),
+        ("device.refused_writes", "number"),
+        ("device.splits", "number"),
+        ("device.used_bytes", "number"),
+        ("diagnostics.admission_refusals", "number"),
+        ("diagnostics.bypass_reads", "number"),
+        ("diagnostics.fill_nanos", "number"),
+        ("diagnostics.fill_reads", "number"),
+        ("diagnostics.huge_fallbacks", "number"),
+        ("diagnostics.lookups", "number"),
+        ("diagnostics.pinned_bytes", "number"),
+        ("diagnostics.policy", "string"),
+        ("diagnostics.policy_entries", "number"),
+        ("diagnostics.readahead_bytes", "number"),
+        ("diagnostics.readahead_dropped", "number"),
+        ("host.read_bytes", "number"),
+        ("host.reads", "number"),
+        ("host.write_bytes", "number"),
+        ("host.writes", "number"),
+        ("inodes", "number"),
+        ("invalidations.copy", "number"),
+        ("invalidations.evict", "number"),
+        ("invalidations.external", "number"),
+        ("invalidations.fallocate", "number"),
+        ("invalidations.truncate", "number"),
+        ("invalidations.unlink_rename", "number"),
+        ("invalidations.write", "number"),
+        ("notifications.late", "number"),
+        ("notifications.sent", "number"),
+        ("open_handles", "number"),
+        ("version", "number"),
+    ];
+
+    /// `(key path, JSON type)` of every leaf of `v`, sorted.
+    pub(crate) fn shape(v: &serde_json::Value) -> Vec<(String, &'static str)> {
+        fn walk(v: &serde_json::Value, path: String, out: &mut Vec<(String, &'static str)>) {
+            use serde_json::Value::*;
+            let kind = match v {
+                Object(o) => {
+                    for (k, x) in o {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk(x, p, out);
+                    }
+                    return;
+                }
+                Null => "null",
+                Bool(_) => "bool",
+                Number(_) => "number",
+                String(_) => "string",
+                Array(_) => "array",
+            };
+            out.push((path, kind));
+        }
+        let mut out = Vec::new();
+        walk(v, String::new(), &mut out);
+        out.sort();
+        out
+    }
+
+    fn sample_document() -> StatsDocument {
+        let tier = crate::tier::DeviceTier::new(crate::tier::TierConfig {
+            capacity: 4 << 20,
+            huge_pages: true,
+        })
+        .unwrap();
+        StatsDocument::new(
+            tier.stats(),
+            HostStats {
+                reads: 1,
+                writes: 2,
+                read_bytes: 3,
+                write_bytes: 4,
+            },
+            NotificationStats { sent: 5, late: 6 },
+            7,
+            8,
+        )
+    }
+
+    #[test]
+    fn the_document_keeps_its_golden_shape() {
+        let doc = sample_document();
+        let v: serde_json::Value = serde_json::from_slice(&doc.to_file_bytes()).unwrap();
+        let want: Vec<(String, &str)> = GOLDEN_SHAPE
+            .iter()
+            .map(|(k, t)| (k.to_string(), *t))
+            .collect();
+        assert_eq!(shape(&v), want);
+    }
+
+    #[test]
+    fn the_document_reads_back_what_was_written() {
+        let doc = sample_document();
+        assert_eq!(StatsDocument::parse(&doc.to_file_bytes()).unwrap(), doc);
+        assert!(POLICY_NAMES.contains(&doc.diagnostics.policy));
+    }
+
+    #[test]
+    fn the_file_lists_keys_sorted() {
+        let text = String::from_utf8(sample_document().to_file_bytes()).unwrap();
+        let top: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("  \""))
+            .map(|l| l.trim().split('"').nth(1).unwrap())
+            .collect();
+        let mut sorted = top.clone();
+        sorted.sort_unstable();
+        assert_eq!(top, sorted);
+        assert!(text.starts_with("{\n  \"device\": {\n    \"base_pages\""));
+    }
+
+    #[test]
+    fn the_document_has_every_field() {
+        let doc = serde_json::to_value(sample_document()).unwrap();
+        assert_eq!(doc["version"], 1);
+        for k in crate::tier::DEVICE_FIELDS {
+            assert!(doc["device"].get(k).is_some(), "device.{k}");
+        }
+        assert_eq!(doc["device"]["capacity_bytes"], 4 << 20);
+        for k in [
+            "write",
+            "truncate",
+            "fallocate",
+            "copy",
+            "unlink_rename",
+            "external",
+            "evict",
+        ] {
+            assert_eq!(doc["invalidations"][k], 0, "invalidations.{k}");
+        }
+    }
+
+    #[test]
+    fn invalidations_are_summed_over_every_cause() {
+        let mut doc = sample_document();
+        doc.invalidations = InvalidationCounts {
+            write: 1,
+            truncate: 2,
+            fallocate: 4,
+            copy: 8,
+            unlink_rename: 16,
+            external: 32,
+            evict: 64,
+        };
+        assert_eq!(doc.invalidations_total(), 127);
+        let v = serde_json::to_value(&doc).unwrap();
+        let causes = v["invalidations"].as_object().unwrap();
+        assert_eq!(causes.len(), doc.invalidations_by_cause().len());
+        for (cause, n) in doc.invalidations_by_cause() {
+            assert_eq!(v["invalidations"][cause], n, "{cause}");
+        }
+    }
+}
