@@ -1027,7 +1027,6 @@ impl Pagetier {
         Ok(rustix::fs::seek(file, pos)? as i64)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
         fh_in: u64,

@@ -29,8 +29,8 @@ mod top;
 mod watch;
 
 pub use cli::{Cli, Command, MountArgs, normalize_args, settings};
-pub use run::{LogConfig, init_logging_with, mount_with_log};
 pub use range::ByteRange;
+pub use run::{LogConfig, init_logging_with, mount_with_log};
 pub use size::{ByteSize, parse_capacity, parse_size};
 pub use stats::StatsDocument;
 pub use tools::{

@@ -8,15 +8,16 @@
 //! - The JSON form keeps the shape docs/INTERFACE.md states, key for key (the golden test
 //!   below lists every key path); a field added here is a field added to that interface.
 //! - The nested tier parts are the tier's own snapshot types ([`DeviceStats`],
-//!   [`InvalidationCounts`], [`TierDiagnostics`]); they serialize themselves. Reading them
-//!   back goes through the `*Fields` mirrors below, which serde checks field for field
-//!   against the tier's types at compile time, so the two cannot drift apart.
+//!   [`InvalidationCounts`], [`TierDiagnostics`]): one type per part, written and read back
+//!   by the same serde derive, so writer and readers cannot drift apart.
 //! - The stats file is written with its keys sorted at every level, as it always has been
 //!   ([`StatsDocument::to_file_bytes`]).
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::tier::{DeviceStats, InvalidationCounts, POLICY_NAMES, TierDiagnostics, TierStats};
+#[cfg(test)]
+use crate::tier::POLICY_NAMES;
+use crate::tier::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
 
 /// The version number the document carries (`"version"`).
 pub const STATS_VERSION: u32 = 1;
@@ -26,12 +27,9 @@ pub const STATS_VERSION: u32 = 1;
 pub struct StatsDocument {
     /// Always 1 (`STATS_VERSION`).
     pub version: u32,
-    #[serde(deserialize_with = "DeviceFields::deserialize")]
     pub device: DeviceStats,
-    #[serde(deserialize_with = "InvalidationFields::deserialize")]
     pub invalidations: InvalidationCounts,
     /// Not part of the stable interface (logs, tests, benchmarks, metrics).
-    #[serde(deserialize_with = "diagnostics")]
     pub diagnostics: TierDiagnostics,
     pub host: HostStats,
     pub notifications: NotificationStats,
@@ -142,7 +140,7 @@ pub(crate) fn zeroed() -> StatsDocument {
             bypass_reads: 0,
             huge_fallbacks: 0,
             policy_entries: 0,
-            policy: POLICY_NAMES[0],
+            policy: POLICY_NAMES[0].to_owned(),
             admission_refusals: 0,
             readahead_bytes: 0,
             readahead_dropped: 0,
@@ -163,87 +161,6 @@ impl std::fmt::Display for StatsDocument {
         let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
         f.write_str(&json)
     }
-}
-
-// ----- reading the tier's types back ------------------------------------------------------
-//
-// The tier's snapshot types derive only `Serialize`; these mirrors give serde the field list
-// to deserialize them (serde's "remote" derive). Once `DeviceStats`, `InvalidationCounts`
-// and `TierDiagnostics` derive `Deserialize` themselves (the last with an owned or
-// `Cow<'static, str>` policy name), they can go.
-
-#[derive(Deserialize)]
-#[serde(remote = "DeviceStats")]
-struct DeviceFields {
-    capacity_bytes: u64,
-    used_bytes: u64,
-    huge_pages_enabled: bool,
-    huge_pages: u64,
-    base_pages: u64,
-    reads: u64,
-    hits: u64,
-    misses: u64,
-    bytes_served: u64,
-    bytes_faulted: u64,
-    evictions: u64,
-    splits: u64,
-    collapses: u64,
-    discarded_fills: u64,
-    refused_writes: u64,
-    metadata_bytes: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(remote = "InvalidationCounts")]
-struct InvalidationFields {
-    write: u64,
-    truncate: u64,
-    fallocate: u64,
-    copy: u64,
-    unlink_rename: u64,
-    external: u64,
-    evict: u64,
-}
-
-/// `TierDiagnostics` names its policy with a `&'static str`, which serde's remote derive
-/// cannot produce; this mirror reads an owned name and [`diagnostics`] converts it (its
-/// struct literal names every field, so it too fails to compile when the tier's type changes).
-#[derive(Deserialize)]
-struct DiagnosticsFields {
-    lookups: u64,
-    bypass_reads: u64,
-    huge_fallbacks: u64,
-    policy_entries: u64,
-    policy: String,
-    admission_refusals: u64,
-    readahead_bytes: u64,
-    readahead_dropped: u64,
-    pinned_bytes: u64,
-    fill_reads: u64,
-    fill_nanos: u64,
-}
-
-/// Reads the `"diagnostics"` object; the policy's name becomes the matching entry of
-/// [`POLICY_NAMES`] (empty for a name this build does not know).
-fn diagnostics<'de, D: Deserializer<'de>>(d: D) -> Result<TierDiagnostics, D::Error> {
-    let f = DiagnosticsFields::deserialize(d)?;
-    Ok(TierDiagnostics {
-        lookups: f.lookups,
-        bypass_reads: f.bypass_reads,
-        huge_fallbacks: f.huge_fallbacks,
-        policy_entries: f.policy_entries,
-        policy: POLICY_NAMES
-            .iter()
-            .copied()
-            .find(|known| *known == f.policy)
-            .unwrap_or(""),
-        admission_refusals: f.admission_refusals,
-        readahead_bytes: f.readahead_bytes,
-        readahead_dropped: f.readahead_dropped,
-        pinned_bytes: f.pinned_bytes,
-        fill_reads: f.fill_reads,
-        fill_nanos: f.fill_nanos,
-    })
 }
 
 #[cfg(test)]
@@ -363,7 +280,7 @@ mod tests {
     fn the_document_reads_back_what_was_written() {
         let doc = sample_document();
         assert_eq!(StatsDocument::parse(&doc.to_file_bytes()).unwrap(), doc);
-        assert!(POLICY_NAMES.contains(&doc.diagnostics.policy));
+        assert!(POLICY_NAMES.contains(&doc.diagnostics.policy.as_str()));
     }
 
     #[test]

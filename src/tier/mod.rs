@@ -86,15 +86,16 @@ use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
 pub use self::fault::ResidentBytes;
 pub use self::hint::{Hint, HintError};
 pub use self::policy::{
-    DEFAULT_POLICY, EvictionPolicy, FolioKey, FrequencySketch, LruPolicy, POLICY_NAMES,
-    S3FifoPolicy, TINYLFU_MARGIN, TinyLfuPolicy, UnknownPolicy, policy_by_name,
+    DEFAULT_POLICY, EvictionPolicy, FolioKey, POLICY_NAMES, UnknownPolicy, policy_by_name,
 };
 pub use self::read::Served;
-pub use self::stats::{DEVICE_FIELDS, DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+#[cfg(test)]
+pub use self::stats::DEVICE_FIELDS;
+pub use self::stats::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
 pub use self::types::{
     FileId, FillSource, FolioId, HUGE_PAGE_SIZE, InvalidationCause, InvalidationSeq, PAGE_SIZE,
-    PrefetchReport, RA_INITIAL_WINDOW, RA_MAX_WINDOW, RA_QUEUE_JOBS, RA_THREADS, Residency,
-    SEQUENTIAL_MIN_READ, SHARDS, SLOTS_PER_CHUNK, SharedSource, TierConfig, TierError, TierOptions,
+    PrefetchReport, RA_MAX_WINDOW, RA_QUEUE_JOBS, Residency, SHARDS, SLOTS_PER_CHUNK, SharedSource,
+    TierConfig, TierError, TierOptions,
 };
 
 /// Times [`DeviceTier::read`] retries a read whose file shrank during the fill before it
@@ -208,11 +209,6 @@ impl DeviceTier {
             readahead_max: opts.readahead_max,
             readahead: Readahead::default(),
         })
-    }
-
-    /// The eviction policy's name.
-    pub fn policy_name(&self) -> &'static str {
-        lock(&self.policy).name()
     }
 
     /// The effective configuration (capacity rounded to chunks).
@@ -380,7 +376,7 @@ impl DeviceTier {
             self.metadata_bytes(),
             policy_entries,
         );
-        s.diagnostics.policy = policy;
+        s.diagnostics.policy = policy.to_owned();
         s.diagnostics.pinned_bytes = self.pinned_slots.load(Ordering::Relaxed) * PAGE_SIZE;
         s
     }

@@ -371,6 +371,7 @@ pub struct SimReport {
     pub rows: Vec<SimRow>,
 }
 
+#[cfg(test)]
 impl SimReport {
     /// The hit ratio of `policy` in `row`.
     pub fn ratio(&self, row: &SimRow, policy: &str) -> Option<f64> {

@@ -8,7 +8,7 @@
 //! the base pages it dropped. Snapshot fields are read independently, so while threads are
 //! active two fields may be off by in-flight operations; at rest they are exact.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tier::sync::{AtomicU64, Ordering};
 use crate::tier::types::InvalidationCause;
@@ -58,6 +58,7 @@ fn get(c: &AtomicU64) -> u64 {
 
 /// The field names of [`DeviceStats`] in its JSON form (the stable `"device"`
 /// object of `.pagetier/stats`), in order.
+#[cfg(test)]
 pub const DEVICE_FIELDS: [&str; 16] = [
     "capacity_bytes",
     "used_bytes",
@@ -78,7 +79,7 @@ pub const DEVICE_FIELDS: [&str; 16] = [
 ];
 
 /// The `"device"` object of the stats JSON, field for field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStats {
     pub capacity_bytes: u64,
     /// Arena bytes owned by folios (resident pages plus in-flight fills).
@@ -102,7 +103,7 @@ pub struct DeviceStats {
 }
 
 /// The `"invalidations"` object of the stats JSON: device pages dropped, by cause.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidationCounts {
     pub write: u64,
     pub truncate: u64,
@@ -114,7 +115,7 @@ pub struct InvalidationCounts {
 }
 
 /// Counters that are not part of the stable JSON (for logs, tests and benchmarks).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierDiagnostics {
     /// Always `hits + misses`.
     pub lookups: u64,
@@ -126,7 +127,7 @@ pub struct TierDiagnostics {
     /// Resident folios tracked by the eviction policy (pinned folios are not).
     pub policy_entries: u64,
     /// The eviction policy's name.
-    pub policy: &'static str,
+    pub policy: String,
     /// Missed pages the policy refused to install in a full tier (served by bypass, or
     /// ending a readahead job).
     pub admission_refusals: u64,
@@ -145,7 +146,7 @@ pub struct TierDiagnostics {
 }
 
 /// A snapshot of the tier's counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierStats {
     pub device: DeviceStats,
     pub invalidations: InvalidationCounts,
@@ -166,7 +167,6 @@ impl Counters {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn snapshot(
         &self,
         capacity_bytes: u64,
@@ -203,7 +203,7 @@ impl Counters {
                 bypass_reads: get(&self.bypass_reads),
                 huge_fallbacks: get(&self.huge_fallbacks),
                 policy_entries,
-                policy: "",
+                policy: String::new(),
                 admission_refusals: get(&self.admission_refusals),
                 readahead_bytes: get(&self.readahead_bytes),
                 readahead_dropped: get(&self.readahead_dropped),

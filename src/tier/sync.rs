@@ -1,11 +1,11 @@
 //! The one door through which the tier reaches `std::sync` and `std::thread`.
 //!
 //! Every lock, condition variable, atomic and thread used by `crate::tier` comes from here,
-//! so that a concurrency checker can be swapped in by changing this file only (mountpoint-s3
-//! `sync.rs`, quick-cache `shim.rs`). With the cargo feature `shuttle` the locks, condition
-//! variables, atomics and threads are shuttle's: shuttle then schedules the tier's threads and
-//! explores their interleavings (`shuttle_tests.rs`). Such a build must run tier code only
-//! inside `shuttle::check_*`; it is for those tests alone.
+//! so that a concurrency checker can be swapped in by changing this file only. With the cargo
+//! feature `shuttle` the locks, condition variables, atomics and threads are shuttle's:
+//! shuttle then schedules the tier's threads and explores their interleavings
+//! (`shuttle_tests.rs`). Such a build must run tier code only inside `shuttle::check_*`; it
+//! is for those tests alone.
 //!
 //! `Arc`/`Weak` are std's in both builds: they share ownership and synchronise nothing that
 //! the tier's invariants depend on (shuttle has no `Arc` of its own). [`IdCounter`] is std's

@@ -1,5 +1,7 @@
-//! Facade tests: unit cases, a proptest reference model (STYLE habit 5) and a multi-threaded
-//! freshness test (writers invalidate, readers verify version stamps: zero stale reads).
+//! Facade tests: unit cases, a proptest reference model (random operation sequences checked
+//! step by step against a plain model of the file bytes, with the invariants after each
+//! step) and a multi-threaded freshness test (writers invalidate, readers verify version
+//! stamps: zero stale reads).
 
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering as O};
@@ -7,6 +9,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering as O};
 use proptest::prelude::*;
 
 use super::*;
+use crate::tier::types::RA_INITIAL_WINDOW;
 
 const MIB: u64 = 1 << 20;
 

@@ -63,7 +63,7 @@ mod tinylfu;
 pub use self::contract::{EvictionPolicy, FolioKey};
 pub use self::lru::LruPolicy;
 pub use self::s3fifo::S3FifoPolicy;
-pub use self::tinylfu::{FrequencySketch, TINYLFU_MARGIN, TinyLfuPolicy};
+pub use self::tinylfu::TinyLfuPolicy;
 
 /// Names accepted by [`policy_by_name`]; the first is the default.
 pub const POLICY_NAMES: [&str; 3] = ["tinylfu", "lru", "s3fifo"];

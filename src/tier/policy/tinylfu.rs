@@ -147,10 +147,6 @@ impl FrequencySketch {
             .min()
             .unwrap_or(0)
     }
-
-    pub fn bytes(&self) -> usize {
-        self.nibbles.len()
-    }
 }
 
 impl Default for FrequencySketch {
