@@ -203,19 +203,42 @@ struct Connected {
 /// The connection to the kernel and the notification thread. Unconnected
 /// (before the mount is live, and in tests of the core), [`KernelNotifier::send`]
 /// does nothing.
-#[derive(Default)]
 pub struct KernelNotifier {
     conn: OnceLock<Connected>,
     counters: Arc<NotifyCounters>,
     /// Inodes whose page drop is queued and not yet started: a later change
     /// rides on it.
     pages_pending: Arc<Mutex<HashSet<u64>>>,
+    /// How long [`KernelNotifier::send`] waits for entries: [`WAIT`].
+    wait: Duration,
+}
+
+impl Default for KernelNotifier {
+    fn default() -> Self {
+        KernelNotifier {
+            conn: OnceLock::new(),
+            counters: Arc::default(),
+            pages_pending: Arc::default(),
+            wait: WAIT,
+        }
+    }
 }
 
 impl KernelNotifier {
     /// A notifier with no connection yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A notifier whose `send` waits up to `wait` for entries: a test that checks what is
+    /// written before `send` returns must not depend on the notification thread being
+    /// scheduled within [`WAIT`] on a loaded machine.
+    #[cfg(test)]
+    fn with_wait(wait: Duration) -> Self {
+        KernelNotifier {
+            wait,
+            ..Self::default()
+        }
     }
 
     /// Starts the notification thread writing to `sink`. Once only.
@@ -286,9 +309,12 @@ impl KernelNotifier {
         if conn.queue.send(Job::Entries { entries, done }).is_err() {
             return;
         }
-        if written.recv_timeout(WAIT).is_err() {
+        if written.recv_timeout(self.wait).is_err() {
             self.counters.late.fetch_add(1, Ordering::Relaxed);
-            debug!("device-view entry notifications still queued after {WAIT:?}; replying anyway");
+            debug!(
+                "device-view entry notifications still queued after {:?}; replying anyway",
+                self.wait
+            );
         }
     }
 
@@ -439,7 +465,7 @@ mod tests {
     #[test]
     fn attributes_and_entries_are_written_before_send_returns() {
         let rec = Recorder::default();
-        let n = KernelNotifier::new();
+        let n = KernelNotifier::with_wait(Duration::from_secs(30));
         n.connect(rec.clone()).unwrap();
         n.send(entry_in_root("x"));
         // No polling: send waited for both.
