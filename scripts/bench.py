@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""pagetier benchmark suite (issue #4): the same fio workloads on STORAGE itself, on peer
+"""pagetier benchmark suite: the same fio workloads on STORAGE itself, on peer
 FUSE filesystems and on pagetier's two views, over the same data, in alternation.
 
     scripts/bench [--quick] [--reps N] [--systems a,b,...] [--jobs a,b,...] [--cold] ...
