@@ -65,7 +65,8 @@ lint_scripts() {
   # syntax check of the python scripts without writing __pycache__ into the tree
   python3 -c 'import ast, sys
 for f in sys.argv[1:]:
-    ast.parse(open(f).read(), f)' scripts/make-dataset scripts/make-fixtures scripts/bench.py scripts/bench-epochs || return 1
+    ast.parse(open(f).read(), f)' scripts/make-dataset scripts/make-fixtures scripts/bench.py scripts/bench-epochs \
+    scripts/bench-files.py || return 1
   scripts/make-fixtures --check
 }
 
