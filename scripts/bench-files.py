@@ -294,7 +294,8 @@ def one_pass(readers, a, names, files, dsname, storage, mounts, tools, data_byte
             before = d.snapshot()
             res = run_readers(reader, d.root, order, readers, tmp, a.timeout)
             after = d.snapshot()
-            rec = {"system": n, "readers": readers, "epoch": epoch, **res}
+            rec = {"system": n, "readers": readers, "epoch": epoch, **res,
+                   "loadavg_1m": os.getloadavg()[0]}
             if d.pt:
                 rec["device_delta"] = device_delta(before, after)
                 rec["inodes_after"] = after.get("inodes")
@@ -333,11 +334,13 @@ def fmt_bytes(n):
 
 def report_md(meta, records, memory_rows, a, names):
     L = [f"# pagetier small-file epochs {meta['date']}", ""]
+    loads = [r["loadavg_1m"] for r in records if "loadavg_1m" in r]
     L.append(f"{meta['nproc']} CPUs ({meta['cpu']}), {meta['memory']}, kernel {meta['kernel']}; "
              f"libfuse {meta['libfuse']}, {meta['bindfs']}, {meta['pagetier']} "
              f"(`{os.path.relpath(meta['pagetier_bin'], REPO)}`, tree {meta['pagetier_git']}); "
              f"daemons' RLIMIT_NOFILE {a.nofile or meta['nofile']}; load before the run "
-             f"{' '.join(meta['loadavg'])}.")
+             f"{' '.join(meta['loadavg'])}" + (f", 1-min load during the epochs {min(loads):.1f}–"
+                                               f"{max(loads):.1f}" if loads else "") + ".")
     L.append(f"Dataset: {a.files} files (`make-dataset --shape imagenet --mean-size {a.mean_size}`), "
              f"{meta['data_bytes'] / MiB:.0f} MiB, in `{meta['storage_fs']}`. Each epoch reads every "
              f"file once in a new random order (seeded; the same order for every system), split "
@@ -392,7 +395,7 @@ def report_md(meta, records, memory_rows, a, names):
     L.append("## Daemon memory (VmRSS)")
     L.append("")
     L.append("| system | R | idle | after epochs | after drop_caches | tier used | own after epochs "
-             "| own after drop | inodes after epochs / drop | own per inode | tier metadata "
+             "| own after drop | inodes: peak / after epochs / after drop | own per inode | tier metadata "
              "| log warnings |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in memory_rows:
@@ -405,10 +408,14 @@ def report_md(meta, records, memory_rows, a, names):
         own_d = drop - used_d if drop is not None else None
         ino_a = m["after_epochs"].get("inodes")
         ino_d = (m["after_drop_caches"] or {}).get("inodes")
-        per = f"{(own_a - idle) / ino_a:,.0f} B" if own_a is not None and idle and ino_a else ""
+        # the kernel may forget inodes during the epochs: divide by the most seen after any
+        peak = max([r.get("inodes_after") or 0 for r in records
+                    if r["system"] == m["system"] and r["readers"] == m["readers"]]
+                   + [ino_a or 0])
+        per = f"{(own_a - idle) / peak:,.0f} B" if own_a is not None and idle and peak else ""
         meta_bytes = dev(m["after_epochs"]).get("metadata_bytes")
         meta = f"{meta_bytes / used_a:.2%}" if meta_bytes and used_a else ""
-        inodes = "" if ino_a is None else f"{ino_a} / {'' if ino_d is None else ino_d}"
+        inodes = "" if ino_a is None else f"{peak} / {ino_a} / {'' if ino_d is None else ino_d}"
         logp = (f"{m['log_problems']}: {m['log_first_problem'][:120]}"
                 if m.get("log_problems") else "")
         L.append(f"| {m['system']} | {m['readers']} | {fmt_bytes(idle)} | {fmt_bytes(aft)} | "
@@ -417,7 +424,7 @@ def report_md(meta, records, memory_rows, a, names):
     L.append("")
     L.append("'own' = VmRSS − the tier's used bytes (the arena is anonymous memory of the daemon, "
              "counted in its RSS when resident); 'own per inode' = (own after epochs − idle) / "
-             "inodes the mount tracks after the epochs; 'tier metadata' = the stats' "
+             "the most inodes the mount tracked after any epoch (pagetier's `inodes`); 'tier metadata' = the stats' "
              "metadata_bytes / used_bytes (target ≤ 0.1%).")
     return "\n".join(L) + "\n"
 
@@ -471,7 +478,11 @@ def parse_args():
     ap.add_argument("--out", help="results directory (default bench-results/<stamp>-files)")
     ap.add_argument("--no-build", action="store_true", help="use the existing pagetier binary")
     ap.add_argument("--no-setup", action="store_true", help="skip scripts/setup.sh")
+    ap.add_argument("--report-from", metavar="RESULTS_JSON",
+                    help="only rewrite results.md beside RESULTS_JSON from it (no run)")
     a = ap.parse_args()
+    if a.report_from:
+        return a, []
     a.files = a.files or (5000 if a.quick else 50000)
     a.epochs = a.epochs or (2 if a.quick else 3)
     try:
@@ -490,8 +501,23 @@ def parse_args():
     return a, list(dict.fromkeys(names))
 
 
+def rewrite_report(path):
+    """results.md again from results.json (e.g. after the report's format changed)."""
+    with open(path) as f:
+        d = json.load(f)
+    a = argparse.Namespace(**d["machine"]["args"])
+    names = list(dict.fromkeys(r["system"] for r in d["epochs"]))
+    md = report_md(d["machine"], d["epochs"], d["memory"], a, names)
+    with open(os.path.join(os.path.dirname(path), "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
 def main():
     a, names = parse_args()
+    if a.report_from:
+        rewrite_report(a.report_from)
+        return
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = a.out or os.path.join(REPO, "bench-results", f"{stamp}-files")
     os.makedirs(outdir, exist_ok=True)
