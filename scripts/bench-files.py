@@ -174,7 +174,9 @@ def mount_all(names, storage, mounts, a, pt_bin, ll_bin, data_bytes, outdir, tag
                     pid = int(f.read().strip())
                 root = mnt if n == "pt-host" else os.path.join(mnt, ".pagetier", "device")
                 daemons[n] = Daemon(n, root, mnt, pid, pt=True, log_file=log_file)
-        except SystemExit:  # bench.run/die: the mount failed; note it and go on
+        except SystemExit as e:  # bench.die exits 1: the mount failed; note it and go on
+            if e.code != 1:  # a signal (130): stop the run
+                raise
             errors[n] = "mount failed (see bench.log)"
             log(f"{n}: mount failed; it is left out of this pass")
     return daemons, errors
@@ -374,7 +376,9 @@ def report_md(meta, records, memory_rows, a, names):
                 cell = f"{r['files_per_s']:,.0f} ({r['mbps']:.0f})"
                 if r["errors"]:
                     cell += " ⚠"
-                    fails.append(f"ep {e}: " + ", ".join(f"{k} ×{v}" for k, v in r["errors"].items()))
+                    failed = sum(r["errors"].values())
+                    fails.append(f"ep {e}: {failed / (failed + r['files']):.1%} failed ("
+                                 + ", ".join(f"{k} ×{v}" for k, v in r["errors"].items()) + ")")
                 dd = r.get("device_delta")
                 if dd and dd.get("byte_hit_ratio") is not None:
                     cell += f" hits {dd['byte_hit_ratio']:.0%}"
