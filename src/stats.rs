@@ -38,7 +38,11 @@ pub struct StatsDocument {
     pub inodes: u64,
     /// Open file and directory handles.
     pub open_handles: u64,
+    /// Absent from the documents of mounts older than it (read as `off` and zeros).
+    #[serde(default)]
     pub passthrough: PassthroughStats,
+    /// Absent from the documents of mounts older than it (read as zeros).
+    #[serde(default)]
     pub kernel: KernelStats,
 }
 
@@ -328,6 +332,18 @@ mod tests {
             .map(|(k, t)| (k.to_string(), *t))
             .collect();
         assert_eq!(shape(&v), want);
+    }
+
+    #[test]
+    fn a_document_without_passthrough_and_kernel_still_parses() {
+        let mut v = serde_json::to_value(sample_document()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("passthrough");
+        o.remove("kernel");
+        let doc: StatsDocument = serde_json::from_value(v).unwrap();
+        assert_eq!(doc.passthrough, PassthroughStats::default());
+        assert_eq!(doc.passthrough.mode, PassthroughMode::Off);
+        assert_eq!(doc.kernel, KernelStats::default());
     }
 
     #[test]
