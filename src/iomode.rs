@@ -137,7 +137,7 @@ impl IoModes {
             Entry::Occupied(mut e) => match e.get_mut() {
                 IoMode::Cached { opens } => {
                     *opens += 1;
-                    cached(None)
+                    cached()
                 }
                 IoMode::Passthrough {
                     opens,
@@ -161,12 +161,12 @@ impl IoModes {
                 Err(err) => {
                     e.insert(IoMode::Cached { opens: 1 });
                     registration_failed = Some(err);
-                    cached(None)
+                    cached()
                 }
             },
             Entry::Vacant(e) => {
                 e.insert(IoMode::Cached { opens: 1 });
-                cached(None)
+                cached()
             }
         };
         drop(modes);
@@ -247,10 +247,10 @@ impl IoModes {
     }
 }
 
-fn cached(backing: Option<BackingToken>) -> Chosen {
+fn cached() -> Chosen {
     Chosen {
         held: Held::Cached,
-        backing,
+        backing: None,
         registration_failed: None,
     }
 }
