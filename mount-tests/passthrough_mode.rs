@@ -258,6 +258,61 @@ fn a_cached_writer_keeps_later_readers_daemon_served() {
 }
 
 #[test]
+fn a_cached_open_after_a_passthrough_writer_sees_its_bytes() {
+    let v1 = pattern(256 << 10, 1);
+    let v2 = pattern(256 << 10, 2);
+    let m = mount_with_file(&[], &v1);
+    if !passthrough_on(
+        &m,
+        "a_cached_open_after_a_passthrough_writer_sees_its_bytes",
+    ) {
+        return;
+    }
+    let handles = m.stats().open_handles;
+    let read_all = |f: &File| {
+        let mut got = vec![0u8; v1.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        got
+    };
+    let rw = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.host("f"))
+            .unwrap()
+    };
+    // A daemon-served open leaves v1 in the kernel's page cache of the host-view file.
+    let cached = rw();
+    assert!(read_all(&cached) == v1);
+    drop(cached);
+    wait_for_releases(&m, handles);
+    // A passthrough reader, then a writer that joins it, writes v2 behind the daemon.
+    let s0 = m.stats();
+    let reader = File::open(m.host("f")).unwrap();
+    let writer = OpenOptions::new().write(true).open(m.host("f")).unwrap();
+    writer.write_all_at(&v2, 0).unwrap();
+    drop(writer);
+    drop(reader);
+    let s1 = m.stats();
+    assert_eq!(
+        (
+            s1.passthrough.host_opens - s0.passthrough.host_opens,
+            s1.passthrough.writer_opens - s0.passthrough.writer_opens
+        ),
+        (2, 1),
+        "reader and writer were not both passthrough"
+    );
+    wait_for_releases(&m, handles);
+    // The next daemon-served open must not keep the page cache holding v1.
+    let cached = rw();
+    assert!(
+        read_all(&cached) == v2,
+        "a cached open read bytes older than the writer's"
+    );
+    assert!(fs::read(m.device().join("f")).unwrap() == v2, "device view");
+}
+
+#[test]
 fn mmap_of_a_passthrough_open_sees_storage_and_a_passthrough_write() {
     let data = pattern(3 * MIB, 9);
     let m = mount_with_file(&[], &data);

@@ -593,6 +593,8 @@ mod tests {
             "threads=0",
             "threads=abc",
             "huge_pages=maybe",
+            "passthrough=on",
+            "passthrough",
             "device_capacity=12XB",
             "control_dir=a/b",
             "log_level=loud",
