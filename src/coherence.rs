@@ -22,6 +22,14 @@
 //!   tells the kernel what went stale in both views; an open that comes first
 //!   finds it by fingerprint ([`Coherence::revalidate`]) and drops the kernel's
 //!   cached data by not keeping it.
+//! - *A writable open the kernel serves itself* (FUSE passthrough, `iomode.rs`):
+//!   its writes reach STORAGE without the daemon, so no write can drop what it
+//!   covers. Before such an open is answered ([`Coherence::writer_behind_opened`])
+//!   the file is marked, the device-tier accesses already running drain, and its
+//!   device pages are dropped; while it is marked, device reads and prefetches
+//!   bypass the tier ([`Coherence::device_access`]). At its release
+//!   ([`Coherence::writer_behind_closed`]) the fingerprint is forgotten and the
+//!   kernel told, as for a change behind the mount's back.
 //!
 //! Invariants:
 //! - a file's fingerprint ([`FileState`], private to this module) is recorded
@@ -41,9 +49,12 @@
 //!   registration whose syscall has not returned yet waits for the outcome
 //!   (up to `OUTCOME_WAIT`; past it the event is taken as the operation's).
 //! - no lock of this module is held while calling the tier or the kernel.
+//! - while a file is marked written behind the daemon, no device page of it is
+//!   installed or served: every tier access of it either started before the
+//!   mark and finished before the pages were dropped, or sees the mark.
 //!
-//! Lock order: an inode's fingerprint mutex and the own-event registry are
-//! leaves (taken after the inode table's lock, never together).
+//! Lock order: an inode's fingerprint mutex, its drain mutex and the own-event
+//! registry are leaves (taken after the inode table's lock, never together).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -15,6 +15,10 @@
 //! - every change made through the host view tells the kernel what it made
 //!   stale in its cache of the device view (entries, attributes, mapped
 //!   pages) as `notify.rs` describes: attributes and entries before the reply;
+//! - a host-view open is served by the kernel (passthrough) or by the daemon as
+//!   its inode's I/O mode allows (`iomode.rs`), held until its release; a
+//!   writable passthrough open, whose writes the daemon never sees, keeps the
+//!   device tier out of its file until it is released (`coherence.rs`);
 //! - every change of names made through the host view registers the inotify
 //!   events it causes before its syscall, so that the watcher does not tell
 //!   the kernel again what it already knows.
@@ -791,20 +795,7 @@ impl Pagetier {
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY
             || flags & (libc::O_TRUNC | libc::O_APPEND) != 0;
         if id == STATS_ID {
-            if wants_write {
-                return Err(Errno::EROFS);
-            }
-            let json = self.stats_document().to_file_bytes();
-            let fh = self.add_handle(None, HandleKind::Stats(json));
-            return Ok((
-                fh,
-                OpenOut {
-                    direct_io: true,
-                    keep_cache: false,
-                    no_flush: true,
-                    passthrough: None,
-                },
-            ));
+            return self.open_stats(wants_write);
         }
         if id == CONTROL_ID {
             return Err(Errno::EISDIR);
@@ -934,6 +925,24 @@ impl Pagetier {
             OpenOut {
                 passthrough,
                 ..OpenOut::default()
+            },
+        ))
+    }
+
+    /// Opens the stats file: the document generated now, read-only.
+    fn open_stats(&self, wants_write: bool) -> FsResult<(u64, OpenOut)> {
+        if wants_write {
+            return Err(Errno::EROFS);
+        }
+        let json = self.stats_document().to_file_bytes();
+        let fh = self.add_handle(None, HandleKind::Stats(json));
+        Ok((
+            fh,
+            OpenOut {
+                direct_io: true,
+                keep_cache: false,
+                no_flush: true,
+                passthrough: None,
             },
         ))
     }
