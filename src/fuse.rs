@@ -194,15 +194,19 @@ fn negotiate_passthrough(fs: &Pagetier, config: &mut KernelConfig) {
         info!("passthrough off (--passthrough off): every open is served by the daemon");
         return;
     }
-    if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
-        info!(
-            ?missing,
-            "passthrough off: the kernel does not offer FUSE passthrough"
-        );
+    if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+        info!("passthrough off: the kernel does not offer FUSE passthrough");
         return;
     }
     if !has_sys_admin() {
         info!("passthrough off: registering backing files needs CAP_SYS_ADMIN");
+        return;
+    }
+    if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+        info!(
+            ?missing,
+            "passthrough off: the kernel refused FUSE passthrough"
+        );
         return;
     }
     // Backing files are on a filesystem that stacks nothing: depth 1 (0 disables it).
