@@ -115,6 +115,13 @@ pub enum OnOff {
     Off,
 }
 
+/// `auto` or `off` (`--passthrough`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AutoOff {
+    Auto,
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
@@ -166,6 +173,10 @@ pub struct MountArgs {
     /// Use 2 MiB device pages.
     #[arg(long, value_enum)]
     pub huge_pages: Option<OnOff>,
+    /// Serve read-only host-view opens through FUSE passthrough (auto: where the kernel
+    /// and privileges allow; the default) or never (off).
+    #[arg(long, value_enum)]
+    pub passthrough: Option<AutoOff>,
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
@@ -215,6 +226,8 @@ pub struct MountSettings {
     pub log_level: Option<String>,
     pub device_capacity: u64,
     pub huge_pages: bool,
+    /// `--passthrough auto` (true) or `off`.
+    pub passthrough: bool,
     pub control_dir: String,
     pub clear_stale: bool,
     /// Eviction/admission policy name (checked against the tier's list).
@@ -365,6 +378,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         log_level: None,
         device_capacity: DEFAULT_CAPACITY,
         huge_pages: true,
+        passthrough: true,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
@@ -419,6 +433,11 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
                     .map_err(|e| format!("-o device_capacity: {e}"))?
             }
             ("huge_pages", Some(v)) => s.huge_pages = parse_bool_value(key, v)?,
+            ("passthrough", Some("auto")) => s.passthrough = true,
+            ("passthrough", Some("off")) => s.passthrough = false,
+            ("passthrough", Some(v)) => {
+                return Err(format!("-o passthrough={v}: expected auto or off"));
+            }
             ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
             ("clear_stale", None) => s.clear_stale = true,
             ("policy", Some(v)) => s.policy = check_policy(v)?,
@@ -459,6 +478,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(h) = args.huge_pages {
         s.huge_pages = h == OnOff::On;
+    }
+    if let Some(p) = args.passthrough {
+        s.passthrough = p == AutoOff::Auto;
     }
     if let Some(c) = &args.control_dir {
         s.control_dir = check_control_dir(c)?;
@@ -524,6 +546,7 @@ mod tests {
         let s = settings(&args(&[]), 2).unwrap();
         assert_eq!(s.threads, 2);
         assert!(s.huge_pages && !s.read_only && !s.allow_other);
+        assert!(s.passthrough, "passthrough is auto by default");
         assert_eq!(s.device_capacity, DEFAULT_CAPACITY);
         assert_eq!(s.control_dir, ".pagetier");
     }
@@ -552,6 +575,14 @@ mod tests {
         let mut a = args(&["threads=4"]);
         a.threads = Some(8);
         assert_eq!(settings(&a, 2).unwrap().threads, 8);
+        let mut a = args(&["passthrough=off"]);
+        assert!(!settings(&a, 2).unwrap().passthrough);
+        a.passthrough = Some(AutoOff::Auto);
+        assert!(settings(&a, 2).unwrap().passthrough);
+        a = args(&["passthrough=auto"]);
+        assert!(settings(&a, 2).unwrap().passthrough);
+        a.passthrough = Some(AutoOff::Off);
+        assert!(!settings(&a, 2).unwrap().passthrough);
     }
 
     #[test]
@@ -562,6 +593,8 @@ mod tests {
             "threads=0",
             "threads=abc",
             "huge_pages=maybe",
+            "passthrough=on",
+            "passthrough",
             "device_capacity=12XB",
             "control_dir=a/b",
             "log_level=loud",

@@ -22,6 +22,14 @@
 //!   tells the kernel what went stale in both views; an open that comes first
 //!   finds it by fingerprint ([`Coherence::revalidate`]) and drops the kernel's
 //!   cached data by not keeping it.
+//! - *A writable open the kernel serves itself* (FUSE passthrough, `iomode.rs`):
+//!   its writes reach STORAGE without the daemon, so no write can drop what it
+//!   covers. Before such an open is answered ([`Coherence::writer_behind_opened`])
+//!   the file is marked, the device-tier accesses already running drain, and its
+//!   device pages are dropped; while it is marked, device reads and prefetches
+//!   bypass the tier ([`Coherence::device_access`]). At its release
+//!   ([`Coherence::writer_behind_closed`]) the fingerprint is forgotten and the
+//!   kernel told, as for a change behind the mount's back.
 //!
 //! Invariants:
 //! - a file's fingerprint ([`FileState`], private to this module) is recorded
@@ -41,9 +49,12 @@
 //!   registration whose syscall has not returned yet waits for the outcome
 //!   (up to `OUTCOME_WAIT`; past it the event is taken as the operation's).
 //! - no lock of this module is held while calling the tier or the kernel.
+//! - while a file is marked written behind the daemon, no device page of it is
+//!   installed or served: every tier access of it either started before the
+//!   mark and finished before the pages were dropped, or sees the mark.
 //!
-//! Lock order: an inode's fingerprint mutex and the own-event registry are
-//! leaves (taken after the inode table's lock, never together).
+//! Lock order: an inode's fingerprint mutex, its drain mutex and the own-event
+//! registry are leaves (taken after the inode table's lock, never together).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -81,6 +92,16 @@ pub struct FileState {
     /// Changes through the mount in progress; the watcher leaves the file to
     /// them (each revalidates before it changes anything).
     changes_in_flight: AtomicU64,
+    /// Writable opens the kernel serves itself (passthrough): their writes
+    /// reach STORAGE without the daemon seeing them, so while one is held the
+    /// device tier neither keeps nor installs pages of the file.
+    writers_behind: AtomicU64,
+    /// Device-tier accesses (reads, prefetches) running that found no writer
+    /// behind; a writer's open waits for them to drain before it drops the
+    /// file's pages, so none installs a page after that.
+    tier_users: AtomicU64,
+    /// Wakes a writer's open waiting for `tier_users` to drain.
+    drained: (Mutex<()>, Condvar),
 }
 
 /// What survives of a [`FileState`] while the kernel has forgotten the inode
@@ -94,6 +115,7 @@ impl FileState {
         FileState {
             seen: Mutex::new(remembered.map(|r| r.0)),
             changes_in_flight: AtomicU64::new(0),
+            ..FileState::default()
         }
     }
 
@@ -116,6 +138,30 @@ enum Seen {
     Changed,
     /// Never seen before (the kernel and the tier hold nothing of it).
     First,
+}
+
+/// How a device-view read (or a prefetch) of a file may reach its bytes.
+pub enum DeviceAccess<'a> {
+    /// Through the device tier, as usual; hold the guard until the tier call returns.
+    Tier(TierUse<'a>),
+    /// Straight from STORAGE, bypassing the tier: a writer the daemon does not see is open,
+    /// so no page of the file may be installed (or served from the tier).
+    Storage,
+}
+
+/// A device-tier access in progress on a file (see [`FileState::tier_users`]).
+pub struct TierUse<'a>(&'a FileState);
+
+impl Drop for TierUse<'_> {
+    fn drop(&mut self) {
+        let state = self.0;
+        if state.tier_users.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.writers_behind.load(Ordering::SeqCst) > 0
+        {
+            let _g = lock(&state.drained.0);
+            state.drained.1.notify_all();
+        }
+    }
 }
 
 /// Marks a change through the mount in progress on a file.
@@ -541,6 +587,72 @@ impl Coherence {
         let mut stale = Stale::new();
         mark(&mut stale);
         self.kernel.send(stale);
+    }
+
+    // ----- writers the daemon does not see (passthrough) ----------------------
+
+    /// How a device-view read or a prefetch of `inode` reaches its bytes now: through the
+    /// tier, unless a passthrough writer is open (then straight from STORAGE).
+    pub fn device_access<'a>(&self, inode: &'a Inode) -> DeviceAccess<'a> {
+        let state = &inode.coherence;
+        // Dekker-style with `writer_behind_opened`: the access announces itself, then looks
+        // for a writer; the writer announces itself, then waits for accesses to drain. One
+        // of them sees the other.
+        state.tier_users.fetch_add(1, Ordering::SeqCst);
+        let guard = TierUse(state);
+        if state.writers_behind.load(Ordering::SeqCst) > 0 {
+            drop(guard);
+            return DeviceAccess::Storage;
+        }
+        DeviceAccess::Tier(guard)
+    }
+
+    /// A writable open of `inode` that the kernel serves itself (passthrough) is about to
+    /// be answered. Before the answer: from now on device reads go straight to STORAGE;
+    /// the tier accesses already running drain; then the file's device pages are dropped,
+    /// and fills and readahead in flight discarded (the invalidation sequence). So no
+    /// device read that starts after the writer's first write returns can see older bytes.
+    pub fn writer_behind_opened(&self, inode: &Inode) {
+        let state = &inode.coherence;
+        state.writers_behind.fetch_add(1, Ordering::SeqCst);
+        let mut g = lock(&state.drained.0);
+        while state.tier_users.load(Ordering::SeqCst) > 0 {
+            // The timeout only bounds a wake-up lost to the guard's unlocked fast path.
+            g = state
+                .drained
+                .1
+                .wait_timeout(g, Duration::from_millis(10))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        drop(g);
+        self.tier
+            .invalidate_file(inode.id, InvalidationCause::Write);
+        self.tier.cancel_readahead(inode.id);
+        debug!(
+            id = inode.id,
+            "passthrough writer open: device tier bypassed"
+        );
+    }
+
+    /// The release of a writable passthrough open of `inode`: the tier may hold the file
+    /// again once no such writer is left. Its writes changed the file behind the mount:
+    /// the fingerprint is forgotten, so the next open of the host view drops the kernel's
+    /// cached data of it (an open keeps it only for a fingerprint it has seen), and the
+    /// kernel is told that both views' attributes and the device view's mapped pages are
+    /// stale. The pages the tier installs from now on are read after the last write.
+    pub fn writer_behind_closed(&self, inode: &Inode) {
+        let state = &inode.coherence;
+        state.writers_behind.fetch_sub(1, Ordering::SeqCst);
+        *lock(&state.seen) = None;
+        let mut stale = Stale::new();
+        stale.external_data(inode);
+        self.kernel.send(stale);
+    }
+
+    /// Whether a passthrough writer of `inode` is open.
+    #[cfg(test)]
+    pub fn has_writer_behind(&self, inode: &Inode) -> bool {
+        inode.coherence.writers_behind.load(Ordering::SeqCst) > 0
     }
 
     // ----- opens ----------------------------------------------------------------
@@ -1115,6 +1227,55 @@ mod tests {
             assert!(Instant::now() < deadline, "pages never dropped: {told:?}");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_writer_behind_the_daemon_keeps_the_tier_out_of_the_file_until_it_closes() {
+        let fx = Fixture::new(View::Device);
+        assert!(!fx.open(), "first open");
+        fx.fill();
+        assert!(fx.tier.residency(fx.f.id).resident_bytes > 0);
+        // A device read that started before the writer: it must drain before the drop.
+        let early = fx.coh.device_access(&fx.f);
+        assert!(matches!(early, DeviceAccess::Tier(_)));
+        std::thread::scope(|s| {
+            let opening = s.spawn(|| fx.coh.writer_behind_opened(&fx.f));
+            // The writer's open waits for the early access (polled: the open must not
+            // finish while it runs, and must once it ends).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !fx.coh.has_writer_behind(&fx.f) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer never marked the file"
+                );
+                std::thread::yield_now();
+            }
+            assert!(
+                !opening.is_finished(),
+                "the open did not wait for the running access"
+            );
+            assert!(matches!(fx.coh.device_access(&fx.f), DeviceAccess::Storage));
+            drop(early);
+            opening.join().unwrap();
+        });
+        assert_eq!(fx.tier.residency(fx.f.id).resident_bytes, 0, "pages kept");
+        assert!(matches!(fx.coh.device_access(&fx.f), DeviceAccess::Storage));
+        // The writer writes behind the daemon, then closes.
+        fs::write(fx.path("f"), vec![b'b'; F_SIZE]).unwrap();
+        fx.rec.take();
+        fx.coh.writer_behind_closed(&fx.f);
+        assert!(!fx.coh.has_writer_behind(&fx.f));
+        assert!(matches!(fx.coh.device_access(&fx.f), DeviceAccess::Tier(_)));
+        let told = fx.rec.take_written_by_callers();
+        for ino in [F_HOST, F_DEVICE] {
+            assert!(told.contains(&format!("attrs {ino}")), "{told:?}");
+        }
+        // The next open keeps no cached data of the file.
+        assert!(
+            !fx.open(),
+            "an open kept the kernel's data after a writer behind"
+        );
+        assert!(fx.open());
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! - every change made through the host view tells the kernel what it made
 //!   stale in its cache of the device view (entries, attributes, mapped
 //!   pages) as `notify.rs` describes: attributes and entries before the reply;
+//! - a host-view open is served by the kernel (passthrough) or by the daemon as
+//!   its inode's I/O mode allows (`iomode.rs`), held until its release; a
+//!   writable passthrough open, whose writes the daemon never sees, keeps the
+//!   device tier out of its file until it is released (`coherence.rs`);
 //! - every change of names made through the host view registers the inotify
 //!   events it causes before its syscall, so that the watcher does not tell
 //!   the kernel again what it already knows.
@@ -25,22 +29,23 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use serde_json::json;
 
-use crate::coherence::{Child, Coherence, EntryEvent};
+use crate::coherence::{Child, Coherence, DeviceAccess, EntryEvent};
 use crate::control::{self, ControlXattr};
 use crate::creds::{Caller, become_caller};
 use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
+use crate::iomode::{BackingToken, Held, IoModes, PassthroughMode};
 use crate::lock::{lock, read, write};
-use crate::stats::{HostStats, NotificationStats, StatsDocument};
+use crate::stats::{HostStats, KernelStats, NotificationStats, PassthroughStats, StatsDocument};
 use crate::storage::{self, Attr, RawEntry};
 use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
 
@@ -53,6 +58,18 @@ pub struct FsConfig {
     pub control_name: OsString,
     /// Record every device-view read here (CSV `file_id,offset,len`).
     pub trace: Option<std::path::PathBuf>,
+    /// Serve read-only host-view opens through FUSE passthrough where the kernel allows
+    /// it (`--passthrough auto`); the adapter enables it at init ([`Pagetier::enable_passthrough`]).
+    pub passthrough: bool,
+}
+
+/// Limits the kernel agreed to at init (for stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// Largest request in pages (`fs.fuse.max_pages_limit` caps it).
+    pub max_pages: u32,
+    /// Largest readahead the kernel makes, in bytes.
+    pub max_readahead: u32,
 }
 
 /// What the caller asked `setattr` to change.
@@ -74,7 +91,7 @@ pub enum TimeSpec {
 }
 
 /// How the kernel should treat an opened file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct OpenOut {
     /// Bypass the kernel page cache (device view, stats).
     pub direct_io: bool,
@@ -83,6 +100,9 @@ pub struct OpenOut {
     /// A read-only open (device view, stats, read-only host opens): its close
     /// has nothing to flush, so the kernel need not send FLUSH.
     pub no_flush: bool,
+    /// Served by the kernel onto this backing registration (FUSE passthrough): the
+    /// daemon sees none of its reads and writes.
+    pub passthrough: Option<BackingToken>,
 }
 
 /// One item of a directory listing.
@@ -128,6 +148,8 @@ enum HandleKind {
         source: Option<SharedSource>,
         view: View,
         append: bool,
+        /// Host view: the I/O mode this open holds until its release (`iomode.rs`).
+        io: Option<Held>,
     },
     /// An open directory: a snapshot of its entries, refreshed at offset 0.
     Dir {
@@ -198,6 +220,14 @@ pub struct Pagetier {
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     /// Keeps both views and the kernel's caches of them coherent with STORAGE.
     coherence: Coherence,
+    /// Each FUSE inode's I/O mode: passthrough or daemon-served (`iomode.rs`).
+    io_modes: IoModes,
+    /// Passthrough is negotiated with the kernel and no registration has failed.
+    passthrough_on: AtomicBool,
+    /// Limits the kernel agreed to at init.
+    kernel_limits: Mutex<KernelLimits>,
+    /// Device-view reads served straight from STORAGE while a passthrough writer was open.
+    device_reads_behind: AtomicU64,
 }
 
 fn ts(t: TimeSpec) -> Timespec {
@@ -257,7 +287,47 @@ impl Pagetier {
             tier,
             host: HostCounters::default(),
             started: SystemTime::now(),
+            io_modes: IoModes::new(),
+            passthrough_on: AtomicBool::new(false),
+            kernel_limits: Mutex::new(KernelLimits::default()),
+            device_reads_behind: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the mount asks the kernel for passthrough at init (`--passthrough auto`).
+    pub fn passthrough_wanted(&self) -> bool {
+        self.cfg.passthrough
+    }
+
+    /// The kernel agreed to passthrough at init: read-only host-view opens use it from now.
+    pub fn enable_passthrough(&self) {
+        self.passthrough_on.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether passthrough is in force now.
+    pub fn passthrough_mode(&self) -> PassthroughMode {
+        if self.passthrough_on.load(Ordering::SeqCst) {
+            PassthroughMode::On
+        } else {
+            PassthroughMode::Off
+        }
+    }
+
+    /// Records the limits the kernel agreed to at init.
+    pub fn set_kernel_limits(&self, limits: KernelLimits) {
+        *lock(&self.kernel_limits) = limits;
+    }
+
+    /// A backing registration failed: no new passthrough from now on (inodes already in
+    /// passthrough mode keep it until their opens are released). Logged once.
+    fn passthrough_failed(&self, err: &std::io::Error) {
+        if self.passthrough_on.swap(false, Ordering::SeqCst) {
+            tracing::info!(
+                error = %err,
+                "passthrough off: the kernel refused a backing file; host-view opens are \
+                 served by the daemon from now on"
+            );
+        }
     }
 
     /// Starts telling the kernel, through `notifier`, what host-view changes
@@ -712,24 +782,20 @@ impl Pagetier {
         OFlags::from_bits_retain((flags & keep) as u32)
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, OpenOut)> {
+    /// Opens FUSE inode `ino`. A host-view open may be served by the kernel (passthrough,
+    /// `iomode.rs`): `register` registers its backing descriptor with the kernel when it is
+    /// the inode's first passthrough open.
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingToken>,
+    ) -> FsResult<(u64, OpenOut)> {
         let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY
             || flags & (libc::O_TRUNC | libc::O_APPEND) != 0;
         if id == STATS_ID {
-            if wants_write {
-                return Err(Errno::EROFS);
-            }
-            let json = self.stats_document().to_file_bytes();
-            let fh = self.add_handle(None, HandleKind::Stats(json));
-            return Ok((
-                fh,
-                OpenOut {
-                    direct_io: true,
-                    keep_cache: false,
-                    no_flush: true,
-                },
-            ));
+            return self.open_stats(wants_write);
         }
         if id == CONTROL_ID {
             return Err(Errno::EISDIR);
@@ -756,6 +822,8 @@ impl Pagetier {
         let append = flags & libc::O_APPEND != 0;
         match view {
             View::Host => {
+                let (io, passthrough) =
+                    self.choose_io(&inode, ino, wants_write, || register(file.as_fd()));
                 let fh = self.add_handle(
                     Some(inode),
                     HandleKind::File {
@@ -763,16 +831,19 @@ impl Pagetier {
                         source: None,
                         view,
                         append,
+                        io: Some(io),
                     },
                 );
                 Ok((
                     fh,
                     OpenOut {
                         direct_io: false,
-                        keep_cache: keep,
+                        // The kernel refuses a passthrough open that keeps the cache.
+                        keep_cache: keep && passthrough.is_none(),
                         // A read-only descriptor cannot dirty a page, even through
                         // mmap: its close has nothing to flush.
                         no_flush: !wants_write,
+                        passthrough,
                     },
                 ))
             }
@@ -784,6 +855,7 @@ impl Pagetier {
                         source,
                         view,
                         append: false,
+                        io: None,
                     },
                 );
                 Ok((
@@ -792,6 +864,7 @@ impl Pagetier {
                         direct_io: true,
                         keep_cache: false,
                         no_flush: true,
+                        passthrough: None,
                     },
                 ))
             }
@@ -832,6 +905,10 @@ impl Pagetier {
         let attr = self.lookup_child(&dir, view, name)?;
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
         self.coherence.created(&inode);
+        // An existing file opened without O_EXCL may be in passthrough mode: join it.
+        let (io, passthrough) = self.choose_io(&inode, attr.ino, true, || {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        });
         let fh = self.add_handle(
             Some(inode),
             HandleKind::File {
@@ -839,9 +916,56 @@ impl Pagetier {
                 source: None,
                 view,
                 append: flags & libc::O_APPEND != 0,
+                io: Some(io),
             },
         );
-        Ok((attr, fh, OpenOut::default()))
+        Ok((
+            attr,
+            fh,
+            OpenOut {
+                passthrough,
+                ..OpenOut::default()
+            },
+        ))
+    }
+
+    /// Opens the stats file: the document generated now, read-only.
+    fn open_stats(&self, wants_write: bool) -> FsResult<(u64, OpenOut)> {
+        if wants_write {
+            return Err(Errno::EROFS);
+        }
+        let json = self.stats_document().to_file_bytes();
+        let fh = self.add_handle(None, HandleKind::Stats(json));
+        Ok((
+            fh,
+            OpenOut {
+                direct_io: true,
+                keep_cache: false,
+                no_flush: true,
+                passthrough: None,
+            },
+        ))
+    }
+
+    /// Chooses and takes the I/O mode of a host-view open of `inode` (FUSE inode `ino`;
+    /// `iomode.rs`), last thing before the reply. A writable open that joins passthrough
+    /// marks the file written behind the daemon before the reply (`coherence.rs`).
+    fn choose_io(
+        &self,
+        inode: &Inode,
+        ino: u64,
+        writable: bool,
+        register: impl FnOnce() -> std::io::Result<BackingToken>,
+    ) -> (Held, Option<BackingToken>) {
+        let allowed = self.passthrough_on.load(Ordering::SeqCst) && inode.is_reg();
+        let chosen = self.io_modes.open(ino, writable, allowed, register);
+        if let Some(err) = &chosen.registration_failed {
+            self.passthrough_failed(err);
+        }
+        if chosen.held == Held::PassthroughWriter {
+            self.coherence.writer_behind_opened(inode);
+        }
+        (chosen.held, chosen.backing)
     }
 
     /// Reads up to `size` bytes at `offset` and hands them to `reply`.
@@ -912,9 +1036,14 @@ impl Pagetier {
     ) -> std::io::Result<Served> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
         self.trace_read(inode.id, offset, out.len());
-        self.tier.read(inode.id, offset, out, src, || {
-            Ok(rustix::fs::fstat(file)?.st_size as u64)
-        })
+        let size = || Ok(rustix::fs::fstat(file)?.st_size as u64);
+        match self.coherence.device_access(inode) {
+            DeviceAccess::Tier(_tier_use) => self.tier.read(inode.id, offset, out, src, size),
+            DeviceAccess::Storage => {
+                self.device_reads_behind.fetch_add(1, Ordering::Relaxed);
+                read_storage(src.as_ref(), size()?, offset, out).map(Served::Copied)
+            }
+        }
     }
 
     /// Appends a device read to the `--trace` file, if any.
@@ -978,8 +1107,26 @@ impl Pagetier {
         }
     }
 
+    /// Releases handle `fh`: a host-view open gives back its I/O mode, and a passthrough
+    /// writer lets the device tier hold the file again (`coherence.rs`).
     pub fn release(&self, fh: u64) {
-        write(&self.handles).remove(&fh);
+        let Some(handle) = write(&self.handles).remove(&fh) else {
+            return;
+        };
+        if let (
+            Some(inode),
+            HandleKind::File {
+                io: Some(held),
+                view,
+                ..
+            },
+        ) = (&handle.inode, &handle.kind)
+        {
+            self.io_modes.release(encode(inode.id, *view), *held);
+            if *held == Held::PassthroughWriter {
+                self.coherence.writer_behind_closed(inode);
+            }
+        }
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
@@ -1367,6 +1514,13 @@ impl Pagetier {
         if start >= end {
             return Ok(crate::tier::PrefetchReport::default());
         }
+        // While a passthrough writer is open the tier holds nothing of the file: skipped.
+        let DeviceAccess::Tier(_tier_use) = self.coherence.device_access(inode) else {
+            return Ok(crate::tier::PrefetchReport {
+                skipped_bytes: end - start,
+                ..Default::default()
+            });
+        };
         Ok(self
             .tier
             .prefetch(inode.id, size, start, end - start, src.as_ref())?)
@@ -1434,8 +1588,57 @@ impl Pagetier {
             },
             self.inodes.live_count() as u64,
             read(&self.handles).len() as u64,
+            self.passthrough_stats(),
+            self.kernel_stats(),
         )
     }
+
+    fn passthrough_stats(&self) -> PassthroughStats {
+        let c = self.io_modes.counters();
+        PassthroughStats {
+            mode: self.passthrough_mode(),
+            host_opens: c.passthrough_opens.load(Ordering::Relaxed),
+            writer_opens: c.writer_opens.load(Ordering::Relaxed),
+            registration_failures: c.registration_failures.load(Ordering::Relaxed),
+            device_reads_behind: self.device_reads_behind.load(Ordering::Relaxed),
+        }
+    }
+
+    fn kernel_stats(&self) -> KernelStats {
+        let k = *lock(&self.kernel_limits);
+        KernelStats {
+            max_pages: k.max_pages.into(),
+            max_readahead: k.max_readahead.into(),
+        }
+    }
+}
+
+/// Reads file bytes `[offset, offset + out.len())`, clipped to `size`, straight from
+/// storage (no device page installed) through a page-aligned bounce buffer, as `O_DIRECT`
+/// wants. Returns the bytes read.
+fn read_storage(
+    src: &dyn FillSource,
+    size: u64,
+    offset: u64,
+    out: &mut [u8],
+) -> std::io::Result<usize> {
+    const PAGE: u64 = crate::tier::PAGE_SIZE;
+    if offset >= size || out.is_empty() {
+        return Ok(0);
+    }
+    let end = offset.saturating_add(out.len() as u64).min(size);
+    let from = offset / PAGE * PAGE;
+    let to = end.div_ceil(PAGE) * PAGE;
+    let mut bounce = memmap2::MmapMut::map_anon((to - from) as usize)?;
+    let n = src.read_at(&mut bounce, from)?;
+    let valid_end = (from + n as u64).min(end);
+    if valid_end <= offset {
+        return Ok(0);
+    }
+    let len = (valid_end - offset) as usize;
+    let start = (offset - from) as usize;
+    out[..len].copy_from_slice(&bounce[start..start + len]);
+    Ok(len)
 }
 
 /// Creates something as `caller`: with its credentials and umask, and the

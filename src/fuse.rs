@@ -18,17 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
-    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
     ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, debug_span, warn};
+use tracing::{debug, debug_span, info, warn};
 
 use crate::creds::Caller;
 use crate::errno::Errno;
-use crate::fs::{OpenOut, Pagetier, SetAttr, TimeSpec};
+use crate::fs::{KernelLimits, OpenOut, Pagetier, SetAttr, TimeSpec};
+use crate::iomode::BackingToken;
 use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
 use crate::storage::Attr;
 
@@ -152,7 +153,7 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn fopen(o: OpenOut) -> FopenFlags {
+fn fopen(o: &OpenOut) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.direct_io {
         f |= FopenFlags::FOPEN_DIRECT_IO;
@@ -164,6 +165,76 @@ fn fopen(o: OpenOut) -> FopenFlags {
         f |= FopenFlags::FOPEN_NOFLUSH;
     }
     f
+}
+
+/// The backing registration a passthrough open names in its reply. The core hands back
+/// only tokens this adapter made ([`BackingId`]s).
+fn backing_of(out: &OpenOut) -> Option<&BackingId> {
+    let id = out.passthrough.as_ref()?.downcast_ref::<BackingId>();
+    debug_assert!(id.is_some(), "a backing token that is no BackingId");
+    id
+}
+
+/// Whether this process may register backing files (`CAP_SYS_ADMIN` in its effective set).
+fn has_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// Asks the kernel for FUSE passthrough at init when the mount wants it; says at info
+/// what is in force and why.
+fn negotiate_passthrough(fs: &Pagetier, config: &mut KernelConfig) {
+    if !fs.passthrough_wanted() {
+        info!("passthrough off (--passthrough off): every open is served by the daemon");
+        return;
+    }
+    if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+        info!("passthrough off: the kernel does not offer FUSE passthrough");
+        return;
+    }
+    if !has_sys_admin() {
+        info!("passthrough off: registering backing files needs CAP_SYS_ADMIN");
+        return;
+    }
+    if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+        info!(
+            ?missing,
+            "passthrough off: the kernel refused FUSE passthrough"
+        );
+        return;
+    }
+    // Backing files are on a filesystem that stacks nothing: depth 1 (0 disables it).
+    if let Err(max) = config.set_max_stack_depth(1) {
+        info!(max, "passthrough off: the kernel refused stack depth 1");
+        return;
+    }
+    fs.enable_passthrough();
+    info!(
+        "passthrough on: read-only host-view opens are served by the kernel from STORAGE \
+         (writable opens of a file held so join them and bypass the device tier)"
+    );
+}
+
+/// The limits the kernel will use, from what init asked and it offered: readahead as
+/// set; requests up to the larger of write and readahead size, in pages, capped by
+/// `fs.fuse.max_pages_limit`.
+fn kernel_limits(max_readahead: u32, max_write: u32) -> KernelLimits {
+    let page = crate::tier::PAGE_SIZE as u32;
+    let wanted = max_readahead.max(max_write).div_ceil(page);
+    let limit = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(256);
+    KernelLimits {
+        max_pages: wanted.min(limit),
+        max_readahead,
+    }
 }
 
 impl FuseAdapter {
@@ -214,7 +285,13 @@ fn time(t: TimeOrNow) -> TimeSpec {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_readahead(MAX_IO);
+        let readahead = match config.set_max_readahead(MAX_IO) {
+            Ok(_) => MAX_IO,
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
+        };
         let _ = config.set_max_write(MAX_IO);
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -231,6 +308,8 @@ impl Filesystem for FuseAdapter {
                 debug!(?missing, "kernel lacks capability");
             }
         }
+        negotiate_passthrough(&self.fs, config);
+        self.fs.set_kernel_limits(kernel_limits(readahead, MAX_IO));
         Ok(())
     }
 
@@ -459,8 +538,16 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.timed(Op::Open, ino);
         let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
-        match self.fs.open(ino.0, flags.0) {
-            Ok((fh, out)) => reply.opened(FileHandle(fh), fopen(out)),
+        let register = |fd: std::os::fd::BorrowedFd<'_>| {
+            reply
+                .open_backing(fd)
+                .map(|id| Arc::new(id) as BackingToken)
+        };
+        match self.fs.open(ino.0, flags.0, register) {
+            Ok((fh, out)) => match backing_of(&out) {
+                Some(id) => reply.opened_passthrough(FileHandle(fh), fopen(&out), id),
+                None => reply.opened(FileHandle(fh), fopen(&out)),
+            },
             Err(e) => reply.error(failed(at(Op::Open, ino, None), e)),
         }
     }
@@ -776,13 +863,23 @@ impl Filesystem for FuseAdapter {
             .fs
             .create(caller(req), parent.0, name, mode, umask, flags)
         {
-            Ok((a, fh, out)) => reply.created(
-                &self.ttl(a.ino),
-                &fattr(&a),
-                Generation(0),
-                FileHandle(fh),
-                fopen(out),
-            ),
+            Ok((a, fh, out)) => match backing_of(&out) {
+                Some(id) => reply.created_passthrough(
+                    &self.ttl(a.ino),
+                    &fattr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    fopen(&out),
+                    id,
+                ),
+                None => reply.created(
+                    &self.ttl(a.ino),
+                    &fattr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    fopen(&out),
+                ),
+            },
             Err(e) => reply.error(failed(at(Op::Create, parent, Some(name)), e)),
         }
     }

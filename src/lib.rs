@@ -15,6 +15,7 @@ mod errno;
 mod fs;
 mod fuse;
 mod inode;
+mod iomode;
 mod lock;
 mod metrics;
 mod notify;
@@ -29,6 +30,7 @@ mod top;
 mod watch;
 
 pub use cli::{Cli, Command, MountArgs, normalize_args, settings};
+pub use iomode::PassthroughMode;
 pub use range::ByteRange;
 pub use run::{LogConfig, init_logging_with, mount_with_log};
 pub use size::{ByteSize, parse_capacity, parse_size};

@@ -336,7 +336,60 @@ fn encode_stats(doc: &StatsDocument, enc: &mut DescriptorEncoder) -> Result<(), 
     encode_invalidations(doc, enc)?;
     encode_host(&doc.host, enc)?;
     encode_diagnostics(&doc.diagnostics, enc)?;
+    encode_passthrough(doc, enc)?;
     encode_mount(doc, enc)
+}
+
+/// `pagetier_passthrough_*`: whether it is on (gauge, 1: on) and its counts (counters);
+/// `pagetier_kernel_*`: the limits agreed at init (gauges).
+fn encode_passthrough(
+    doc: &StatsDocument,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let p = &doc.passthrough;
+    encode_gauge(
+        enc,
+        "pagetier_passthrough_on",
+        "Whether read-only host-view opens are served by the kernel (1: on)",
+        u64::from(p.mode == crate::iomode::PassthroughMode::On),
+    )?;
+    for (key, help, v) in [
+        (
+            "host_opens",
+            "Host-view opens served by the kernel (FUSE passthrough)",
+            p.host_opens,
+        ),
+        (
+            "writer_opens",
+            "Writable passthrough opens (each bypasses the device tier for its file)",
+            p.writer_opens,
+        ),
+        (
+            "registration_failures",
+            "Backing files the kernel refused to register",
+            p.registration_failures,
+        ),
+        (
+            "device_reads_behind",
+            "Device-view reads served from storage while a passthrough writer was open",
+            p.device_reads_behind,
+        ),
+    ] {
+        encode_counter(enc, &format!("pagetier_passthrough_{key}"), help, v)?;
+    }
+    let k = &doc.kernel;
+    encode_gauge(
+        enc,
+        "pagetier_kernel_max_pages",
+        "Largest daemon-served FUSE request in pages, as agreed at init",
+        k.max_pages,
+    )?;
+    encode_gauge(
+        enc,
+        "pagetier_kernel_max_readahead",
+        "Largest kernel readahead in bytes, as agreed at init",
+        k.max_readahead,
+    )
 }
 
 /// `pagetier_device_*`: levels as gauges, counts as counters.
@@ -915,7 +968,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            41,
+            47,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();

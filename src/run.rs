@@ -343,6 +343,7 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 read_only: s.read_only,
                 control_name: OsString::from(&s.control_dir),
                 trace: args.trace.clone(),
+                passthrough: s.passthrough,
             },
             root_fd,
             tier,

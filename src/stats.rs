@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::iomode::PassthroughMode;
 #[cfg(test)]
 use crate::tier::POLICY_NAMES;
 use crate::tier::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
@@ -37,6 +38,39 @@ pub struct StatsDocument {
     pub inodes: u64,
     /// Open file and directory handles.
     pub open_handles: u64,
+    /// Absent from the documents of mounts older than it (read as `off` and zeros).
+    #[serde(default)]
+    pub passthrough: PassthroughStats,
+    /// Absent from the documents of mounts older than it (read as zeros).
+    #[serde(default)]
+    pub kernel: KernelStats,
+}
+
+/// The `"passthrough"` object: opens the kernel serves itself (FUSE passthrough).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassthroughStats {
+    /// In force now: `on` or `off`.
+    pub mode: PassthroughMode,
+    /// Host-view opens answered with passthrough since the mount (their reads and writes
+    /// never reach the daemon, so `host.reads`/`host.read_bytes` do not count them).
+    pub host_opens: u64,
+    /// Of these, writable ones (each bypasses the device tier for its file while open).
+    pub writer_opens: u64,
+    /// Backing registrations the kernel refused (those opens were daemon-served, and
+    /// passthrough went off).
+    pub registration_failures: u64,
+    /// Device-view reads served straight from STORAGE because a passthrough writer of the
+    /// file was open.
+    pub device_reads_behind: u64,
+}
+
+/// The `"kernel"` object: what the kernel agreed to at init.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelStats {
+    /// Largest daemon-served request in 4 KiB pages (`fs.fuse.max_pages_limit` caps it).
+    pub max_pages: u64,
+    /// Largest kernel readahead in bytes.
+    pub max_readahead: u64,
 }
 
 /// The `"host"` object: host-view reads and writes since the mount.
@@ -65,6 +99,8 @@ impl StatsDocument {
         notifications: NotificationStats,
         inodes: u64,
         open_handles: u64,
+        passthrough: PassthroughStats,
+        kernel: KernelStats,
     ) -> StatsDocument {
         StatsDocument {
             version: STATS_VERSION,
@@ -75,6 +111,8 @@ impl StatsDocument {
             notifications,
             inodes,
             open_handles,
+            passthrough,
+            kernel,
         }
     }
 
@@ -152,6 +190,8 @@ pub(crate) fn zeroed() -> StatsDocument {
         notifications: NotificationStats::default(),
         inodes: 0,
         open_handles: 0,
+        passthrough: PassthroughStats::default(),
+        kernel: KernelStats::default(),
     }
 }
 
@@ -209,9 +249,16 @@ mod tests {
         ("invalidations.truncate", "number"),
         ("invalidations.unlink_rename", "number"),
         ("invalidations.write", "number"),
+        ("kernel.max_pages", "number"),
+        ("kernel.max_readahead", "number"),
         ("notifications.late", "number"),
         ("notifications.sent", "number"),
         ("open_handles", "number"),
+        ("passthrough.device_reads_behind", "number"),
+        ("passthrough.host_opens", "number"),
+        ("passthrough.mode", "string"),
+        ("passthrough.registration_failures", "number"),
+        ("passthrough.writer_opens", "number"),
         ("version", "number"),
     ];
 
@@ -262,6 +309,17 @@ mod tests {
             NotificationStats { sent: 5, late: 6 },
             7,
             8,
+            PassthroughStats {
+                mode: PassthroughMode::On,
+                host_opens: 9,
+                writer_opens: 10,
+                registration_failures: 11,
+                device_reads_behind: 12,
+            },
+            KernelStats {
+                max_pages: 256,
+                max_readahead: 1 << 20,
+            },
         )
     }
 
@@ -274,6 +332,18 @@ mod tests {
             .map(|(k, t)| (k.to_string(), *t))
             .collect();
         assert_eq!(shape(&v), want);
+    }
+
+    #[test]
+    fn a_document_without_passthrough_and_kernel_still_parses() {
+        let mut v = serde_json::to_value(sample_document()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("passthrough");
+        o.remove("kernel");
+        let doc: StatsDocument = serde_json::from_value(v).unwrap();
+        assert_eq!(doc.passthrough, PassthroughStats::default());
+        assert_eq!(doc.passthrough.mode, PassthroughMode::Off);
+        assert_eq!(doc.kernel, KernelStats::default());
     }
 
     #[test]

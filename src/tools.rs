@@ -97,6 +97,14 @@ pub fn stats(mnt: &Path, json: bool) -> Result<()> {
         h.writes,
         human(h.write_bytes)
     )?;
+    let p = &doc.passthrough;
+    writeln!(
+        out,
+        "  (daemon-served only) passthrough {}: {} opens served by the kernel, {} writable",
+        p.mode.name(),
+        p.host_opens,
+        p.writer_opens
+    )?;
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     Ok(())
 }

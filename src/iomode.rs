@@ -1,0 +1,425 @@
+//! I/O modes of FUSE inodes: which opens the kernel serves itself (passthrough) and which the
+//! daemon serves, per FUSE inode.
+//!
+//! The kernel keeps one I/O mode per FUSE inode: while any open of an inode is in passthrough
+//! mode, every other open of it must be answered with passthrough too, naming the same backing
+//! registration (else that open fails with `EIO`); while a daemon-served open that may use the
+//! page cache exists, a passthrough open fails. The host view (`2n+1`) and the device view
+//! (`2n+2`) are different FUSE inodes, so their modes never meet; the table is keyed by FUSE
+//! inode number so that either view can use it.
+//!
+//! [`IoModes::open`] chooses the mode of one open and takes it; [`IoModes::release`] gives it
+//! back at that open's RELEASE. The choice: a read-only open of an inode with no cached open
+//! is passthrough when allowed (the first registers the backing file; later ones reuse its
+//! registration); any open of an inode in passthrough mode joins it, writable ones included;
+//! every other open is daemon-served (cached).
+//!
+//! Invariants:
+//! - a mode is held from the open's reply until that open's RELEASE. The kernel leaves it
+//!   earlier (at the last close), so the table may say more than the kernel holds, never
+//!   less, and every answer it gives stays valid: it never answers cached while the kernel
+//!   may hold passthrough, nor passthrough while it may hold cached.
+//! - a record exists exactly while it counts opens: `Cached` counts daemon-served ones,
+//!   `Passthrough` counts passthrough ones and holds the inode's one backing registration
+//!   until the last of them is released (dropping the token unregisters it).
+//! - a registration is made under the table lock, so two first opens of one inode cannot
+//!   register two backing files; the token of a released record is dropped after the lock.
+//!
+//! Lock order: the table lock is a leaf.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lock::lock;
+
+/// The kernel's registration of a backing file (the adapter's `fuser::BackingId`, which this
+/// module never looks into). Dropping the last clone unregisters it.
+pub type BackingToken = Arc<dyn Any + Send + Sync>;
+
+/// Whether passthrough is in force for the mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassthroughMode {
+    /// Read-only host-view opens are served by the kernel.
+    On,
+    /// Every open is served by the daemon (`--passthrough off`, or the kernel or the
+    /// privileges do not allow it).
+    #[default]
+    Off,
+}
+
+impl PassthroughMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PassthroughMode::On => "on",
+            PassthroughMode::Off => "off",
+        }
+    }
+}
+
+/// The mode one open took, to give back at its release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Served by the daemon.
+    Cached,
+    /// Served by the kernel, reading only.
+    PassthroughReader,
+    /// Served by the kernel, writing: its writes reach STORAGE without the daemon.
+    PassthroughWriter,
+}
+
+/// What [`IoModes::open`] chose for one open.
+pub struct Chosen {
+    /// The mode taken (give it back with [`IoModes::release`]).
+    pub held: Held,
+    /// For a passthrough open: the registration to name in the reply.
+    pub backing: Option<BackingToken>,
+    /// The registration this open tried failed (it is daemon-served instead).
+    pub registration_failed: Option<io::Error>,
+}
+
+/// One inode's mode.
+enum IoMode {
+    /// Daemon-served opens.
+    Cached { opens: u64 },
+    /// Passthrough opens, of which `writers` are writable, and their one registration.
+    Passthrough {
+        opens: u64,
+        writers: u64,
+        backing: BackingToken,
+    },
+}
+
+/// Passthrough opens since the mount (for stats).
+#[derive(Debug, Default)]
+pub struct IoModeCounters {
+    /// Opens answered with passthrough.
+    pub passthrough_opens: AtomicU64,
+    /// Of these, writable ones.
+    pub writer_opens: AtomicU64,
+    /// Registrations that failed (those opens were daemon-served).
+    pub registration_failures: AtomicU64,
+}
+
+/// The mode of every FUSE inode with an open file.
+#[derive(Default)]
+pub struct IoModes {
+    modes: Mutex<HashMap<u64, IoMode>>,
+    counters: IoModeCounters,
+}
+
+impl IoModes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chooses and takes the mode of one open of FUSE inode `ino` (module docs).
+    /// `passthrough_allowed`: a read-only open of an inode with no open may start
+    /// passthrough; `register` makes the backing registration for it. Never registers for a
+    /// writable open, and never fails: a failed registration leaves the open cached.
+    pub fn open(
+        &self,
+        ino: u64,
+        writable: bool,
+        passthrough_allowed: bool,
+        register: impl FnOnce() -> io::Result<BackingToken>,
+    ) -> Chosen {
+        let mut modes = lock(&self.modes);
+        let mut registration_failed = None;
+        let chosen = match modes.entry(ino) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                IoMode::Cached { opens } => {
+                    *opens += 1;
+                    cached()
+                }
+                IoMode::Passthrough {
+                    opens,
+                    writers,
+                    backing,
+                } => {
+                    *opens += 1;
+                    *writers += u64::from(writable);
+                    passthrough(writable, backing.clone())
+                }
+            },
+            Entry::Vacant(e) if !writable && passthrough_allowed => match register() {
+                Ok(backing) => {
+                    e.insert(IoMode::Passthrough {
+                        opens: 1,
+                        writers: 0,
+                        backing: backing.clone(),
+                    });
+                    passthrough(false, backing)
+                }
+                Err(err) => {
+                    e.insert(IoMode::Cached { opens: 1 });
+                    registration_failed = Some(err);
+                    cached()
+                }
+            },
+            Entry::Vacant(e) => {
+                e.insert(IoMode::Cached { opens: 1 });
+                cached()
+            }
+        };
+        drop(modes);
+        let c = &self.counters;
+        match chosen.held {
+            Held::PassthroughReader => c.passthrough_opens.fetch_add(1, Ordering::Relaxed),
+            Held::PassthroughWriter => {
+                c.writer_opens.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_opens.fetch_add(1, Ordering::Relaxed)
+            }
+            Held::Cached if registration_failed.is_some() => {
+                c.registration_failures.fetch_add(1, Ordering::Relaxed)
+            }
+            Held::Cached => 0,
+        };
+        Chosen {
+            registration_failed,
+            ..chosen
+        }
+    }
+
+    /// Gives back the mode `held` of one open of `ino` (at its RELEASE). The last
+    /// passthrough open's release unregisters the backing file (after the table lock).
+    pub fn release(&self, ino: u64, held: Held) {
+        let mut modes = lock(&self.modes);
+        let Entry::Occupied(mut e) = modes.entry(ino) else {
+            debug_assert!(false, "release of inode {ino} with no mode");
+            return;
+        };
+        let last = match (e.get_mut(), held) {
+            (IoMode::Cached { opens }, Held::Cached) => {
+                *opens -= 1;
+                *opens == 0
+            }
+            (IoMode::Passthrough { opens, writers, .. }, Held::PassthroughReader)
+            | (IoMode::Passthrough { opens, writers, .. }, Held::PassthroughWriter) => {
+                *opens -= 1;
+                *writers -= u64::from(held == Held::PassthroughWriter);
+                *opens == 0
+            }
+            _ => {
+                debug_assert!(
+                    false,
+                    "release of inode {ino} in another mode than {held:?}"
+                );
+                false
+            }
+        };
+        let gone = last.then(|| e.remove());
+        drop(modes);
+        drop(gone);
+    }
+
+    /// The counters since the mount.
+    pub fn counters(&self) -> &IoModeCounters {
+        &self.counters
+    }
+
+    #[cfg(test)]
+    /// `(passthrough opens, writable ones)` held now on `ino`, or None when it is not in
+    /// passthrough mode (for tests and checks).
+    pub fn passthrough_opens(&self, ino: u64) -> Option<(u64, u64)> {
+        match lock(&self.modes).get(&ino) {
+            Some(IoMode::Passthrough { opens, writers, .. }) => Some((*opens, *writers)),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    /// Inodes with a mode now (every one has an open).
+    pub fn len(&self) -> usize {
+        lock(&self.modes).len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn cached() -> Chosen {
+    Chosen {
+        held: Held::Cached,
+        backing: None,
+        registration_failed: None,
+    }
+}
+
+fn passthrough(writable: bool, backing: BackingToken) -> Chosen {
+    Chosen {
+        held: if writable {
+            Held::PassthroughWriter
+        } else {
+            Held::PassthroughReader
+        },
+        backing: Some(backing),
+        registration_failed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A registration that counts how many of its kind are alive.
+    struct Reg(Arc<AtomicUsize>);
+    impl Drop for Reg {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn registrar(alive: &Arc<AtomicUsize>) -> impl FnOnce() -> io::Result<BackingToken> + '_ {
+        move || {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(Reg(alive.clone())) as BackingToken)
+        }
+    }
+
+    fn never() -> io::Result<BackingToken> {
+        panic!("no registration expected")
+    }
+
+    #[test]
+    fn readers_share_one_registration_until_the_last_release() {
+        let m = IoModes::new();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let a = m.open(3, false, true, registrar(&alive));
+        let b = m.open(3, false, true, never);
+        assert_eq!(
+            (a.held, b.held),
+            (Held::PassthroughReader, Held::PassthroughReader)
+        );
+        assert!(Arc::ptr_eq(
+            a.backing.as_ref().unwrap(),
+            b.backing.as_ref().unwrap()
+        ));
+        drop((a, b));
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            1,
+            "the table holds the registration"
+        );
+        m.release(3, Held::PassthroughReader);
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        m.release(3, Held::PassthroughReader);
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "last release unregisters");
+        assert!(m.is_empty());
+        // The next reader registers afresh.
+        let c = m.open(3, false, true, registrar(&alive));
+        assert_eq!(c.held, Held::PassthroughReader);
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_writer_joins_passthrough_and_never_registers() {
+        let m = IoModes::new();
+        let alive = Arc::new(AtomicUsize::new(0));
+        m.open(5, false, true, registrar(&alive));
+        let w = m.open(5, true, true, never);
+        assert_eq!(w.held, Held::PassthroughWriter);
+        assert_eq!(m.passthrough_opens(5), Some((2, 1)));
+        // Even with passthrough no longer allowed, an inode in passthrough mode stays there.
+        let r = m.open(5, false, false, never);
+        assert_eq!(r.held, Held::PassthroughReader);
+        m.release(5, Held::PassthroughReader);
+        m.release(5, Held::PassthroughReader);
+        assert_eq!(m.passthrough_opens(5), Some((1, 1)), "the writer keeps it");
+        drop((w, r));
+        m.release(5, Held::PassthroughWriter);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        let c = m.counters();
+        assert_eq!(c.passthrough_opens.load(Ordering::Relaxed), 3);
+        assert_eq!(c.writer_opens.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_cached_open_keeps_every_later_open_cached() {
+        let m = IoModes::new();
+        let w = m.open(7, true, true, never);
+        assert_eq!(w.held, Held::Cached);
+        assert!(w.backing.is_none());
+        let r = m.open(7, false, true, never);
+        assert_eq!(
+            r.held,
+            Held::Cached,
+            "a reader beside a daemon-served writer"
+        );
+        m.release(7, Held::Cached);
+        m.release(7, Held::Cached);
+        assert!(m.is_empty());
+        let alive = Arc::new(AtomicUsize::new(0));
+        let r = m.open(7, false, true, registrar(&alive));
+        assert_eq!(
+            r.held,
+            Held::PassthroughReader,
+            "free again once all are released"
+        );
+    }
+
+    #[test]
+    fn without_passthrough_every_open_is_cached() {
+        let m = IoModes::new();
+        assert_eq!(m.open(9, false, false, never).held, Held::Cached);
+        assert_eq!(m.open(9, true, false, never).held, Held::Cached);
+        assert_eq!(m.passthrough_opens(9), None);
+    }
+
+    #[test]
+    fn a_failed_registration_leaves_the_open_cached() {
+        let m = IoModes::new();
+        let c = m.open(11, false, true, || {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        });
+        assert_eq!(c.held, Held::Cached);
+        assert_eq!(
+            c.registration_failed.and_then(|e| e.raw_os_error()),
+            Some(libc::EPERM)
+        );
+        assert_eq!(
+            m.counters().registration_failures.load(Ordering::Relaxed),
+            1
+        );
+        // Held cached: a second reader cannot start passthrough beside it.
+        assert_eq!(m.open(11, false, true, never).held, Held::Cached);
+    }
+
+    #[test]
+    fn concurrent_first_readers_register_once() {
+        let m = Arc::new(IoModes::new());
+        let alive = Arc::new(AtomicUsize::new(0));
+        let registered = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (m, alive, registered) = (m.clone(), alive.clone(), registered.clone());
+                std::thread::spawn(move || {
+                    let c = m.open(13, false, true, || {
+                        registered.fetch_add(1, Ordering::SeqCst);
+                        registrar(&alive)()
+                    });
+                    assert_eq!(c.held, Held::PassthroughReader);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(registered.load(Ordering::SeqCst), 1);
+        assert_eq!(m.passthrough_opens(13), Some((8, 0)));
+        for _ in 0..8 {
+            m.release(13, Held::PassthroughReader);
+        }
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+}
