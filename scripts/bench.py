@@ -378,6 +378,8 @@ def main():
     ap.add_argument("--epochs", type=int, help="train-epoch epochs per rep (default 3, quick 2)")
     ap.add_argument("--runtime", type=int, help="cap per fio run in s (default 10, quick 5)")
     ap.add_argument("--device-capacity", help="pagetier --device-capacity (default: fits the data)")
+    ap.add_argument("--pt-args", default="",
+                    help="extra pagetier mount options, space-separated (e.g. '--passthrough off')")
     ap.add_argument("--workdir", default=os.path.join(REPO, "bench-results", "tmp"),
                     help="STORAGE and mount points (default bench-results/tmp, kept for reuse)")
     ap.add_argument("--out", help="results directory (default bench-results/<timestamp>)")
@@ -523,7 +525,8 @@ def mount_systems(names, storage, mounts, a, pt_bin, ll_bin, data_bytes):
                 cap = a.device_capacity or fmt_size(max(1 << 30, -(-data_bytes * 5 // 4 // (1 << 30)) << 30))
                 pid = os.path.join(mounts.root, "pagetier.pid")
                 pt_mnt = mounts.mount("pagetier", [pt_bin, "mount", storage, "{mnt}", "--daemon",
-                                                   "--pid-file", pid, "--device-capacity", cap],
+                                                   "--pid-file", pid, "--device-capacity", cap,
+                                                   *a.pt_args.split()],
                                       pid_file=pid)
             if n == "pt-host":
                 out[n] = System(n, pt_mnt, pt_mount=pt_mnt)
