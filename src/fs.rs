@@ -105,6 +105,19 @@ pub struct OpenOut {
     pub passthrough: Option<BackingToken>,
 }
 
+impl OpenOut {
+    /// A read-only open served by the daemon past the kernel's page cache (device view,
+    /// stats): nothing to keep, nothing to flush.
+    fn read_only_uncached() -> Self {
+        OpenOut {
+            direct_io: true,
+            keep_cache: false,
+            no_flush: true,
+            passthrough: None,
+        }
+    }
+}
+
 /// One item of a directory listing.
 #[derive(Clone, Debug)]
 pub struct DirItem {
@@ -858,15 +871,7 @@ impl Pagetier {
                         io: None,
                     },
                 );
-                Ok((
-                    fh,
-                    OpenOut {
-                        direct_io: true,
-                        keep_cache: false,
-                        no_flush: true,
-                        passthrough: None,
-                    },
-                ))
+                Ok((fh, OpenOut::read_only_uncached()))
             }
         }
     }
@@ -936,15 +941,7 @@ impl Pagetier {
         }
         let json = self.stats_document().to_file_bytes();
         let fh = self.add_handle(None, HandleKind::Stats(json));
-        Ok((
-            fh,
-            OpenOut {
-                direct_io: true,
-                keep_cache: false,
-                no_flush: true,
-                passthrough: None,
-            },
-        ))
+        Ok((fh, OpenOut::read_only_uncached()))
     }
 
     /// Chooses and takes the I/O mode of a host-view open of `inode` (FUSE inode `ino`;
