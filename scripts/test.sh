@@ -93,6 +93,16 @@ run_tests() {
   fi
 }
 
+# The mount suites again with every daemon serving all opens itself (`--passthrough off`): the
+# default run above has read-only host-view opens served by the kernel where it allows it.
+passthrough_off_tests() {
+  fuse_ready || return 1
+  local -a cfg=()
+  ((long)) || cfg=(--tool-config-file "pagetier-scripts:$repo/scripts/nextest-tool.toml")
+  PAGETIER_TEST_PASSTHROUGH=off cargo nextest run --locked --no-fail-fast "${cfg[@]}" \
+    --test passthrough --test coherence --test device --test reliability --test security --test operate
+}
+
 # The tier's concurrency tests: the shuttle feature swaps the tier's locks, atomics and threads
 # for shuttle's (src/tier/sync.rs), so that build runs these tests only, each over many
 # randomized and PCT schedules.
@@ -154,6 +164,7 @@ step clippy cargo clippy --locked --all-targets -- -D warnings
 step shellcheck lint_scripts
 step tests run_tests
 step shuttle shuttle_tests
+step passthrough-off passthrough_off_tests
 step fio-verify fio_verify
 
 printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"

@@ -101,15 +101,24 @@ impl Mounted {
         m
     }
 
-    /// Starts the daemon on this STORAGE/MOUNTPOINT and waits for the mount.
+    /// Starts the daemon on this STORAGE/MOUNTPOINT and waits for the mount. The
+    /// environment's `PAGETIER_TEST_PASSTHROUGH` (`auto` or `off`) picks `--passthrough` for
+    /// every mount whose test does not choose it itself, so that CI runs the suites both ways.
     pub fn start(&mut self, opts: &[&str]) {
         let log = fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(bin());
         cmd.arg("mount")
             .arg(&self.storage)
             .arg(&self.mnt)
-            .args(opts)
-            .stdin(Stdio::null())
+            .args(opts);
+        if let Some(mode) = std::env::var_os("PAGETIER_TEST_PASSTHROUGH")
+            && !opts
+                .iter()
+                .any(|o| o.starts_with("--passthrough") || o.contains("passthrough="))
+        {
+            cmd.arg("--passthrough").arg(mode);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
