@@ -1038,7 +1038,7 @@ impl Pagetier {
             DeviceAccess::Tier(_tier_use) => self.tier.read(inode.id, offset, out, src, size),
             DeviceAccess::Storage => {
                 self.device_reads_behind.fetch_add(1, Ordering::Relaxed);
-                read_storage(src.as_ref(), size()?, offset, out).map(Served::Copied)
+                DeviceTier::read_bypassing(src.as_ref(), offset, out, size).map(Served::Copied)
             }
         }
     }
@@ -1608,34 +1608,6 @@ impl Pagetier {
             max_readahead: k.max_readahead.into(),
         }
     }
-}
-
-/// Reads file bytes `[offset, offset + out.len())`, clipped to `size`, straight from
-/// storage (no device page installed) through a page-aligned bounce buffer, as `O_DIRECT`
-/// wants. Returns the bytes read.
-fn read_storage(
-    src: &dyn FillSource,
-    size: u64,
-    offset: u64,
-    out: &mut [u8],
-) -> std::io::Result<usize> {
-    const PAGE: u64 = crate::tier::PAGE_SIZE;
-    if offset >= size || out.is_empty() {
-        return Ok(0);
-    }
-    let end = offset.saturating_add(out.len() as u64).min(size);
-    let from = offset / PAGE * PAGE;
-    let to = end.div_ceil(PAGE) * PAGE;
-    let mut bounce = memmap2::MmapMut::map_anon((to - from) as usize)?;
-    let n = src.read_at(&mut bounce, from)?;
-    let valid_end = (from + n as u64).min(end);
-    if valid_end <= offset {
-        return Ok(0);
-    }
-    let len = (valid_end - offset) as usize;
-    let start = (offset - from) as usize;
-    out[..len].copy_from_slice(&bounce[start..start + len]);
-    Ok(len)
 }
 
 /// Creates something as `caller`: with its credentials and umask, and the

@@ -257,23 +257,36 @@ impl DeviceTier {
         src: &SharedSource,
         mut file_size: impl FnMut() -> io::Result<u64>,
     ) -> io::Result<Served> {
-        let mut size = file_size()?;
+        let size = file_size()?;
         if let Some(bytes) = self.read_resident(file, size, offset, out.len() as u64, src) {
             return Ok(Served::Resident(bytes));
         }
-        let mut retries = 0;
-        loop {
-            match self.read_faulting(file, size, offset, out, src) {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    if retries == SHRINK_RETRIES {
-                        return Err(io::Error::from_raw_os_error(libc::EIO));
-                    }
-                    retries += 1;
-                    size = file_size()?;
-                }
-                served => return served,
+        retry_if_shrunk(size, file_size, |size| {
+            self.read_faulting(file, size, offset, &mut *out, src)
+        })
+    }
+
+    /// A device-view read that bypasses the tier: file bytes `[offset, offset + out.len())`
+    /// clipped to the size `file_size` reports, read straight from storage (page-aligned,
+    /// so `O_DIRECT` works) into `out`, nothing installed, with the same retry as
+    /// [`DeviceTier::read`] when the file shrank during the read. For a file whose writes
+    /// the mount cannot see while they happen. Returns bytes copied.
+    pub fn read_bypassing(
+        src: &dyn FillSource,
+        offset: u64,
+        out: &mut [u8],
+        mut file_size: impl FnMut() -> io::Result<u64>,
+    ) -> io::Result<usize> {
+        let size = file_size()?;
+        retry_if_shrunk(size, file_size, |size| {
+            if offset >= size || out.is_empty() {
+                return Ok(0);
             }
-        }
+            let end = offset.saturating_add(out.len() as u64).min(size);
+            let n = (end - offset) as usize;
+            fill::bypass_read(src, size, offset, end, &mut out[..n])?;
+            Ok(n)
+        })
     }
 
     /// Faults `[offset, offset + len)` clipped to `file_size` into the tier (huge pages where
@@ -400,5 +413,29 @@ impl DeviceTier {
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
             + files * per_file
             + folios * (per_map_entry + per_arc + per_policy)
+    }
+}
+
+/// Runs `attempt` with the file size `size`; while it fails because storage turned out
+/// shorter than that size (`UnexpectedEof`: the file shrank or was replaced meanwhile), runs
+/// it again with a fresh size from `file_size`, up to [`SHRINK_RETRIES`] times, then fails
+/// with `EIO`.
+fn retry_if_shrunk<T>(
+    mut size: u64,
+    mut file_size: impl FnMut() -> io::Result<u64>,
+    mut attempt: impl FnMut(u64) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut retries = 0;
+    loop {
+        match attempt(size) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                if retries == SHRINK_RETRIES {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                retries += 1;
+                size = file_size()?;
+            }
+            done => return done,
+        }
     }
 }
