@@ -134,11 +134,16 @@ impl Mounted {
             live(&mnt) || matches!(child.try_wait(), Ok(Some(_)))
         });
         if !ok || !live(&self.mnt) {
+            // Whether the daemon had exited (and how), or is still running, tells a
+            // failed mount from a slow one.
+            let status = child.try_wait();
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "pagetier did not mount {} within the deadline; log:\n{}",
+                "pagetier did not mount {} within the deadline (daemon: {status:?}, \
+                 listed: {}); log:\n{}",
                 self.mnt.display(),
+                is_fuse_mounted(&self.mnt),
                 self.log_text()
             );
         }
