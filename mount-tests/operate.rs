@@ -59,6 +59,14 @@ fn metrics_endpoint_answers_and_its_counters_follow_device_reads() {
     let dev = m.device().join("data/f");
     assert_eq!(fs::read(&dev).unwrap().len(), 4 * MIB + 123);
     assert_eq!(fs::read(&dev).unwrap().len(), 4 * MIB + 123);
+    // The second open may have been served by the kernel from shared device memory; its
+    // release (asynchronous to close) moves the file back into the arena: let it land.
+    assert!(
+        wait_until(Duration::from_secs(10), || m.stats().shared.files == 0),
+        "an export outlived its opens: {}",
+        m.stats()
+    );
+    let passthrough = m.stats().passthrough.device_opens > 0;
 
     let (_, body) = http_get(port, "/metrics");
     let st = m.stats();
@@ -91,7 +99,8 @@ fn metrics_endpoint_answers_and_its_counters_follow_device_reads() {
     let faulted = d.misses + st.diagnostics.readahead_bytes;
     assert!(d.hits > 0 && faulted > 0, "{st}");
     assert!(d.bytes_faulted >= 4 * MIB as u64 + 123, "{st}");
-    assert!(d.bytes_served >= 2 * (4 * MIB as u64 + 123));
+    let passes_served = if passthrough { 1 } else { 2 };
+    assert!(d.bytes_served >= passes_served * (4 * MIB as u64 + 123));
     let reads = sample(
         &body,
         r#"pagetier_request_duration_seconds_count{op="read",view="device"}"#,
@@ -306,10 +315,18 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
         after.device.misses, before.device.misses,
         "a read after prefetch faulted"
     );
-    assert!(after.device.hits > before.device.hits);
+    // Files of at least 1 MiB may be served by the kernel from shared device memory
+    // (passthrough): the daemon then serves exactly the others, all hits.
+    let kernel_served: u64 = files
+        .iter()
+        .filter(|_| after.passthrough.device_opens > before.passthrough.device_opens)
+        .filter(|(_, len)| *len as u64 >= 1 << 20)
+        .map(|(_, len)| *len as u64)
+        .sum();
+    assert!(after.device.hits > before.device.hits || kernel_served == total as u64);
     assert_eq!(
         after.device.bytes_served - before.device.bytes_served,
-        total as u64
+        total as u64 - kernel_served
     );
 
     // Again, through the device view: everything is already resident.

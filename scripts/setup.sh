@@ -9,8 +9,8 @@ set -euo pipefail
 # fuse3: fusermount3 and /etc/fuse.conf    fio: the workloads in fixtures/fio
 # util-linux-extra: fincore (page-cache residency)    attr: setfattr/getfattr
 # bindfs, libfuse3-dev, pkg-config, gcc: the peers scripts/bench compares against
-# python3: bench, make-dataset    shellcheck: lints scripts    tmux: the `pagetier top` test
-packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 tmux)
+# python3: bench, make-dataset (python3-numpy: device-view mmap test)    shellcheck: lints scripts    tmux: the `pagetier top` test
+packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 python3-numpy tmux)
 
 check_only=0
 case ${1:-} in

@@ -177,6 +177,10 @@ pub struct MountArgs {
     /// and privileges allow; the default) or never (off).
     #[arg(long, value_enum)]
     pub passthrough: Option<AutoOff>,
+    /// With passthrough on: a device-view open of a wholly resident file at least this big
+    /// is served by the kernel from shared device memory (default 1M; 0: any size).
+    #[arg(long, value_name = "SIZE")]
+    pub device_passthrough_min: Option<String>,
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
@@ -228,6 +232,8 @@ pub struct MountSettings {
     pub huge_pages: bool,
     /// `--passthrough auto` (true) or `off`.
     pub passthrough: bool,
+    /// Smallest file whose device-view opens may be passthrough (bytes).
+    pub device_passthrough_min: u64,
     pub control_dir: String,
     pub clear_stale: bool,
     /// Eviction/admission policy name (checked against the tier's list).
@@ -369,6 +375,15 @@ fn check_pin_share(v: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("pin share {v:?}: expected a fraction from 0 to 1"))
 }
 
+/// Default `--device-passthrough-min`: below about 1 MiB a file is read in a handful of
+/// daemon-served requests, fewer than the migration into shared memory and back costs.
+pub const DEFAULT_DEVICE_PASSTHROUGH_MIN: u64 = 1 << 20;
+
+/// A size option (`0`, `4096`, `64K`, `1M`, ...).
+fn parse_size_value(what: &str, v: &str) -> Result<u64, String> {
+    crate::size::parse_size(v).map_err(|e| format!("{what}: {e}"))
+}
+
 /// Merges `-o` options and flags into settings. `cpus` is the default thread count.
 pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> {
     let mut s = MountSettings {
@@ -379,6 +394,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         device_capacity: DEFAULT_CAPACITY,
         huge_pages: true,
         passthrough: true,
+        device_passthrough_min: DEFAULT_DEVICE_PASSTHROUGH_MIN,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
@@ -438,6 +454,9 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
             ("passthrough", Some(v)) => {
                 return Err(format!("-o passthrough={v}: expected auto or off"));
             }
+            ("device_passthrough_min", Some(v)) => {
+                s.device_passthrough_min = parse_size_value("-o device_passthrough_min", v)?
+            }
             ("control_dir", Some(v)) => s.control_dir = check_control_dir(v)?,
             ("clear_stale", None) => s.clear_stale = true,
             ("policy", Some(v)) => s.policy = check_policy(v)?,
@@ -481,6 +500,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(p) = args.passthrough {
         s.passthrough = p == AutoOff::Auto;
+    }
+    if let Some(m) = &args.device_passthrough_min {
+        s.device_passthrough_min = parse_size_value("--device-passthrough-min", m)?;
     }
     if let Some(c) = &args.control_dir {
         s.control_dir = check_control_dir(c)?;

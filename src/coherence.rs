@@ -650,7 +650,6 @@ impl Coherence {
     }
 
     /// Whether a passthrough writer of `inode` is open.
-    #[cfg(test)]
     pub fn has_writer_behind(&self, inode: &Inode) -> bool {
         inode.coherence.writers_behind.load(Ordering::SeqCst) > 0
     }

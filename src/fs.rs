@@ -47,7 +47,10 @@ use crate::iomode::{BackingToken, Held, IoModes, PassthroughMode};
 use crate::lock::{lock, read, write};
 use crate::stats::{HostStats, KernelStats, NotificationStats, PassthroughStats, StatsDocument};
 use crate::storage::{self, Attr, RawEntry};
-use crate::tier::{DeviceTier, FillSource, Hint, InvalidationCause, Served, SharedSource};
+use crate::tier::{
+    DeviceTier, Export, FillSource, Hint, InvalidationCause, NotExported, SHARED_MEMORY_KIND,
+    Served, SharedSource,
+};
 
 /// Settings of the filesystem core.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +64,9 @@ pub struct FsConfig {
     /// Serve read-only host-view opens through FUSE passthrough where the kernel allows
     /// it (`--passthrough auto`); the adapter enables it at init ([`Pagetier::enable_passthrough`]).
     pub passthrough: bool,
+    /// With passthrough on, a device-view open of a wholly resident file of at least this
+    /// many bytes is served by the kernel from shared device memory (`tier/export.rs`).
+    pub device_passthrough_min: u64,
 }
 
 /// Limits the kernel agreed to at init (for stats).
@@ -144,6 +150,17 @@ pub struct FsStat {
     pub frsize: u32,
 }
 
+/// The I/O mode a device-view open took ([`Pagetier::open`]).
+#[derive(Default)]
+struct DeviceIo {
+    /// The mode held until release (`None`: passthrough is off, no mode is tracked).
+    held: Option<Held>,
+    /// Passthrough: the registration of the copy to name in the reply.
+    backing: Option<BackingToken>,
+    /// Passthrough: the export of the file's device pages the open holds.
+    export: Option<Arc<Export>>,
+}
+
 /// Host-view counters.
 #[derive(Default)]
 struct HostCounters {
@@ -161,8 +178,12 @@ enum HandleKind {
         source: Option<SharedSource>,
         view: View,
         append: bool,
-        /// Host view: the I/O mode this open holds until its release (`iomode.rs`).
+        /// The I/O mode this open holds until its release (`iomode.rs`): every host-view
+        /// open, and device-view opens while passthrough is on.
         io: Option<Held>,
+        /// Device view, served by the kernel: the export of the file's device pages it
+        /// holds until its release (`tier/export.rs`).
+        export: Option<Arc<Export>>,
     },
     /// An open directory: a snapshot of its entries, refreshed at offset 0.
     Dir {
@@ -205,6 +226,10 @@ impl StorageSource {
 }
 
 impl FillSource for StorageSource {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.fd)?.st_size as u64)
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let n = storage::pread_full(self.fd.as_fd(), buf, offset)?;
         if !self.direct {
@@ -241,6 +266,8 @@ pub struct Pagetier {
     kernel_limits: Mutex<KernelLimits>,
     /// Device-view reads served straight from STORAGE while a passthrough writer was open.
     device_reads_behind: AtomicU64,
+    /// Device-view opens served by the kernel from shared device memory.
+    device_passthrough_opens: AtomicU64,
 }
 
 fn ts(t: TimeSpec) -> Timespec {
@@ -304,6 +331,7 @@ impl Pagetier {
             passthrough_on: AtomicBool::new(false),
             kernel_limits: Mutex::new(KernelLimits::default()),
             device_reads_behind: AtomicU64::new(0),
+            device_passthrough_opens: AtomicU64::new(0),
         })
     }
 
@@ -315,6 +343,18 @@ impl Pagetier {
     /// The kernel agreed to passthrough at init: read-only host-view opens use it from now.
     pub fn enable_passthrough(&self) {
         self.passthrough_on.store(true, Ordering::SeqCst);
+        match self.tier.enable_shared_memory() {
+            Ok(()) => tracing::info!(
+                device_memory = SHARED_MEMORY_KIND,
+                min_size = self.cfg.device_passthrough_min,
+                "device-view opens of wholly resident files are served by the kernel from \
+                 shared device memory"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                "no shared device memory: device-view opens are served by the daemon"
+            ),
+        }
     }
 
     /// Whether passthrough is in force now.
@@ -845,6 +885,7 @@ impl Pagetier {
                         view,
                         append,
                         io: Some(io),
+                        export: None,
                     },
                 );
                 Ok((
@@ -861,17 +902,36 @@ impl Pagetier {
                 ))
             }
             View::Device => {
+                let source = source.ok_or(Errno::EIO)?;
+                let size = st.st_size as u64;
+                let DeviceIo {
+                    held,
+                    backing: passthrough,
+                    export,
+                } = self.choose_device_io(&inode, ino, size, &source, register);
                 let fh = self.add_handle(
                     Some(inode),
                     HandleKind::File {
                         file,
-                        source,
+                        source: Some(source),
                         view,
                         append: false,
-                        io: None,
+                        io: held,
+                        export,
                     },
                 );
-                Ok((fh, OpenOut::read_only_uncached()))
+                Ok((
+                    fh,
+                    match passthrough {
+                        Some(backing) => OpenOut {
+                            direct_io: false,
+                            keep_cache: false,
+                            no_flush: true,
+                            passthrough: Some(backing),
+                        },
+                        None => OpenOut::read_only_uncached(),
+                    },
+                ))
             }
         }
     }
@@ -922,6 +982,7 @@ impl Pagetier {
                 view,
                 append: flags & libc::O_APPEND != 0,
                 io: Some(io),
+                export: None,
             },
         );
         Ok((
@@ -963,6 +1024,83 @@ impl Pagetier {
             self.coherence.writer_behind_opened(inode);
         }
         (chosen.held, chosen.backing)
+    }
+
+    /// Chooses the I/O mode of a device-view open of `inode` (FUSE inode `ino`, `size`
+    /// bytes now): served by the kernel from shared device memory when passthrough is on,
+    /// the file is at least `--device-passthrough-min` and wholly resident (made so first
+    /// with the `sequential` or `pin` hint), no passthrough writer writes it behind the
+    /// daemon, and the inode has no daemon-served open; else daemon-served. An inode already
+    /// in passthrough mode is joined whatever its size. Returns the mode held (with the
+    /// registration to name) and the export the open holds.
+    fn choose_device_io(
+        &self,
+        inode: &Inode,
+        ino: u64,
+        size: u64,
+        source: &SharedSource,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingToken>,
+    ) -> DeviceIo {
+        if !self.passthrough_on.load(Ordering::SeqCst) || !inode.is_reg() {
+            return DeviceIo::default();
+        }
+        let create =
+            size >= self.cfg.device_passthrough_min && !self.coherence.has_writer_behind(inode);
+        let export = self.device_export(inode.id, size, source, create);
+        let chosen = self.io_modes.open(ino, false, export.is_some(), || {
+            register(export.as_ref().expect("allowed only with an export").fd())
+        });
+        if let Some(err) = &chosen.registration_failed {
+            self.passthrough_failed(err);
+        }
+        match (chosen.held, export) {
+            (Held::PassthroughReader, Some(export)) => {
+                self.device_passthrough_opens
+                    .fetch_add(1, Ordering::Relaxed);
+                DeviceIo {
+                    held: Some(chosen.held),
+                    backing: chosen.backing,
+                    export: Some(export),
+                }
+            }
+            (held, export) => {
+                if let Some(export) = export {
+                    self.tier.export_release(inode.id, &export);
+                }
+                debug_assert_eq!(held, Held::Cached, "a passthrough inode has an export");
+                DeviceIo {
+                    held: Some(held),
+                    ..DeviceIo::default()
+                }
+            }
+        }
+    }
+
+    /// Takes an open of the file's export: joins a live one, or (with `create`) migrates the
+    /// wholly resident file into shared memory, prefetching it first under the `sequential`
+    /// or `pin` hint.
+    fn device_export(
+        &self,
+        id: u64,
+        size: u64,
+        source: &SharedSource,
+        create: bool,
+    ) -> Option<Arc<Export>> {
+        if !create {
+            return self.tier.export_join(id);
+        }
+        match self.tier.export_open(id, size, source) {
+            Ok(e) => Some(e),
+            Err(NotExported::NotWhole)
+                if matches!(self.tier.hint(id), Hint::Sequential | Hint::Pin) =>
+            {
+                self.tier
+                    .prefetch(id, size, 0, size, source.as_ref())
+                    .ok()?;
+                self.tier.export_open(id, size, source).ok()
+            }
+            Err(_) => None,
+        }
     }
 
     /// Reads up to `size` bytes at `offset` and hands them to `reply`.
@@ -1115,6 +1253,7 @@ impl Pagetier {
             HandleKind::File {
                 io: Some(held),
                 view,
+                export,
                 ..
             },
         ) = (&handle.inode, &handle.kind)
@@ -1122,6 +1261,10 @@ impl Pagetier {
             self.io_modes.release(encode(inode.id, *view), *held);
             if *held == Held::PassthroughWriter {
                 self.coherence.writer_behind_closed(inode);
+            }
+            // After the mode: the export outlives the registration that names its copy.
+            if let Some(export) = export {
+                self.tier.export_release(inode.id, export);
             }
         }
     }
@@ -1594,7 +1737,9 @@ impl Pagetier {
         let c = self.io_modes.counters();
         PassthroughStats {
             mode: self.passthrough_mode(),
-            host_opens: c.passthrough_opens.load(Ordering::Relaxed),
+            host_opens: c.passthrough_opens.load(Ordering::Relaxed)
+                - self.device_passthrough_opens.load(Ordering::Relaxed),
+            device_opens: self.device_passthrough_opens.load(Ordering::Relaxed),
             writer_opens: c.writer_opens.load(Ordering::Relaxed),
             registration_failures: c.registration_failures.load(Ordering::Relaxed),
             device_reads_behind: self.device_reads_behind.load(Ordering::Relaxed),

@@ -360,6 +360,11 @@ fn encode_passthrough(
             p.host_opens,
         ),
         (
+            "device_opens",
+            "Device-view opens served by the kernel from shared device memory",
+            p.device_opens,
+        ),
+        (
             "writer_opens",
             "Writable passthrough opens (each bypasses the device tier for its file)",
             p.writer_opens,
@@ -376,6 +381,58 @@ fn encode_passthrough(
         ),
     ] {
         encode_counter(enc, &format!("pagetier_passthrough_{key}"), help, v)?;
+    }
+    let sh = &doc.shared;
+    for (key, help, v) in [
+        (
+            "enabled",
+            "Whether shared device memory is set up (1: yes)",
+            u64::from(sh.enabled),
+        ),
+        (
+            "files",
+            "Files exported to shared device memory now",
+            sh.files,
+        ),
+        ("bytes", "Device capacity lent to exported copies", sh.bytes),
+        (
+            "kernel_bytes",
+            "Bytes the kernel allocated in shared device memory",
+            sh.kernel_bytes,
+        ),
+    ] {
+        encode_gauge(enc, &format!("pagetier_shared_{key}"), help, v)?;
+    }
+    for (key, help, v) in [
+        (
+            "exports",
+            "Files migrated into shared device memory",
+            sh.exports,
+        ),
+        ("imports", "Files migrated back into the arena", sh.imports),
+        ("updates", "In-place updates of exported copies", sh.updates),
+        (
+            "updated_bytes",
+            "Bytes written into exported copies by in-place updates",
+            sh.updated_bytes,
+        ),
+        (
+            "update_failures",
+            "In-place updates of exported copies that failed",
+            sh.update_failures,
+        ),
+        (
+            "over_commits",
+            "Exported copies that grew past the free device capacity",
+            sh.over_commits,
+        ),
+        (
+            "daemon_reads",
+            "Device reads the daemon served from an exported copy",
+            sh.daemon_reads,
+        ),
+    ] {
+        encode_counter(enc, &format!("pagetier_shared_{key}"), help, v)?;
     }
     let k = &doc.kernel;
     encode_gauge(
@@ -968,7 +1025,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            47,
+            59,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();

@@ -344,6 +344,7 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 control_name: OsString::from(&s.control_dir),
                 trace: args.trace.clone(),
                 passthrough: s.passthrough,
+                device_passthrough_min: s.device_passthrough_min,
             },
             root_fd,
             tier,

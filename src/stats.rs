@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::iomode::PassthroughMode;
 #[cfg(test)]
 use crate::tier::POLICY_NAMES;
-use crate::tier::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+use crate::tier::{DeviceStats, InvalidationCounts, SharedStats, TierDiagnostics, TierStats};
 
 /// The version number the document carries (`"version"`).
 pub const STATS_VERSION: u32 = 1;
@@ -44,6 +44,9 @@ pub struct StatsDocument {
     /// Absent from the documents of mounts older than it (read as zeros).
     #[serde(default)]
     pub kernel: KernelStats,
+    /// Absent from the documents of mounts older than it (read as zeros).
+    #[serde(default)]
+    pub shared: SharedStats,
 }
 
 /// The `"passthrough"` object: opens the kernel serves itself (FUSE passthrough).
@@ -54,7 +57,12 @@ pub struct PassthroughStats {
     /// Host-view opens answered with passthrough since the mount (their reads and writes
     /// never reach the daemon, so `host.reads`/`host.read_bytes` do not count them).
     pub host_opens: u64,
-    /// Of these, writable ones (each bypasses the device tier for its file while open).
+    /// Device-view opens answered with passthrough onto shared device memory since the
+    /// mount (`shared` in the tier stats; their reads never reach the daemon, so the
+    /// device hit ratio is a ratio of what the daemon saw).
+    #[serde(default)]
+    pub device_opens: u64,
+    /// Of the host-view ones, writable ones (each bypasses the device tier for its file while open).
     pub writer_opens: u64,
     /// Backing registrations the kernel refused (those opens were daemon-served, and
     /// passthrough went off).
@@ -113,6 +121,7 @@ impl StatsDocument {
             open_handles,
             passthrough,
             kernel,
+            shared: tier.shared,
         }
     }
 
@@ -192,6 +201,10 @@ pub(crate) fn zeroed() -> StatsDocument {
         open_handles: 0,
         passthrough: PassthroughStats::default(),
         kernel: KernelStats::default(),
+        shared: SharedStats {
+            enabled: true,
+            ..SharedStats::default()
+        },
     }
 }
 
@@ -254,11 +267,23 @@ mod tests {
         ("notifications.late", "number"),
         ("notifications.sent", "number"),
         ("open_handles", "number"),
+        ("passthrough.device_opens", "number"),
         ("passthrough.device_reads_behind", "number"),
         ("passthrough.host_opens", "number"),
         ("passthrough.mode", "string"),
         ("passthrough.registration_failures", "number"),
         ("passthrough.writer_opens", "number"),
+        ("shared.bytes", "number"),
+        ("shared.daemon_reads", "number"),
+        ("shared.enabled", "bool"),
+        ("shared.exports", "number"),
+        ("shared.files", "number"),
+        ("shared.imports", "number"),
+        ("shared.kernel_bytes", "number"),
+        ("shared.over_commits", "number"),
+        ("shared.update_failures", "number"),
+        ("shared.updated_bytes", "number"),
+        ("shared.updates", "number"),
         ("version", "number"),
     ];
 
@@ -312,6 +337,7 @@ mod tests {
             PassthroughStats {
                 mode: PassthroughMode::On,
                 host_opens: 9,
+                device_opens: 13,
                 writer_opens: 10,
                 registration_failures: 11,
                 device_reads_behind: 12,
@@ -340,7 +366,9 @@ mod tests {
         let o = v.as_object_mut().unwrap();
         o.remove("passthrough");
         o.remove("kernel");
+        o.remove("shared");
         let doc: StatsDocument = serde_json::from_value(v).unwrap();
+        assert_eq!(doc.shared, SharedStats::default());
         assert_eq!(doc.passthrough, PassthroughStats::default());
         assert_eq!(doc.passthrough.mode, PassthroughMode::Off);
         assert_eq!(doc.kernel, KernelStats::default());

@@ -10,8 +10,15 @@
 //! - every slot/chunk handed out is owned by exactly one live [`Folio`]; it returns to the
 //!   free lists only when that folio is dropped (or converted by [`Arena::split`] /
 //!   [`Arena::collapse`], which consume the folios they replace);
-//! - `used_slots` (4 KiB units) equals 512 x huge chunks + set bits of base chunks, and
-//!   never exceeds `512 x chunk_count`: capacity cannot be exceeded;
+//! - `used_slots` (4 KiB units) equals 512 x huge chunks + set bits of base chunks +
+//!   `lent_slots`, and never exceeds `512 x chunk_count`: capacity cannot be exceeded;
+//! - `lent_slots` is capacity lent to device copies in shared memory (`shmem.rs`,
+//!   `export.rs`): a folio *lent* with [`Arena::lend`] gives its memory back to the free
+//!   lists (and to the kernel, `MADV_DONTNEED`) but not its capacity, which the copy now
+//!   holds until [`Arena::unlend`]. Allocation checks capacity (`used_slots`) besides free
+//!   chunks and slots, since lent capacity has no chunk. Only [`Arena::lend_over`] (a copy
+//!   readers are served from outgrew the free capacity) may push `used_slots` past the
+//!   capacity, and then nothing is allocated until it is back under;
 //! - `partial` holds exactly the base chunks with 1..=511 used slots; `free` exactly the
 //!   `Free` chunks.
 //!
@@ -46,6 +53,8 @@ struct Alloc {
     /// Base chunks with at least one free and one used slot.
     partial: BTreeSet<ChunkIndex>,
     used_slots: u64,
+    /// Capacity lent to shared-memory copies (see module docs); part of `used_slots`.
+    lent_slots: u64,
 }
 
 /// What an eviction round tries to make available.
@@ -94,6 +103,7 @@ impl Arena {
                 free: (0..chunk_count).rev().collect(),
                 partial: BTreeSet::new(),
                 used_slots: 0,
+                lent_slots: 0,
             }),
         }))
     }
@@ -107,8 +117,8 @@ impl Arena {
     pub fn satisfies(&self, need: Need) -> bool {
         let a = lock(&self.alloc);
         match need {
-            Need::Chunk => !a.free.is_empty(),
-            Need::Slots(n) => a.chunk_count_slots() - a.used_slots >= n as u64,
+            Need::Chunk => !a.free.is_empty() && a.room() >= SLOTS_PER_CHUNK as u64,
+            Need::Slots(n) => a.room() >= n as u64,
         }
     }
 
@@ -133,6 +143,9 @@ impl Arena {
     /// Takes a free chunk as a huge page.
     pub fn alloc_huge(self: &Arc<Self>) -> Option<Folio> {
         let mut a = lock(&self.alloc);
+        if a.room() < SLOTS_PER_CHUNK as u64 {
+            return None;
+        }
         let c = a.free.pop()?;
         a.chunks[c as usize] = ChunkState::Huge;
         a.used_slots += SLOTS_PER_CHUNK as u64;
@@ -162,6 +175,7 @@ impl Arena {
     ) -> Vec<Folio> {
         let mut a = lock(&self.alloc);
         let mut locs = Vec::with_capacity(want);
+        let want = want.min(a.room() as usize);
         for i in 0..want {
             let homed = home.and_then(|(c, s)| {
                 let s = s as usize + i;
@@ -196,6 +210,84 @@ impl Arena {
             }
             Some(s) => a.free_slot(loc.chunk, s),
         }
+    }
+
+    /// Capacity lent to shared-memory copies, in slots.
+    pub fn lent_slots(&self) -> u64 {
+        lock(&self.alloc).lent_slots
+    }
+
+    /// Lends `folio`'s capacity to a shared-memory copy: its memory returns to the free
+    /// lists and to the kernel, its slots stay counted as used (module docs). Returns the
+    /// slots lent.
+    pub fn lend(&self, folio: Folio) -> u64 {
+        let loc = folio.disown();
+        let (off, len) = self.range(loc);
+        let slots = (len as u64) / PAGE_SIZE;
+        {
+            let mut a = lock(&self.alloc);
+            match loc.slot {
+                None => {
+                    a.chunks[loc.chunk as usize] = ChunkState::Free;
+                    a.free.push(loc.chunk);
+                }
+                Some(s) => {
+                    a.free_slot(loc.chunk, s);
+                    a.used_slots += 1;
+                }
+            }
+            a.lent_slots += slots;
+        }
+        // SAFETY: the range belonged to `folio` alone, which was consumed above; nothing
+        // references its bytes any more, and a later owner writes before it reads.
+        let freed = unsafe {
+            self.mem
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len)
+        };
+        if let Err(e) = freed {
+            tracing::debug!(error = %e, "madvise(MADV_DONTNEED) on lent arena memory failed");
+        }
+        slots
+    }
+
+    /// Takes `slots` of free capacity as lent (a copy grows). False if there is no room.
+    pub fn lend_room(&self, slots: u64) -> bool {
+        let mut a = lock(&self.alloc);
+        if a.room() < slots {
+            return false;
+        }
+        a.used_slots += slots;
+        a.lent_slots += slots;
+        true
+    }
+
+    /// Takes `slots` as lent even past the capacity: a copy that readers are served from
+    /// grew and nothing could be evicted; stale bytes would be worse (`export.rs`).
+    pub fn lend_over(&self, slots: u64) {
+        let mut a = lock(&self.alloc);
+        a.used_slots += slots;
+        a.lent_slots += slots;
+    }
+
+    /// Gives back `slots` of lent capacity (a copy shrank or was dropped).
+    pub fn unlend(&self, slots: u64) {
+        let mut a = lock(&self.alloc);
+        debug_assert!(slots <= a.lent_slots);
+        let slots = slots.min(a.lent_slots);
+        a.lent_slots -= slots;
+        a.used_slots -= slots;
+    }
+
+    /// Byte offset and length of `loc` in the mapping.
+    fn range(&self, loc: FolioLoc) -> (usize, usize) {
+        let off = loc.chunk as usize * HUGE_PAGE_SIZE as usize
+            + loc.slot.map_or(0, |s| s as usize * PAGE_SIZE as usize);
+        let len = if loc.slot.is_some() {
+            PAGE_SIZE
+        } else {
+            HUGE_PAGE_SIZE
+        };
+        (off, len as usize)
     }
 
     /// Splits a huge page: pages whose bit is set in `drop_mask` are freed, every other page
@@ -295,7 +387,7 @@ impl Arena {
                 }
             }
         }
-        assert_eq!(used, a.used_slots);
+        assert_eq!(used + a.lent_slots, a.used_slots);
         assert!(used <= a.chunk_count_slots());
     }
 }
@@ -303,6 +395,11 @@ impl Arena {
 impl Alloc {
     fn chunk_count_slots(&self) -> u64 {
         self.chunks.len() as u64 * SLOTS_PER_CHUNK as u64
+    }
+
+    /// Capacity not used by folios or lent, in slots.
+    fn room(&self) -> u64 {
+        self.chunk_count_slots().saturating_sub(self.used_slots)
     }
 
     fn try_take_slot(&mut self, c: ChunkIndex, s: SlotIndex) -> bool {
@@ -438,6 +535,32 @@ mod tests {
         let parts = a.alloc_base(511, None);
         let back = a.collapse(parts).unwrap_err();
         assert_eq!(back.len(), 511);
+    }
+
+    #[test]
+    fn lent_capacity_stays_used_until_given_back() {
+        let a = Arena::new(2).unwrap();
+        let h = a.alloc_huge().unwrap();
+        let b = a.alloc_base(3, None);
+        assert_eq!(a.lend(h), 512);
+        for f in b {
+            assert_eq!(a.lend(f), 1);
+        }
+        a.check_invariants();
+        assert_eq!(a.used_slots(), 515);
+        assert_eq!(a.lent_slots(), 515);
+        // Two chunks are free, but only 509 slots of capacity: no huge page fits.
+        assert!(!a.satisfies(Need::Chunk));
+        assert!(a.alloc_huge().is_none());
+        let rest = a.alloc_base(600, None);
+        assert_eq!(rest.len(), 509);
+        assert!(!a.lend_room(1));
+        a.unlend(515);
+        a.check_invariants();
+        assert_eq!(a.used_slots(), 509);
+        assert!(a.lend_room(3));
+        assert_eq!(a.lent_slots(), 3);
+        a.check_invariants();
     }
 
     #[test]

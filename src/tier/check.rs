@@ -47,11 +47,16 @@ impl DeviceTier {
             huge + base,
             "policy tracks exactly the resident unpinned folios"
         );
-        assert_eq!(self.pinned_slots.load(Ordering::Relaxed), pinned_slots);
+        let lent = self.arena.lent_slots();
+        assert_eq!(
+            self.pinned_slots.load(Ordering::Relaxed),
+            pinned_slots + lent,
+            "pinned folios and exported copies hold the pin budget"
+        );
         assert!(pinned_slots <= self.pin_budget, "pin budget exceeded");
         assert_eq!(
             self.arena.used_slots(),
-            huge * SLOTS_PER_CHUNK as u64 + base,
+            huge * SLOTS_PER_CHUNK as u64 + base + lent,
             "no leaked arena memory"
         );
     }

@@ -4,6 +4,9 @@
 //! covered huge page is *split*: the covered base pages are freed, the others stay resident
 //! as base pages in the same chunk (`splits` counts these). Returned counts are device pages:
 //!
+//! An exported file (its pages in shared memory, served by the kernel) is the exception: its
+//! copy is updated in place instead (`export.rs`).
+//!
 //! Every invalidation bumps the file's [`InvalidationSeq`](crate::tier::InvalidationSeq) (from a tier-wide counter, so
 //! values never repeat): a fill that started before it is discarded when it tries to install
 //! (`fault.rs`), and so is a queued readahead job. Removed folios are freed after the shard
@@ -35,6 +38,9 @@ impl DeviceTier {
             return 0;
         }
         let end = offset.saturating_add(len);
+        if self.refresh_if_exported(file, offset, end, cause) {
+            return 0;
+        }
         let pages = PageRange {
             first: offset / PAGE_SIZE,
             end: if end == u64::MAX {
@@ -128,6 +134,9 @@ impl DeviceTier {
     /// Drops all of the file's device pages and forgets the file (its sequential-access
     /// state); in-flight fills are discarded. Returns device pages dropped.
     pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
+        if self.refresh_if_exported(file, 0, u64::MAX, cause) {
+            return 0;
+        }
         let shard = self.shard(file);
         let mut g = lock(&shard.files);
         let Some(mut st) = g.remove(&file) else {

@@ -17,12 +17,14 @@
 //! - `pinned` holds exactly the keys of `Ready` folios kept out of the eviction policy (the
 //!   `pin` hint); every other `Ready` folio is tracked by the policy;
 //! - a state with a hint other than `Normal` is kept even when it holds no page;
+//! - `export`, when set, holds the file's pages instead of the maps (`export.rs`);
 //! - `unread` holds keys of folios installed by readahead and not read since (it may also
 //!   hold keys no longer resident: the only cost is one extra policy call on a later hit).
 
 use std::collections::{BTreeMap, HashSet};
 
 use crate::tier::arena::ChunkIndex;
+use crate::tier::export::Export;
 use crate::tier::folio::Folio;
 use crate::tier::hint::Hint;
 use crate::tier::policy::FolioKey;
@@ -51,6 +53,8 @@ pub struct FileState {
     /// Folios installed by readahead and not read yet (see module docs): their first hit
     /// must reach the policy, which keeps them apart until then.
     pub unread: HashSet<FolioKey>,
+    /// The file's pages moved into shared memory for the kernel to serve (`export.rs`).
+    pub export: Option<Arc<Export>>,
 }
 
 impl FileState {
@@ -65,6 +69,7 @@ impl FileState {
             ra_next: 0,
             ra_window: 0,
             unread: HashSet::new(),
+            export: None,
         }
     }
 
@@ -124,7 +129,10 @@ impl FileState {
 
     /// No pages, no fills and no hint: the state can be forgotten.
     pub fn is_empty(&self) -> bool {
-        self.huge.is_empty() && self.base.is_empty() && self.hint == Hint::Normal
+        self.huge.is_empty()
+            && self.base.is_empty()
+            && self.hint == Hint::Normal
+            && self.export.is_none()
     }
 }
 

@@ -51,6 +51,7 @@
 mod arena;
 #[cfg(test)]
 mod check;
+mod export;
 mod fault;
 mod fill;
 mod folio;
@@ -62,6 +63,7 @@ mod policy;
 mod read;
 mod readahead;
 mod reclaim;
+mod shmem;
 #[cfg(all(test, feature = "shuttle"))]
 mod shuttle_tests;
 pub mod sim;
@@ -83,15 +85,17 @@ use self::readahead::Readahead;
 use self::stats::{Counters, add};
 use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
 
+pub use self::export::{Export, NotExported};
 pub use self::fault::ResidentBytes;
 pub use self::hint::{Hint, HintError};
 pub use self::policy::{
     DEFAULT_POLICY, EvictionPolicy, FolioKey, POLICY_NAMES, UnknownPolicy, policy_by_name,
 };
 pub use self::read::Served;
+pub use self::shmem::{SHARED_MEMORY_KIND, shmem_huge_bytes};
 #[cfg(test)]
 pub use self::stats::DEVICE_FIELDS;
-pub use self::stats::{DeviceStats, InvalidationCounts, TierDiagnostics, TierStats};
+pub use self::stats::{DeviceStats, InvalidationCounts, SharedStats, TierDiagnostics, TierStats};
 pub use self::types::{
     FileId, FillSource, FolioId, HUGE_PAGE_SIZE, InvalidationCause, InvalidationSeq, PAGE_SIZE,
     PrefetchReport, RA_MAX_WINDOW, RA_QUEUE_JOBS, Residency, SHARDS, SLOTS_PER_CHUNK, SharedSource,
@@ -124,6 +128,10 @@ pub struct DeviceTier {
     /// Largest readahead window (0: none); see [`TierOptions::readahead_max`].
     readahead_max: u64,
     readahead: Readahead,
+    /// Shared device memory for exports, once enabled ([`DeviceTier::enable_shared_memory`]).
+    shared: std::sync::OnceLock<shmem::SharedMemory>,
+    /// Exports alive now (a read checks for one only while this is not 0).
+    exports_live: AtomicU64,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -208,7 +216,28 @@ impl DeviceTier {
             pin_budget,
             readahead_max: opts.readahead_max,
             readahead: Readahead::default(),
+            shared: std::sync::OnceLock::new(),
+            exports_live: AtomicU64::new(0),
         })
+    }
+
+    /// Sets up shared device memory (a private tmpfs the size of the capacity, `shmem.rs`),
+    /// so that resident files can be exported to the kernel (`export.rs`). Needs
+    /// `CAP_SYS_ADMIN`; calling it again does nothing.
+    pub fn enable_shared_memory(&self) -> io::Result<()> {
+        if self.shared.get().is_some() {
+            return Ok(());
+        }
+        // Lent capacity may outgrow the capacity only by copies growing under readers
+        // (`Arena::lend_over`); the tmpfs limit is a backstop twice as far.
+        let memory = shmem::SharedMemory::new(2 * self.cfg.capacity)?;
+        let _ = self.shared.set(memory);
+        Ok(())
+    }
+
+    /// Whether shared device memory is set up.
+    pub fn shared_memory_enabled(&self) -> bool {
+        self.shared.get().is_some()
     }
 
     /// The effective configuration (capacity rounded to chunks).
@@ -258,6 +287,12 @@ impl DeviceTier {
         mut file_size: impl FnMut() -> io::Result<u64>,
     ) -> io::Result<Served> {
         let size = file_size()?;
+        if let Some(export) = self.export_of(file) {
+            let n = out.len().min(size.saturating_sub(offset) as usize);
+            return self
+                .read_exported(&export, offset, &mut out[..n])
+                .map(Served::Copied);
+        }
         if let Some(bytes) = self.read_resident(file, size, offset, out.len() as u64, src) {
             return Ok(Served::Resident(bytes));
         }
@@ -303,6 +338,25 @@ impl DeviceTier {
             return Ok(PrefetchReport::default());
         }
         let end = offset.saturating_add(len).min(file_size);
+        if self.export_of(file).is_some() {
+            return Ok(PrefetchReport {
+                already_resident_bytes: end - offset,
+                ..PrefetchReport::default()
+            });
+        }
+        self.prefetch_range(file, file_size, offset, end, src)
+    }
+
+    /// [`DeviceTier::prefetch`] of `[offset, end)` (non-empty, within the file) into the
+    /// page map, export or not (an import uses it).
+    fn prefetch_range(
+        &self,
+        file: FileId,
+        file_size: u64,
+        offset: u64,
+        end: u64,
+        src: &dyn FillSource,
+    ) -> io::Result<PrefetchReport> {
         let req = FaultRequest {
             file,
             file_size,
@@ -363,7 +417,10 @@ impl DeviceTier {
     /// The file's resident device pages.
     pub fn residency(&self, file: FileId) -> Residency {
         let g = lock(&self.shard(file).files);
-        let (huge_pages, base_pages) = g.get(&file).map_or((0, 0), FileState::resident_counts);
+        let (huge_pages, base_pages) = g.get(&file).map_or((0, 0), |st| match &st.export {
+            Some(e) => Self::exported_residency(e),
+            None => st.resident_counts(),
+        });
         Residency {
             resident_bytes: huge_pages * HUGE_PAGE_SIZE + base_pages * PAGE_SIZE,
             huge_pages,
@@ -390,6 +447,10 @@ impl DeviceTier {
             policy_entries,
         );
         s.diagnostics.policy = policy.to_owned();
+        s.shared.enabled = self.shared.get().is_some();
+        s.shared.files = self.exports_live.load(Ordering::Relaxed);
+        s.shared.bytes = self.exported_bytes();
+        s.shared.kernel_bytes = self.shared.get().map_or(0, |m| m.used_bytes());
         s.diagnostics.pinned_bytes = self.pinned_slots.load(Ordering::Relaxed) * PAGE_SIZE;
         s
     }

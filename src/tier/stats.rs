@@ -38,6 +38,16 @@ pub struct Counters {
     pub resident_huge: AtomicU64,
     pub resident_base: AtomicU64,
     pub invalidations: [AtomicU64; InvalidationCause::COUNT],
+    /// Shared memory (`export.rs`): migrations in and out, in-place updates and their
+    /// bytes, updates that failed, copies grown past the capacity, device reads served
+    /// from a copy by the daemon.
+    pub exports: AtomicU64,
+    pub imports: AtomicU64,
+    pub updates: AtomicU64,
+    pub updated_bytes: AtomicU64,
+    pub update_failures: AtomicU64,
+    pub over_commits: AtomicU64,
+    pub shared_reads: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -145,12 +155,41 @@ pub struct TierDiagnostics {
     pub fill_nanos: u64,
 }
 
+/// Device memory the kernel serves: files migrated into shared memory for passthrough
+/// opens of the device view (`export.rs`). The `"shared"` object of the stats JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedStats {
+    /// Shared memory is set up (a private tmpfs, `huge=advise`).
+    pub enabled: bool,
+    /// Files exported now (each has passthrough opens, or is being moved back).
+    pub files: u64,
+    /// Capacity lent to their copies (part of `device.used_bytes`).
+    pub bytes: u64,
+    /// Bytes the kernel has allocated in the tmpfs (equals `bytes` up to the 4 KiB
+    /// rounding of file tails; more means memory was allocated behind the tier).
+    pub kernel_bytes: u64,
+    /// Migrations into shared memory and back since the mount.
+    pub exports: u64,
+    pub imports: u64,
+    /// In-place updates of a copy (host changes while exported), their bytes, and
+    /// failures (logged as errors).
+    pub updates: u64,
+    pub updated_bytes: u64,
+    pub update_failures: u64,
+    /// Copies that grew past the free capacity (taken anyway: never a stale byte).
+    pub over_commits: u64,
+    /// Device reads the daemon served from a copy (an open that was not passthrough).
+    pub daemon_reads: u64,
+}
+
 /// A snapshot of the tier's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierStats {
     pub device: DeviceStats,
     pub invalidations: InvalidationCounts,
     pub diagnostics: TierDiagnostics,
+    #[serde(default)]
+    pub shared: SharedStats,
 }
 
 impl Counters {
@@ -210,6 +249,16 @@ impl Counters {
                 pinned_bytes: 0,
                 fill_reads: get(&self.fill_reads),
                 fill_nanos: get(&self.fill_nanos),
+            },
+            shared: SharedStats {
+                exports: get(&self.exports),
+                imports: get(&self.imports),
+                updates: get(&self.updates),
+                updated_bytes: get(&self.updated_bytes),
+                update_failures: get(&self.update_failures),
+                over_commits: get(&self.over_commits),
+                daemon_reads: get(&self.shared_reads),
+                ..SharedStats::default()
             },
         }
     }

@@ -112,11 +112,26 @@ pub trait FillSource {
     /// Read into `buf` (page-aligned, len a multiple of 4096) from `offset` (4096-aligned).
     /// Returns bytes read (short at EOF).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Whether this source is device memory itself (an import, `export.rs`): its reads
+    /// are not storage faults and are not counted as such.
+    fn is_device_memory(&self) -> bool {
+        false
+    }
+
+    /// The file's size now (for in-place updates of an exported copy, `export.rs`).
+    fn size(&self) -> io::Result<u64> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl FillSource for std::fs::File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
     }
 }
 

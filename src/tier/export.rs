@@ -1,0 +1,477 @@
+//! Exports: a resident file's pages moved into shared memory, where the kernel can serve them.
+//!
+//! A device-view open of a file whose pages are all resident may be served by the kernel
+//! itself (FUSE passthrough onto a backing file): no daemon round trip per read, and an mmap
+//! maps device memory. The arena cannot be a backing file, so [`DeviceTier::export_open`]
+//! *migrates* the file: its folios are copied into a [`DeviceCopy`] (`shmem.rs`, at the
+//! file's own offsets, 2 MiB extents as 2 MiB pages), removed from the page map and *lent*
+//! to the copy (`arena.rs`: their memory is freed, their capacity stays used). When the last
+//! open is released, [`DeviceTier::export_release`] migrates the file back (a prefetch whose
+//! source is the copy) and drops the copy. Migration works on whole files, never on page
+//! lists.
+//!
+//! # The one place a device copy is updated instead of invalidated
+//! Everywhere else a host change *drops* the device pages it overlaps. A passthrough reader
+//! cannot be told to fault again: the kernel reads the copy directly, and a hole would read
+//! as zeros. So while an export exists, every invalidation of its file *updates the copy in
+//! place* before the host call returns: the changed range is read again from storage and
+//! written into the copy, and the copy's size follows the file's (`refresh`). Readers'
+//! mappings see the new bytes at once (a shared shmem page is the one copy).
+//!
+//! Invariants:
+//! - an export exists in a file's state (`FileState::export`) from its migration until its
+//!   import finished; while it exists the copy equals the file: every invalidation of the file
+//!   either refreshes it (export alive) or, once the export is dead, takes the usual path;
+//! - an exported file's page map is empty except for the folios its own import installs;
+//! - the copy's capacity is lent (`ExportState::lent` slots) and counted in the pin budget
+//!   while the export lives; an export that outgrows the free capacity takes it anyway
+//!   (`over_commits`) rather than serve a stale byte;
+//! - `opens` counts the device-view opens holding the export; the export is imported only
+//!   when it falls to 0.
+//!
+//! Lock order: an export's `state` lock comes *before* a shard lock (refresh and import do
+//! storage I/O and then touch the page map); nothing takes an export's lock while holding a
+//! shard lock. Export and import are serialised per export by that lock.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use crate::tier::DeviceTier;
+use crate::tier::fill::read_fully;
+use crate::tier::folio::Folio;
+use crate::tier::map::Entry;
+use crate::tier::policy::FolioKey;
+use crate::tier::reclaim::slots_of;
+use crate::tier::shmem::DeviceCopy;
+use crate::tier::stats::{add, sub};
+use crate::tier::sync::{Arc, Mutex, Ordering, lock, thread};
+use crate::tier::types::{
+    FileId, FillSource, HUGE_PAGE_SIZE, InvalidationCause, PAGE_SIZE, SharedSource,
+};
+
+/// One exported file (see module docs).
+pub struct Export {
+    copy: DeviceCopy,
+    state: Mutex<ExportState>,
+}
+
+struct ExportState {
+    opens: u64,
+    /// False once imported: an invalidation that waited for the lock takes the usual path.
+    alive: bool,
+    /// Slots of capacity lent to the copy (and taken from the pin budget).
+    lent: u64,
+    /// Reads the file from storage for in-place updates.
+    src: SharedSource,
+}
+
+impl Export {
+    /// The copy's descriptor, to register as a passthrough backing file.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.copy.fd()
+    }
+}
+
+impl std::fmt::Debug for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Export")
+    }
+}
+
+/// Reads a copy as a fill source (for the import).
+struct CopySource<'a>(&'a DeviceCopy);
+
+impl FillSource for CopySource<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn is_device_memory(&self) -> bool {
+        true
+    }
+}
+
+/// Pages of a `size`-byte file.
+fn pages_of(size: u64) -> u64 {
+    size.div_ceil(PAGE_SIZE)
+}
+
+/// Why a file could not be exported (the open is daemon-served instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotExported {
+    /// Shared memory is not available (no `CAP_SYS_ADMIN`, or not enabled).
+    NoSharedMemory,
+    /// Empty, or not every page of the file is resident.
+    NotWhole,
+    /// The pin budget (`--pin-share`) has no room for the whole file.
+    PinBudget,
+    /// The file changed or was evicted during the migration.
+    Raced,
+    /// Shared memory refused the copy (logged).
+    CopyFailed,
+}
+
+impl DeviceTier {
+    /// The live export of `file`, if any (cheap when none exists anywhere).
+    pub(super) fn export_of(&self, file: FileId) -> Option<Arc<Export>> {
+        if self.exports_live.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        lock(&self.shard(file).files)
+            .get(&file)
+            .and_then(|st| st.export.clone())
+    }
+
+    /// Takes one open of `file`'s export, migrating the file into shared memory first if it
+    /// has no export yet: every page of the `file_size` bytes must be resident, and fit in
+    /// the pin budget. `src` reads the file from storage for in-place updates. Give the open
+    /// back with [`DeviceTier::export_release`].
+    pub fn export_open(
+        &self,
+        file: FileId,
+        file_size: u64,
+        src: &SharedSource,
+    ) -> Result<Arc<Export>, NotExported> {
+        loop {
+            if let Some(e) = self.export_of(file) {
+                let mut s = lock(&e.state);
+                if s.alive {
+                    s.opens += 1;
+                    drop(s);
+                    return Ok(e);
+                }
+                // Imported meanwhile: export it again from the pages the import installed.
+                drop(s);
+                thread::yield_now();
+                continue;
+            }
+            return self.migrate_in(file, file_size, src);
+        }
+    }
+
+    /// Takes one open of `file`'s live export, if it has one (never migrates).
+    pub fn export_join(&self, file: FileId) -> Option<Arc<Export>> {
+        let e = self.export_of(file)?;
+        let mut s = lock(&e.state);
+        if !s.alive {
+            return None;
+        }
+        s.opens += 1;
+        drop(s);
+        Some(e)
+    }
+
+    /// Copies the whole resident file into a new copy and swaps the page map for the export.
+    fn migrate_in(
+        &self,
+        file: FileId,
+        size: u64,
+        src: &SharedSource,
+    ) -> Result<Arc<Export>, NotExported> {
+        let shared = self.shared.get().ok_or(NotExported::NoSharedMemory)?;
+        if size == 0 {
+            return Err(NotExported::NotWhole);
+        }
+        let (seq, folios, own_pinned) = {
+            let g = lock(&self.shard(file).files);
+            let st = g.get(&file).ok_or(NotExported::NotWhole)?;
+            let mut folios = Vec::new();
+            let mut pos = 0;
+            while pos < size {
+                let ext = pos / HUGE_PAGE_SIZE;
+                if let Some(Entry::Ready(f)) = st.huge.get(&ext) {
+                    folios.push((pos, f.clone()));
+                    pos = (ext + 1) * HUGE_PAGE_SIZE;
+                } else if let Some(Entry::Ready(f)) = st.base.get(&(pos / PAGE_SIZE)) {
+                    folios.push((pos, f.clone()));
+                    pos += PAGE_SIZE;
+                } else {
+                    return Err(NotExported::NotWhole);
+                }
+            }
+            if st.export.is_some() {
+                return Err(NotExported::Raced);
+            }
+            let own_pinned: u64 = st.pinned.iter().map(slots_of).sum();
+            (st.seq, folios, own_pinned)
+        };
+        let slots: u64 = folios.iter().map(|(_, f)| f.len() as u64 / PAGE_SIZE).sum();
+        // Copy with no lock held: the pins keep every folio's bytes alive and unchanged.
+        let copy = shared
+            .create(size)
+            .and_then(|copy| {
+                for (pos, f) in &folios {
+                    let n = (size - pos).min(f.len() as u64) as usize;
+                    copy.write_at(&f.bytes()[..n], *pos)?;
+                }
+                Ok(copy)
+            })
+            .map_err(|e| {
+                tracing::warn!(error = %e, file, "cannot copy a file into shared device memory");
+                NotExported::CopyFailed
+            })?;
+        drop(folios);
+        // The file's own pinned folios (the `pin` hint) leave the pin budget as they leave
+        // the page map: reserve only the rest now, the discount comes back after the swap.
+        if !self.reserve_pin(slots.saturating_sub(own_pinned)) {
+            return Err(NotExported::PinBudget);
+        }
+        let export = Arc::new(Export {
+            copy,
+            state: Mutex::new(ExportState {
+                opens: 1,
+                alive: true,
+                lent: slots,
+                src: src.clone(),
+            }),
+        });
+        let taken = self.swap_in_export(file, seq, slots, &export);
+        let Some(taken) = taken else {
+            sub(&self.pinned_slots, slots.saturating_sub(own_pinned));
+            return Err(NotExported::Raced);
+        };
+        add(&self.pinned_slots, slots.min(own_pinned));
+        for f in taken {
+            self.arena.lend(Self::unpinned(f));
+        }
+        add(&self.stats.exports, 1);
+        Ok(export)
+    }
+
+    /// Under the shard lock: if nothing changed since `seq` and the page map still holds
+    /// exactly `slots` slots of ready folios, removes them all and installs `export`.
+    /// Returns the removed folios (to lend after the lock).
+    fn swap_in_export(
+        &self,
+        file: FileId,
+        seq: u64,
+        slots: u64,
+        export: &Arc<Export>,
+    ) -> Option<Vec<Arc<Folio>>> {
+        let mut g = lock(&self.shard(file).files);
+        let st = g.get_mut(&file)?;
+        let ready = |m: &std::collections::BTreeMap<u64, Entry>| {
+            m.values().all(|e| matches!(e, Entry::Ready(_)))
+        };
+        let held: u64 = st.huge.len() as u64 * 512 + st.base.len() as u64;
+        if st.seq != seq || st.export.is_some() || held != slots || !ready(&st.huge) {
+            return None;
+        }
+        if !ready(&st.base) {
+            return None;
+        }
+        let mut taken = Vec::new();
+        let mut policy = lock(&self.policy);
+        let keys: Vec<(FolioKey, Arc<Folio>)> = std::mem::take(&mut st.huge)
+            .into_iter()
+            .map(|(e, x)| (FolioKey::huge(file, e), x))
+            .chain(
+                std::mem::take(&mut st.base)
+                    .into_iter()
+                    .map(|(p, x)| (FolioKey::base(file, p), x)),
+            )
+            .filter_map(|(k, x)| match x {
+                Entry::Ready(f) => Some((k, f)),
+                Entry::Filling(_) => None,
+            })
+            .collect();
+        let (mut huge, mut base) = (0, 0);
+        for (k, f) in keys {
+            self.untrack(st, &mut **policy, &k, f.id());
+            if k.is_huge() {
+                huge += 1;
+            } else {
+                base += 1;
+            }
+            taken.push(f);
+        }
+        drop(policy);
+        st.unread.clear();
+        st.export = Some(export.clone());
+        self.exports_live.fetch_add(1, Ordering::Relaxed);
+        drop(g);
+        sub(&self.stats.resident_huge, huge);
+        sub(&self.stats.resident_base, base);
+        Some(taken)
+    }
+
+    /// Waits until no reader pins `f` (readers pin only for one reply), then owns it.
+    fn unpinned(mut f: Arc<Folio>) -> Folio {
+        loop {
+            match Arc::try_unwrap(f) {
+                Ok(f) => return f,
+                Err(again) => {
+                    f = again;
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Gives back one open of `export` (of `file`); the last one migrates the file back into
+    /// the arena (as much as fits) and drops the copy.
+    pub fn export_release(&self, file: FileId, export: &Arc<Export>) {
+        let mut s = lock(&export.state);
+        s.opens -= 1;
+        if s.opens > 0 {
+            return;
+        }
+        // Import under the export's lock: an invalidation meanwhile waits, then finds the
+        // export dead and drops what the import installed (module docs).
+        sub(&self.pinned_slots, s.lent);
+        self.arena.unlend(s.lent);
+        s.lent = 0;
+        let size = export.copy.len().unwrap_or(0);
+        if size > 0
+            && let Err(e) = self.prefetch_range(file, size, 0, size, &CopySource(&export.copy))
+        {
+            tracing::warn!(error = %e, file, "cannot move a device copy back into the arena");
+        }
+        {
+            let mut g = lock(&self.shard(file).files);
+            if let Some(st) = g.get_mut(&file) {
+                st.export = None;
+                if st.is_empty() {
+                    g.remove(&file);
+                }
+            }
+        }
+        s.alive = false;
+        self.exports_live.fetch_sub(1, Ordering::Relaxed);
+        add(&self.stats.imports, 1);
+    }
+
+    /// An invalidation of `file` while it may be exported: if it is, updates the copy in
+    /// place instead (module docs) and returns true; false if the usual path applies.
+    pub(super) fn refresh_if_exported(
+        &self,
+        file: FileId,
+        offset: u64,
+        end: u64,
+        cause: InvalidationCause,
+    ) -> bool {
+        let Some(export) = self.export_of(file) else {
+            return false;
+        };
+        let mut s = lock(&export.state);
+        if !s.alive {
+            return false;
+        }
+        match cause {
+            // The file's bytes are unchanged (a name went), or the pages are pinned by opens.
+            InvalidationCause::UnlinkRename | InvalidationCause::Evict => return true,
+            _ => {}
+        }
+        if let Err(e) = self.refresh(&export.copy, &mut s, offset, end) {
+            tracing::error!(error = %e, file, "cannot update a device copy served by the kernel");
+            add(&self.stats.update_failures, 1);
+        }
+        let mut g = lock(&self.shard(file).files);
+        if let Some(st) = g.get_mut(&file) {
+            st.seq = self.next_seq();
+        }
+        true
+    }
+
+    /// Makes `[offset, end)` of the copy (and its size) equal the file's in storage.
+    fn refresh(
+        &self,
+        copy: &DeviceCopy,
+        s: &mut ExportState,
+        offset: u64,
+        end: u64,
+    ) -> io::Result<()> {
+        let mut tries = 0;
+        loop {
+            let size = s.src.size()?;
+            self.resize_copy(copy, s, size)?;
+            match self.copy_range(copy, &*s.src, size, offset, end) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && tries < 8 => tries += 1,
+                done => return done,
+            }
+        }
+    }
+
+    /// Sets the copy's size to `size`, lending or giving back the capacity that changes.
+    fn resize_copy(&self, copy: &DeviceCopy, s: &mut ExportState, size: u64) -> io::Result<()> {
+        let old = copy.len()?;
+        if old == size {
+            return Ok(());
+        }
+        copy.set_len(size)?;
+        let (was, now) = (pages_of(old), pages_of(size));
+        if now > was {
+            let more = now - was;
+            if !self.arena.lend_room(more) {
+                self.evict(crate::tier::arena::Need::Slots(more as usize));
+                if !self.arena.lend_room(more) {
+                    self.arena.lend_over(more);
+                    add(&self.stats.over_commits, 1);
+                }
+            }
+            add(&self.pinned_slots, more);
+            s.lent += more;
+        } else {
+            let less = (was - now).min(s.lent);
+            self.arena.unlend(less);
+            sub(&self.pinned_slots, less);
+            s.lent -= less;
+        }
+        Ok(())
+    }
+
+    /// Reads file bytes `[offset, end)` (page-aligned outward, clipped to `size`) from
+    /// storage and writes them into the copy, one extent at a time.
+    fn copy_range(
+        &self,
+        copy: &DeviceCopy,
+        src: &dyn FillSource,
+        size: u64,
+        offset: u64,
+        end: u64,
+    ) -> io::Result<()> {
+        let mut pos = offset / PAGE_SIZE * PAGE_SIZE;
+        let end = end.min(size);
+        let mut bounce = memmap2::MmapMut::map_anon(HUGE_PAGE_SIZE as usize)?;
+        while pos < end {
+            let next = ((pos / HUGE_PAGE_SIZE + 1) * HUGE_PAGE_SIZE)
+                .min(end.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+            let buf = &mut bounce[..(next - pos) as usize];
+            read_fully(src, buf, pos, size)?;
+            let valid = (size - pos).min(next - pos) as usize;
+            copy.write_at(&buf[..valid], pos)?;
+            add(&self.stats.updated_bytes, valid as u64);
+            pos = next;
+        }
+        add(&self.stats.updates, 1);
+        Ok(())
+    }
+
+    /// Bytes of a file's export as a device read: `[offset, offset + out.len())` clipped to
+    /// the copy, read from the copy.
+    pub(super) fn read_exported(
+        &self,
+        export: &Export,
+        offset: u64,
+        out: &mut [u8],
+    ) -> io::Result<usize> {
+        let n = export.copy.read_at(out, offset)?;
+        add(&self.stats.reads, 1);
+        add(&self.stats.shared_reads, 1);
+        add(&self.stats.bytes_served, n as u64);
+        Ok(n)
+    }
+
+    /// Resident pages of an exported file, as `(huge, base)`: 2 MiB extents wholly inside
+    /// the file were copied as 2 MiB pages.
+    pub(super) fn exported_residency(export: &Export) -> (u64, u64) {
+        let size = export.copy.len().unwrap_or(0);
+        let huge = size / HUGE_PAGE_SIZE;
+        (huge, pages_of(size - huge * HUGE_PAGE_SIZE))
+    }
+
+    /// Capacity lent to copies, in bytes.
+    pub(super) fn exported_bytes(&self) -> u64 {
+        self.arena.lent_slots() * PAGE_SIZE
+    }
+}
