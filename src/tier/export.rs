@@ -196,6 +196,13 @@ impl DeviceTier {
             (st.seq, folios, own_pinned)
         };
         let slots: u64 = folios.iter().map(|(_, f)| f.len() as u64 / PAGE_SIZE).sum();
+        // The file's own pinned folios (the `pin` hint) leave the pin budget as they leave
+        // the page map: reserve only the rest now (before any copying: a file that cannot
+        // be exported costs nothing), the discount comes back after the swap.
+        if !self.reserve_pin(slots.saturating_sub(own_pinned)) {
+            return Err(NotExported::PinBudget);
+        }
+        let unreserve = || sub(&self.pinned_slots, slots.saturating_sub(own_pinned));
         // Copy with no lock held: the pins keep every folio's bytes alive and unchanged.
         let copy = shared
             .create(size)
@@ -207,15 +214,11 @@ impl DeviceTier {
                 Ok(copy)
             })
             .map_err(|e| {
+                unreserve();
                 tracing::warn!(error = %e, file, "cannot copy a file into shared device memory");
                 NotExported::CopyFailed
             })?;
         drop(folios);
-        // The file's own pinned folios (the `pin` hint) leave the pin budget as they leave
-        // the page map: reserve only the rest now, the discount comes back after the swap.
-        if !self.reserve_pin(slots.saturating_sub(own_pinned)) {
-            return Err(NotExported::PinBudget);
-        }
         let export = Arc::new(Export {
             copy,
             state: Mutex::new(ExportState {
@@ -227,7 +230,7 @@ impl DeviceTier {
         });
         let taken = self.swap_in_export(file, seq, slots, &export);
         let Some(taken) = taken else {
-            sub(&self.pinned_slots, slots.saturating_sub(own_pinned));
+            unreserve();
             return Err(NotExported::Raced);
         };
         add(&self.pinned_slots, slots.min(own_pinned));
