@@ -59,13 +59,7 @@ fn metrics_endpoint_answers_and_its_counters_follow_device_reads() {
     let dev = m.device().join("data/f");
     assert_eq!(fs::read(&dev).unwrap().len(), 4 * MIB + 123);
     assert_eq!(fs::read(&dev).unwrap().len(), 4 * MIB + 123);
-    // The second open may have been served by the kernel from shared device memory; its
-    // release (asynchronous to close) moves the file back into the arena: let it land.
-    assert!(
-        wait_until(Duration::from_secs(10), || m.stats().shared.files == 0),
-        "an export outlived its opens: {}",
-        m.stats()
-    );
+    // The second open may have been served by the kernel from shared device memory.
     let passthrough = m.stats().passthrough.device_opens > 0;
 
     let (_, body) = http_get(port, "/metrics");

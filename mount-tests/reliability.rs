@@ -143,8 +143,9 @@ fn settled(m: &Mounted) -> StatsDocument {
     let mut s = m.stats();
     wait_until(Duration::from_secs(10), || {
         s = m.stats();
+        // Pages of files exported to shared device memory count in used_bytes too.
         let resident = s.device.huge_pages * 2 * MIB + s.device.base_pages * 4 * KIB;
-        resident == s.device.used_bytes
+        resident + s.shared.bytes == s.device.used_bytes
     });
     s
 }
@@ -154,7 +155,7 @@ fn settled(m: &Mounted) -> StatsDocument {
 fn assert_stats_at_rest(s: &StatsDocument, what: &str) {
     let cap = s.device.capacity_bytes;
     let used = s.device.used_bytes;
-    let resident = s.device.huge_pages * 2 * MIB + s.device.base_pages * 4 * KIB;
+    let resident = s.device.huge_pages * 2 * MIB + s.device.base_pages * 4 * KIB + s.shared.bytes;
     assert!(used <= cap, "{what}: used_bytes {used} > capacity {cap}");
     assert_eq!(
         resident, used,

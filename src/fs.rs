@@ -1087,7 +1087,7 @@ impl Pagetier {
         create: bool,
     ) -> Option<Arc<Export>> {
         if !create {
-            return self.tier.export_join(id);
+            return self.tier.export_join(id, source);
         }
         match self.tier.export_open(id, size, source) {
             Ok(e) => Some(e),

@@ -409,7 +409,7 @@ fn encode_passthrough(
             "Files migrated into shared device memory",
             sh.exports,
         ),
-        ("imports", "Files migrated back into the arena", sh.imports),
+        ("dropped", "Idle exports dropped (evicted)", sh.dropped),
         ("updates", "In-place updates of exported copies", sh.updates),
         (
             "updated_bytes",

@@ -5,10 +5,14 @@
 //! maps device memory. The arena cannot be a backing file, so [`DeviceTier::export_open`]
 //! *migrates* the file: its folios are copied into a [`DeviceCopy`] (`shmem.rs`, at the
 //! file's own offsets, 2 MiB extents as 2 MiB pages), removed from the page map and *lent*
-//! to the copy (`arena.rs`: their memory is freed, their capacity stays used). When the last
-//! open is released, [`DeviceTier::export_release`] migrates the file back (a prefetch whose
-//! source is the copy) and drops the copy. Migration works on whole files, never on page
-//! lists.
+//! to the copy (`arena.rs`: their memory is freed, their capacity stays used). Migration
+//! works on whole files, never on page lists.
+//!
+//! When the last open is released the export stays, *idle*: the next open is served at once
+//! (a migration of a 1 GiB file costs tens of milliseconds, and a reader that opens a file
+//! again and again should not pay it each time). Idle exports are dropped, oldest first,
+//! when the eviction policy has no victim left, when a new export needs their pin budget,
+//! or on `user.pagetier.evict` — dropping one is the eviction of all its pages.
 //!
 //! # The one place a device copy is updated instead of invalidated
 //! Everywhere else a host change *drops* the device pages it overlaps. A passthrough reader
@@ -26,12 +30,13 @@
 //! - the copy's capacity is lent (`ExportState::lent` slots) and counted in the pin budget
 //!   while the export lives; an export that outgrows the free capacity takes it anyway
 //!   (`over_commits`) rather than serve a stale byte;
-//! - `opens` counts the device-view opens holding the export; the export is imported only
-//!   when it falls to 0.
+//! - `opens` counts the device-view opens holding the export; only an export with no open
+//!   (idle, listed in `idle_exports`) is ever dropped, and a dropped export is dead: it is in
+//!   no file state and holds no capacity.
 //!
 //! Lock order: an export's `state` lock comes *before* a shard lock (refresh and import do
 //! storage I/O and then touch the page map); nothing takes an export's lock while holding a
-//! shard lock. Export and import are serialised per export by that lock.
+//! shard lock; the idle list is a leaf, never held while taking either.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -46,7 +51,7 @@ use crate::tier::shmem::DeviceCopy;
 use crate::tier::stats::{add, sub};
 use crate::tier::sync::{Arc, Mutex, Ordering, lock, thread};
 use crate::tier::types::{
-    FileId, FillSource, HUGE_PAGE_SIZE, InvalidationCause, PAGE_SIZE, SharedSource,
+    FileId, FillSource, HUGE_PAGE_SIZE, InvalidationCause, PAGE_SIZE, SLOTS_PER_CHUNK, SharedSource,
 };
 
 /// One exported file (see module docs).
@@ -57,12 +62,14 @@ pub struct Export {
 
 struct ExportState {
     opens: u64,
-    /// False once imported: an invalidation that waited for the lock takes the usual path.
+    /// False once dropped: an invalidation that waited for the lock takes the usual path.
     alive: bool,
     /// Slots of capacity lent to the copy (and taken from the pin budget).
     lent: u64,
-    /// Reads the file from storage for in-place updates.
-    src: SharedSource,
+    /// Reads the file from storage for in-place updates: the source of an open holding the
+    /// export, none while idle (an idle export holds no storage descriptor, so an unlinked
+    /// file's space is freed; a change to it drops it instead).
+    src: Option<SharedSource>,
 }
 
 impl Export {
@@ -78,18 +85,9 @@ impl std::fmt::Debug for Export {
     }
 }
 
-/// Reads a copy as a fill source (for the import).
-struct CopySource<'a>(&'a DeviceCopy);
-
-impl FillSource for CopySource<'_> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-
-    fn is_device_memory(&self) -> bool {
-        true
-    }
-}
+/// Idle exports kept at most (each holds a descriptor of its copy; the process may have
+/// 20,000 here).
+pub const MAX_IDLE_EXPORTS: usize = 1024;
 
 /// Pages of a `size`-byte file.
 fn pages_of(size: u64) -> u64 {
@@ -137,10 +135,11 @@ impl DeviceTier {
                 let mut s = lock(&e.state);
                 if s.alive {
                     s.opens += 1;
+                    s.src.get_or_insert_with(|| src.clone());
                     drop(s);
                     return Ok(e);
                 }
-                // Imported meanwhile: export it again from the pages the import installed.
+                // Dropped meanwhile: migrate the file again if it is still whole.
                 drop(s);
                 thread::yield_now();
                 continue;
@@ -150,13 +149,14 @@ impl DeviceTier {
     }
 
     /// Takes one open of `file`'s live export, if it has one (never migrates).
-    pub fn export_join(&self, file: FileId) -> Option<Arc<Export>> {
+    pub fn export_join(&self, file: FileId, src: &SharedSource) -> Option<Arc<Export>> {
         let e = self.export_of(file)?;
         let mut s = lock(&e.state);
         if !s.alive {
             return None;
         }
         s.opens += 1;
+        s.src.get_or_insert_with(|| src.clone());
         drop(s);
         Some(e)
     }
@@ -199,8 +199,10 @@ impl DeviceTier {
         // The file's own pinned folios (the `pin` hint) leave the pin budget as they leave
         // the page map: reserve only the rest now (before any copying: a file that cannot
         // be exported costs nothing), the discount comes back after the swap.
-        if !self.reserve_pin(slots.saturating_sub(own_pinned)) {
-            return Err(NotExported::PinBudget);
+        while !self.reserve_pin(slots.saturating_sub(own_pinned)) {
+            if !self.drop_idle_export() {
+                return Err(NotExported::PinBudget);
+            }
         }
         let unreserve = || sub(&self.pinned_slots, slots.saturating_sub(own_pinned));
         // Copy with no lock held: the pins keep every folio's bytes alive and unchanged.
@@ -225,7 +227,7 @@ impl DeviceTier {
                 opens: 1,
                 alive: true,
                 lent: slots,
-                src: src.clone(),
+                src: Some(src.clone()),
             }),
         });
         let taken = self.swap_in_export(file, seq, slots, &export);
@@ -311,37 +313,70 @@ impl DeviceTier {
         }
     }
 
-    /// Gives back one open of `export` (of `file`); the last one migrates the file back into
-    /// the arena (as much as fits) and drops the copy.
+    /// Gives back one open of `export` (of `file`); after the last one the export stays,
+    /// idle, until it is dropped (module docs).
     pub fn export_release(&self, file: FileId, export: &Arc<Export>) {
         let mut s = lock(&export.state);
         s.opens -= 1;
-        if s.opens > 0 {
-            return;
+        if s.opens == 0 && s.alive {
+            s.src = None;
+            drop(s);
+            let idle = {
+                let mut q = lock(&self.idle_exports);
+                q.push_back(file);
+                q.len()
+            };
+            // Each export keeps one descriptor of its copy: bound the idle ones.
+            if idle > MAX_IDLE_EXPORTS {
+                self.drop_idle_export();
+            }
         }
-        // Import under the export's lock: an invalidation meanwhile waits, then finds the
-        // export dead and drops what the import installed (module docs).
+    }
+
+    /// Drops the oldest idle export, if any: its pages leave the tier (an eviction).
+    /// Returns whether one was dropped.
+    pub(super) fn drop_idle_export(&self) -> bool {
+        loop {
+            let Some(file) = lock(&self.idle_exports).pop_front() else {
+                return false;
+            };
+            if let Some(export) = self.export_of(file)
+                && self.drop_export(file, &export)
+            {
+                return true;
+            }
+        }
+    }
+
+    /// Drops `export` of `file` if no open holds it (an export with opens is pinned).
+    /// Returns whether it was dropped.
+    fn drop_export(&self, file: FileId, export: &Arc<Export>) -> bool {
+        let mut s = lock(&export.state);
+        if s.opens > 0 || !s.alive {
+            return false;
+        }
+        s.alive = false;
         sub(&self.pinned_slots, s.lent);
         self.arena.unlend(s.lent);
+        let pages = s.lent;
         s.lent = 0;
-        let size = export.copy.len().unwrap_or(0);
-        if size > 0
-            && let Err(e) = self.prefetch_range(file, size, 0, size, &CopySource(&export.copy))
-        {
-            tracing::warn!(error = %e, file, "cannot move a device copy back into the arena");
-        }
         {
             let mut g = lock(&self.shard(file).files);
             if let Some(st) = g.get_mut(&file) {
                 st.export = None;
+                st.seq = self.next_seq();
                 if st.is_empty() {
                     g.remove(&file);
                 }
             }
         }
-        s.alive = false;
         self.exports_live.fetch_sub(1, Ordering::Relaxed);
-        add(&self.stats.imports, 1);
+        add(&self.stats.dropped_exports, 1);
+        add(
+            &self.stats.evictions,
+            pages.div_ceil(SLOTS_PER_CHUNK as u64),
+        );
+        true
     }
 
     /// An invalidation of `file` while it may be exported: if it is, updates the copy in
@@ -360,10 +395,22 @@ impl DeviceTier {
         if !s.alive {
             return false;
         }
-        match cause {
-            // The file's bytes are unchanged (a name went), or the pages are pinned by opens.
-            InvalidationCause::UnlinkRename | InvalidationCause::Evict => return true,
-            _ => {}
+        if s.opens == 0 {
+            // Idle: no reader to keep exact, so the export goes like any page would.
+            drop(s);
+            let (huge, base) = Self::exported_residency(&export);
+            if self.drop_export(file, &export) {
+                add(&self.stats.invalidations[cause as usize], huge + base);
+            }
+            return true;
+        }
+        if matches!(
+            cause,
+            InvalidationCause::UnlinkRename | InvalidationCause::Evict
+        ) {
+            // The pages are pinned by the opens, and the file's bytes did not change (a name
+            // went, or an eviction was asked).
+            return true;
         }
         if let Err(e) = self.refresh(&export.copy, &mut s, offset, end) {
             tracing::error!(error = %e, file, "cannot update a device copy served by the kernel");
@@ -384,11 +431,15 @@ impl DeviceTier {
         offset: u64,
         end: u64,
     ) -> io::Result<()> {
+        let src = s
+            .src
+            .clone()
+            .ok_or_else(|| io::Error::other("an open export has no source"))?;
         let mut tries = 0;
         loop {
-            let size = s.src.size()?;
+            let size = src.size()?;
             self.resize_copy(copy, s, size)?;
-            match self.copy_range(copy, &*s.src, size, offset, end) {
+            match self.copy_range(copy, &*src, size, offset, end) {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && tries < 8 => tries += 1,
                 done => return done,
             }

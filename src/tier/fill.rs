@@ -76,11 +76,6 @@ impl DeviceTier {
             };
             let started = std::time::Instant::now();
             let got = read_fully(src, buf, f_start, file_size);
-            if src.is_device_memory() {
-                got?;
-                i = j;
-                continue;
-            }
             add(&self.stats.fill_reads, 1);
             add(&self.stats.fill_nanos, started.elapsed().as_nanos() as u64);
             let got = got?;

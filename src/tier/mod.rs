@@ -132,6 +132,9 @@ pub struct DeviceTier {
     shared: std::sync::OnceLock<shmem::SharedMemory>,
     /// Exports alive now (a read checks for one only while this is not 0).
     exports_live: AtomicU64,
+    /// Files whose export lost its last open, oldest first (may name exports reopened or
+    /// gone since: checked when popped). A leaf lock.
+    idle_exports: Mutex<std::collections::VecDeque<FileId>>,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -218,6 +221,7 @@ impl DeviceTier {
             readahead: Readahead::default(),
             shared: std::sync::OnceLock::new(),
             exports_live: AtomicU64::new(0),
+            idle_exports: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -348,7 +352,7 @@ impl DeviceTier {
     }
 
     /// [`DeviceTier::prefetch`] of `[offset, end)` (non-empty, within the file) into the
-    /// page map, export or not (an import uses it).
+    /// page map.
     fn prefetch_range(
         &self,
         file: FileId,

@@ -16,7 +16,9 @@
 //! the policy. A hint survives [`DeviceTier::invalidate_file`]; clear it with `Hint::Normal`.
 //!
 //! # Eviction
-//! A fault that finds no space evicts policy victims in a bounded scan (`evict`). A victim a
+//! A fault that finds no space evicts policy victims in a bounded scan (`evict`); when the
+//! policy has none left, idle exports (files in shared memory with no open) are dropped,
+//! oldest first. A victim a
 //! reader pins (its `Arc` is shared) is kept and re-inserted as most recently used. Victims
 //! are removed under their shard lock and freed after it is dropped.
 
@@ -87,6 +89,11 @@ impl DeviceTier {
                 return true;
             }
             let Some((key, id)) = lock(&self.policy).pop_victim() else {
+                // Nothing left to the policy: files exported to shared memory that no open
+                // holds go next, oldest first (`export.rs`).
+                if self.drop_idle_export() {
+                    continue;
+                }
                 break;
             };
             self.evict_one(key, id, need == Need::Chunk);

@@ -38,11 +38,11 @@ pub struct Counters {
     pub resident_huge: AtomicU64,
     pub resident_base: AtomicU64,
     pub invalidations: [AtomicU64; InvalidationCause::COUNT],
-    /// Shared memory (`export.rs`): migrations in and out, in-place updates and their
+    /// Shared memory (`export.rs`): migrations in, exports dropped, in-place updates and their
     /// bytes, updates that failed, copies grown past the capacity, device reads served
     /// from a copy by the daemon.
     pub exports: AtomicU64,
-    pub imports: AtomicU64,
+    pub dropped_exports: AtomicU64,
     pub updates: AtomicU64,
     pub updated_bytes: AtomicU64,
     pub update_failures: AtomicU64,
@@ -168,9 +168,10 @@ pub struct SharedStats {
     /// Bytes the kernel has allocated in the tmpfs (equals `bytes` up to the 4 KiB
     /// rounding of file tails; more means memory was allocated behind the tier).
     pub kernel_bytes: u64,
-    /// Migrations into shared memory and back since the mount.
+    /// Migrations into shared memory since the mount, and exports dropped (idle ones
+    /// evicted under pressure or by `user.pagetier.evict`).
     pub exports: u64,
-    pub imports: u64,
+    pub dropped: u64,
     /// In-place updates of a copy (host changes while exported), their bytes, and
     /// failures (logged as errors).
     pub updates: u64,
@@ -252,7 +253,7 @@ impl Counters {
             },
             shared: SharedStats {
                 exports: get(&self.exports),
-                imports: get(&self.imports),
+                dropped: get(&self.dropped_exports),
                 updates: get(&self.updates),
                 updated_bytes: get(&self.updated_bytes),
                 update_failures: get(&self.update_failures),

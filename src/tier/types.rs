@@ -113,12 +113,6 @@ pub trait FillSource {
     /// Returns bytes read (short at EOF).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 
-    /// Whether this source is device memory itself (an import, `export.rs`): its reads
-    /// are not storage faults and are not counted as such.
-    fn is_device_memory(&self) -> bool {
-        false
-    }
-
     /// The file's size now (for in-place updates of an exported copy, `export.rs`).
     fn size(&self) -> io::Result<u64> {
         Err(io::ErrorKind::Unsupported.into())
