@@ -62,6 +62,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use rustix::fs::{Mode, OFlags};
+
 use crate::coherence::{FileState, Remembered};
 use crate::errno::FsResult;
 use crate::lock::{read, write};
@@ -389,6 +391,17 @@ impl Inner {
     }
 }
 
+/// Returns the heap's free pages to the system: glibc keeps what many small
+/// frees (a forgotten table) gave back otherwise.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer; it only walks the allocator's
+    // own free lists, under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The table of inodes.
 pub struct InodeTable {
     inner: RwLock<Inner>,
@@ -431,8 +444,14 @@ impl InodeTable {
     fn probe_handles(root: BorrowedFd<'_>) -> Option<Arc<HandleMount>> {
         let probe = || -> io::Result<HandleMount> {
             let (handle, mount_id) = FileHandle::of(root)?;
-            handle.open(root)?;
-            let fd = rustix::io::fcntl_dupfd_cloexec(root, 0)?;
+            // `open_by_handle_at` takes no `O_PATH` descriptor of the mount.
+            let fd = rustix::fs::openat(
+                root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            handle.open(fd.as_fd())?;
             Ok(HandleMount { fd, mount_id })
         };
         match probe() {
@@ -552,6 +571,21 @@ impl InodeTable {
             return None;
         }
         let mut inner = write(&self.inner);
+        let gone = Self::forget_locked(&mut inner, id, n, view);
+        // A table that shrank a lot gives its memory back (after unlocking).
+        let shrink = inner.live.capacity() > 4 * inner.live.len() + 4096;
+        if shrink {
+            let len = inner.live.len();
+            inner.live.shrink_to(2 * len);
+        }
+        drop(inner);
+        if shrink {
+            release_free_memory();
+        }
+        gone
+    }
+
+    fn forget_locked(inner: &mut Inner, id: InodeId, n: u64, view: View) -> Option<Arc<Inode>> {
         let inode = inner.live.get(&id)?;
         if view == View::Device {
             let d = inode.device_nlookup.load(Ordering::SeqCst);

@@ -1,0 +1,138 @@
+//! Many files through one mount: the daemon holds no descriptor per inode the
+//! kernel knows (live inodes keep a file handle, `src/inode.rs`), so an epoch
+//! over more files than the descriptor limit (a hard 20,000 here) succeeds and
+//! the daemon's descriptor count stays small; and the inode table gives its
+//! entries back when the kernel forgets them.
+//!
+//! Every mount is owned by a guard that unmounts it on drop, also on panic;
+//! waits poll a condition until a deadline. Runs as root (CI does).
+
+mod common;
+mod util;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Mounted, wait_until};
+
+const DIRS: usize = 30;
+const FILES_PER_DIR: usize = 1000;
+/// The daemon's descriptors may never come near the limit (20,000 here).
+const FD_BOUND: usize = 1000;
+
+fn rel(d: usize, i: usize) -> String {
+    format!("d{d:02}/f{i:04}")
+}
+
+/// Each file's bytes: small, and different for every file.
+fn content(d: usize, i: usize) -> Vec<u8> {
+    format!("file {d}/{i}: {}\n", "x".repeat((d * 7 + i) % 97)).into_bytes()
+}
+
+fn fill(storage: &Path) {
+    for d in 0..DIRS {
+        fs::create_dir(storage.join(format!("d{d:02}"))).unwrap();
+        for i in 0..FILES_PER_DIR {
+            fs::write(storage.join(rel(d, i)), content(d, i)).unwrap();
+        }
+    }
+}
+
+fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Asks the kernel to drop unused dentries and inodes, so it sends FORGETs.
+fn drop_dentries() {
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+}
+
+#[test]
+fn an_epoch_over_more_files_than_the_fd_limit_holds_no_fd_per_inode() {
+    let started = Instant::now();
+    let m = util::Guarded::new(Mounted::with(&[], fill));
+    let pid = m.pid().unwrap();
+    let idle_inodes = m.stats().inodes;
+    let idle_rss = rss_kib(pid);
+    let mut max_fds = fd_count(pid);
+    let total = DIRS * FILES_PER_DIR;
+
+    // Stat every file through the host view: the kernel looks each one up
+    // and keeps it.
+    for d in 0..DIRS {
+        for i in 0..FILES_PER_DIR {
+            let md = fs::metadata(m.host(&rel(d, i)))
+                .unwrap_or_else(|e| panic!("stat {}: {e}", rel(d, i)));
+            assert_eq!(md.len(), content(d, i).len() as u64, "{}", rel(d, i));
+        }
+        max_fds = max_fds.max(fd_count(pid));
+    }
+    let known = m.stats().inodes;
+    let known_rss = rss_kib(pid);
+    assert!(
+        known >= idle_inodes + total as u64,
+        "the kernel should hold every file looked up: {known} live inodes"
+    );
+
+    // The kernel forgets them all: the table gives its entries back.
+    let mut live = known;
+    let forgotten = wait_until(Duration::from_secs(20), || {
+        drop_dentries();
+        live = m.stats().inodes;
+        live <= idle_inodes + 8
+    });
+    assert!(
+        forgotten,
+        "after drop_caches {live} inodes are still live (idle {idle_inodes})"
+    );
+    let forgotten_rss = rss_kib(pid);
+    eprintln!(
+        "daemon VmRSS: idle {idle_rss} KiB; {total} files known {known_rss} KiB \
+         ({} bytes per known inode); after the forgets {forgotten_rss} KiB",
+        (known_rss.saturating_sub(idle_rss) * 1024) / total as u64
+    );
+
+    // Open, read and close every file through the host view (and stat it).
+    let mut max_live = 0;
+    for d in 0..DIRS {
+        for i in 0..FILES_PER_DIR {
+            let path = m.host(&rel(d, i));
+            let got = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", rel(d, i)));
+            assert!(got == content(d, i), "{}: bytes differ", rel(d, i));
+            fs::metadata(&path).unwrap_or_else(|e| panic!("stat {}: {e}", rel(d, i)));
+        }
+        max_fds = max_fds.max(fd_count(pid));
+        max_live = max_live.max(m.stats().inodes);
+    }
+    // And every tenth through the device view.
+    for d in 0..DIRS {
+        for i in (d % 10..FILES_PER_DIR).step_by(10) {
+            let path = m.device().join(rel(d, i));
+            let got = fs::read(&path).unwrap_or_else(|e| panic!("device read {}: {e}", rel(d, i)));
+            assert!(got == content(d, i), "device {}: bytes differ", rel(d, i));
+        }
+        max_fds = max_fds.max(fd_count(pid));
+    }
+    assert!(
+        max_live > 20_000,
+        "the kernel held only {max_live} inodes at once: more than the fd limit were meant"
+    );
+    max_fds = max_fds.max(fd_count(pid));
+    assert!(
+        max_fds < FD_BOUND,
+        "the daemon held {max_fds} descriptors with {total} files known"
+    );
+    eprintln!(
+        "at most {max_fds} daemon descriptors; {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
