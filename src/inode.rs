@@ -58,7 +58,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -67,6 +67,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::coherence::{FileState, Remembered};
 use crate::errno::FsResult;
 use crate::lock::{read, write};
+use crate::storage::FileHandle;
 
 /// Stable internal id of a backing object (or a virtual control object).
 pub type InodeId = u64;
@@ -133,88 +134,6 @@ pub struct Fingerprint {
     pub size: u64,
     pub mtime: (i64, i64),
     pub ctime: (i64, i64),
-}
-
-/// `MAX_HANDLE_SZ` of `<fcntl.h>`.
-const MAX_HANDLE_SZ: usize = 128;
-
-/// `struct file_handle` with room for the largest handle.
-#[repr(C)]
-struct RawHandle {
-    handle_bytes: u32,
-    handle_type: i32,
-    f_handle: [u8; MAX_HANDLE_SZ],
-}
-
-/// A kernel file handle: names one object of one filesystem for as long as
-/// it exists (its generation is part of it), and reopens it without a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileHandle {
-    kind: i32,
-    bytes: Box<[u8]>,
-}
-
-impl FileHandle {
-    /// The handle of the object behind `fd` (any descriptor, `O_PATH` too)
-    /// and the id of the mount it was reached through.
-    pub fn of(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
-        let mut raw = RawHandle {
-            handle_bytes: MAX_HANDLE_SZ as u32,
-            handle_type: 0,
-            f_handle: [0; MAX_HANDLE_SZ],
-        };
-        let mut mount_id: libc::c_int = 0;
-        // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` says how
-        // much room follows it; the path is an empty C string; every pointer
-        // outlives the call, which writes only into `raw` and `mount_id`.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_name_to_handle_at,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                &mut raw as *mut RawHandle,
-                &mut mount_id as *mut libc::c_int,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
-        Ok((
-            FileHandle {
-                kind: raw.handle_type,
-                bytes: raw.f_handle[..len].into(),
-            },
-            mount_id,
-        ))
-    }
-
-    /// Opens the object as `O_PATH | O_NOFOLLOW` through any descriptor of
-    /// its mount. Fails (`ESTALE`) when the object no longer exists.
-    pub fn open(&self, mount: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-        let mut raw = RawHandle {
-            handle_bytes: self.bytes.len() as u32,
-            handle_type: self.kind,
-            f_handle: [0; MAX_HANDLE_SZ],
-        };
-        raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
-        // SAFETY: `raw` is a valid `struct file_handle` of `handle_bytes`
-        // bytes that outlives the call, which only reads it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_open_by_handle_at,
-                mount.as_raw_fd(),
-                &raw as *const RawHandle,
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the syscall returned a new descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(r as libc::c_int) })
-    }
 }
 
 /// The mount through which handles are opened (STORAGE's root's).
@@ -694,10 +613,7 @@ mod tests {
     /// A handle-backed inode's backing with made-up handle bytes.
     fn handle_backing(t: &InodeTable, bytes: &[u8]) -> Backing {
         Backing::Handle {
-            handle: FileHandle {
-                kind: 1,
-                bytes: bytes.into(),
-            },
+            handle: FileHandle::from_parts(1, bytes),
             mount: t.handles.clone().expect("/ gives file handles"),
             pinned: OnceLock::new(),
         }
@@ -905,10 +821,7 @@ mod tests {
         });
         let forgotten = |handle: &[u8]| Forgotten {
             remembered: seen,
-            handle: Some(FileHandle {
-                kind: 1,
-                bytes: handle.into(),
-            }),
+            handle: Some(FileHandle::from_parts(1, handle)),
             stamp: 0,
         };
         let shown = |r: Option<Remembered>| format!("{:?}", r.unwrap());
