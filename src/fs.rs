@@ -450,9 +450,12 @@ impl Pagetier {
         // next open revalidates them. No readahead may add pages once it is
         // dropped.
         if self.inodes.forget(id, n, view).is_some() {
+            let has_pages = |id| self.tier.residency(id).resident_bytes > 0;
             self.inodes.prune_forgotten(id, |id| {
-                self.tier.cancel_readahead(id);
-                self.tier.residency(id).resident_bytes > 0
+                has_pages(id) || {
+                    self.tier.cancel_readahead(id);
+                    has_pages(id)
+                }
             });
         }
     }

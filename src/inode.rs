@@ -22,8 +22,11 @@
 //! on another mount than STORAGE's root. A handle-backed inode is *pinned*
 //! (gets a held descriptor too, until the kernel forgets it) when a name of it
 //! is removed through the mount, so that it stays reachable while the kernel
-//! may still use it (an open unlinked file, a removed working directory) —
-//! a handle may not reopen an object whose last link is gone.
+//! may still use it: a handle reopens an unlinked object only while something
+//! holds it (an open file does; a removed directory that is only a process's
+//! working directory is held by nothing else), and some filesystems refuse
+//! even that. An object deleted behind the mount's back is not pinned: once
+//! nothing holds it, operations on its inode fail with `ESTALE`.
 //!
 //! When the kernel forgets an inode, its entry goes: nothing of it is kept
 //! but, while the device tier may hold pages of it, what the mount last saw

@@ -387,9 +387,12 @@ mod tests {
             fmt_of(&stat(s.open(mount.as_fd()).unwrap()).unwrap()),
             libc::S_IFLNK
         );
-        // Gone: the handle opens nothing (not another object reusing the number).
+        // Unlinked, the object is reachable while a descriptor holds it; once
+        // none does it is gone, and its handle opens nothing (not another
+        // object that reuses its inode number).
         std::fs::remove_file(dir.path().join("a")).unwrap();
         std::fs::remove_file(dir.path().join("b")).unwrap();
+        assert!(a.open(mount.as_fd()).is_ok(), "held by `fd`");
         drop(fd);
         assert!(a.open(mount.as_fd()).is_err());
     }
