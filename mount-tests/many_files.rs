@@ -11,6 +11,7 @@ mod common;
 mod util;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -150,5 +151,40 @@ fn an_epoch_over_more_files_than_the_fd_limit_holds_no_fd_per_inode() {
     eprintln!(
         "at most {max_fds} daemon descriptors; {:.1} s in all",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// A directory removed through the mount while it is a process's working
+/// directory is held by nothing but the daemon: its inode, pinned at the
+/// removal, still answers (stat: nlink 0; opendir: an empty listing)
+/// instead of `ESTALE`.
+/// An unlinked open file likewise.
+#[test]
+fn removed_objects_the_kernel_still_uses_answer() {
+    let m = util::Guarded::new(Mounted::with(&[], |s| {
+        fs::create_dir(s.join("d")).unwrap();
+        fs::write(s.join("f"), b"still here").unwrap();
+    }));
+    let done = util::run_deadline(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"cd "$1" && rmdir "$1" && stat -c %h . && ls -a ."#)
+            .arg("sh")
+            .arg(m.host("d")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(done.code(), 0, "{done:?}");
+    assert_eq!(
+        done.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["0"],
+        "nlink of the removed cwd, then its listing (empty: `.` and `..` are gone too): {done:?}"
+    );
+    let file = fs::File::open(m.host("f")).unwrap();
+    fs::remove_file(m.host("f")).unwrap();
+    let md = file.metadata().unwrap();
+    assert_eq!(
+        (md.nlink(), md.len()),
+        (0, 10),
+        "fstat of the unlinked open file"
     );
 }

@@ -884,6 +884,33 @@ mod tests {
     }
 
     #[test]
+    fn without_handles_inodes_hold_their_descriptor() {
+        let proc = || -> OwnedFd { File::open("/proc").unwrap().into() };
+        // procfs gives no file handles: a table over it holds descriptors.
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, proc());
+        assert!(!t.uses_handles());
+        let a = t.lookup_ref(
+            InodeKey { dev: 1, ino: 3 },
+            libc::S_IFDIR,
+            proc(),
+            View::Host,
+        );
+        assert!(a.holds_fd());
+        assert!(storage::stat(a.fd().unwrap()).is_ok());
+        // Nor does an object on another filesystem than STORAGE's root.
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        assert!(t.uses_handles());
+        let b = t.lookup_ref(
+            InodeKey { dev: 2, ino: 3 },
+            libc::S_IFDIR,
+            proc(),
+            View::Host,
+        );
+        assert!(b.holds_fd());
+        assert!(t.forget(b.id, 1, View::Host).is_some());
+    }
+
+    #[test]
     fn device_view_references_are_counted_apart() {
         let root = InodeKey { dev: 1, ino: 2 };
         let t = InodeTable::new(root, fd());
