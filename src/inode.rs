@@ -481,7 +481,10 @@ impl InodeTable {
             device_nlookup: AtomicU64::new(device_nlookup),
             coherence: FileState::new(remembered),
         });
-        inner.live.insert(id, inode.clone());
+        let replaced = inner.live.insert(id, inode.clone());
+        // The replaced object's descriptor (if it held one) closes unlocked.
+        drop(inner);
+        drop(replaced);
         inode
     }
 
