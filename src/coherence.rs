@@ -109,6 +109,25 @@ pub struct FileState {
 #[derive(Clone, Copy, Debug)]
 pub struct Remembered(Fingerprint);
 
+impl Remembered {
+    /// What to remember of an object that took the id of another (a reused
+    /// inode number): it matches no file, so the next open or change drops
+    /// whatever the caches hold of the id.
+    pub fn matching_nothing() -> Self {
+        Remembered(Fingerprint {
+            size: u64::MAX,
+            mtime: (i64::MIN, -1),
+            ctime: (i64::MIN, -1),
+        })
+    }
+
+    /// What was seen of a file, made up (for the inode table's tests).
+    #[cfg(test)]
+    pub fn of_fingerprint(fp: Fingerprint) -> Self {
+        Remembered(fp)
+    }
+}
+
 impl FileState {
     /// The state of an inode made live, with what was remembered of it.
     pub fn new(remembered: Option<Remembered>) -> Self {
@@ -387,7 +406,7 @@ pub struct Child {
 impl Child {
     /// The object now named `name` in `dir`, if the mount ever gave it an id.
     pub fn of(inodes: &InodeTable, dir: &Inode, name: &OsStr) -> Option<Child> {
-        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let st = rustix::fs::statat(dir.fd().ok()?, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
         let id = inodes.known_id(storage::key_of(&st))?;
         Some(Child {
             id,
@@ -461,7 +480,7 @@ impl Coherence {
     pub fn changing<T>(&self, inode: &Inode, change: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         let res = if inode.is_reg() {
             let _in_flight = InFlight::enter(&inode.coherence);
-            if let Ok(st) = storage::stat(&inode.fd)
+            if let Ok(st) = inode.fd().and_then(storage::stat)
                 && self.check(inode, &st) == Seen::Changed
             {
                 // The watcher leaves the file to this change, so do its part:
@@ -486,7 +505,7 @@ impl Coherence {
     /// Records the backing file's state after a change made through the
     /// mount, so that the next open keeps the kernel's (already updated) cache.
     pub fn note_changed_by_us(&self, inode: &Inode) {
-        if let Ok(st) = storage::stat(&inode.fd) {
+        if let Ok(st) = inode.fd().and_then(storage::stat) {
             *lock(&inode.coherence.seen) = Some(storage::fingerprint(&st));
         }
     }
@@ -725,7 +744,7 @@ impl Coherence {
         if !inode.is_reg() || inode.coherence.in_flight() {
             return;
         }
-        let Ok(st) = storage::stat(&inode.fd) else {
+        let Ok(st) = inode.fd().and_then(storage::stat) else {
             return;
         };
         let fp = storage::fingerprint(&st);
@@ -750,7 +769,7 @@ mod tests {
 
     use super::*;
     use crate::errno::Errno;
-    use crate::inode::{FIRST_BACKING_ID, View};
+    use crate::inode::{View, encode};
     use crate::tier::{FillSource, TierConfig};
     use std::fs::{self, File};
     use std::os::fd::AsFd;
@@ -809,10 +828,6 @@ mod tests {
         }
     }
 
-    /// FUSE inode numbers of the file `f` (the first backing object) and the root.
-    const F_HOST: u64 = 2 * FIRST_BACKING_ID + 1;
-    const F_DEVICE: u64 = 2 * FIRST_BACKING_ID + 2;
-
     /// Size of `f` at the start: two device pages.
     const F_SIZE: usize = 8192;
 
@@ -849,7 +864,7 @@ mod tests {
             let rec = Recorder::default();
             coh.connect(rec.clone()).unwrap();
             let f = Self::look_up(&inodes, &root, "f", f_view);
-            assert_eq!(f.id, FIRST_BACKING_ID);
+            assert_eq!(f.id, inodes.id_of(f.key));
             Fixture {
                 dir,
                 inodes,
@@ -863,8 +878,30 @@ mod tests {
         }
 
         fn look_up(inodes: &InodeTable, dir: &Inode, name: &str, view: View) -> Arc<Inode> {
-            let (fd, st) = storage::open_child(dir.fd.as_fd(), OsStr::new(name)).unwrap();
+            let (fd, st) =
+                storage::open_child(dir.fd().unwrap().as_fd(), OsStr::new(name)).unwrap();
             inodes.lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, view)
+        }
+
+        /// FUSE inode numbers of the file `f` in the host and the device view.
+        fn f_inos(&self) -> [u64; 2] {
+            [
+                encode(self.f.id, View::Host),
+                encode(self.f.id, View::Device),
+            ]
+        }
+
+        /// `told` with `f`'s inode numbers written `F_HOST` and `F_DEVICE`.
+        fn symbolic(&self, told: &str) -> String {
+            let [host, device] = self.f_inos().map(|i| i.to_string());
+            told.split(' ')
+                .map(|word| match word {
+                    w if w == host => "F_HOST",
+                    w if w == device => "F_DEVICE",
+                    w => w,
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
         }
 
         fn path(&self, name: &str) -> PathBuf {
@@ -878,11 +915,11 @@ mod tests {
 
         fn open(&self) -> bool {
             self.coh
-                .revalidate(&self.f, &storage::stat(&self.f.fd).unwrap())
+                .revalidate(&self.f, &storage::stat(self.f.fd().unwrap()).unwrap())
         }
 
         fn fill(&self) {
-            let size = storage::stat(&self.f.fd).unwrap().st_size as u64;
+            let size = storage::stat(self.f.fd().unwrap()).unwrap().st_size as u64;
             let src = FileSource(File::open(self.path("f")).unwrap());
             let got = self.tier.prefetch(self.f.id, size, 0, size, &src).unwrap();
             assert!(got.faulted_bytes + got.already_resident_bytes > 0);
@@ -998,14 +1035,14 @@ mod tests {
             device_view: true,
             steps: &[Open { keep: false }, Fill, ExternalWrite, Event(Data, "f")],
             external_drops: 2,
-            watcher_told: &["pages 7", "pages 8"],
+            watcher_told: &["pages F_HOST", "pages F_DEVICE"],
         },
         Case {
             name: "a file the device view does not hold: host view only",
             device_view: false,
             steps: &[Open { keep: false }, Fill, ExternalWrite, Event(Data, "f")],
             external_drops: 2,
-            watcher_told: &["pages 7"],
+            watcher_told: &["pages F_HOST"],
         },
         Case {
             name: "the watcher records what it dropped for: the next open keeps, drops nothing",
@@ -1020,7 +1057,7 @@ mod tests {
                 Event(Data, "f"),
             ],
             external_drops: 2,
-            watcher_told: &["pages 7"],
+            watcher_told: &["pages F_HOST"],
         },
         Case {
             name: "open after an external change, before its event: the open drops, the event finds nothing",
@@ -1146,7 +1183,7 @@ mod tests {
                 "entry 2 f",
                 "entry 1 g",
                 "entry 2 g",
-                "pages 7",
+                "pages F_HOST",
             ],
         },
     ];
@@ -1186,6 +1223,7 @@ mod tests {
                 Forget => fx.forget_and_look_up(),
             }
         }
+        let told = told.into_iter().map(|t| fx.symbolic(&t)).collect();
         (fx.external_drops(), told)
     }
 
@@ -1217,7 +1255,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let told: Vec<String> = lock(&fx.rec.0).iter().map(|(_, w)| w.clone()).collect();
-            if [F_HOST, F_DEVICE]
+            if fx
+                .f_inos()
                 .iter()
                 .all(|ino| told.contains(&format!("pages {ino}")))
             {
@@ -1266,7 +1305,7 @@ mod tests {
         assert!(!fx.coh.has_writer_behind(&fx.f));
         assert!(matches!(fx.coh.device_access(&fx.f), DeviceAccess::Tier(_)));
         let told = fx.rec.take_written_by_callers();
-        for ino in [F_HOST, F_DEVICE] {
+        for ino in fx.f_inos() {
             assert!(told.contains(&format!("attrs {ino}")), "{told:?}");
         }
         // The next open keeps no cached data of the file.
@@ -1342,7 +1381,10 @@ mod tests {
         fx.open();
         fx.rec.take();
         fx.our_write(|| {});
-        assert_eq!(fx.rec.take().first().map(String::as_str), Some("attrs 8"));
+        assert_eq!(
+            fx.rec.take().first().map(|t| fx.symbolic(t)).as_deref(),
+            Some("attrs F_DEVICE")
+        );
         let host_only = Fixture::new(View::Host);
         host_only.open();
         host_only.our_write(|| {});

@@ -216,11 +216,11 @@ impl StorageSource {
     }
 
     fn open_fd(inode: &Inode) -> FsResult<Arc<StorageSource>> {
-        let (fd, direct) = match storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECT)
-        {
-            Ok(fd) => (fd, true),
-            Err(_) => (storage::reopen(inode.fd.as_fd(), OFlags::RDONLY)?, false),
-        };
+        let (fd, direct) =
+            match storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY | OFlags::DIRECT) {
+                Ok(fd) => (fd, true),
+                Err(_) => (storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY)?, false),
+            };
         Ok(Arc::new(StorageSource { fd, direct }))
     }
 }
@@ -439,7 +439,7 @@ impl Pagetier {
     }
 
     fn attr_of(&self, inode: &Inode, view: View) -> FsResult<Attr> {
-        let st = storage::stat(&inode.fd)?;
+        let st = storage::stat(inode.fd()?)?;
         Ok(Attr::from_stat(encode(inode.id, view), &st))
     }
 
@@ -486,8 +486,18 @@ impl Pagetier {
             return;
         }
         // Device pages outlive the kernel's reference: the table remembers
-        // what was seen of the file, and the next open revalidates it.
-        self.inodes.forget(id, n, view);
+        // what was seen of the file while the tier holds pages of it, and the
+        // next open revalidates them. No readahead may add pages once it is
+        // dropped.
+        if self.inodes.forget(id, n, view).is_some() {
+            let has_pages = |id| self.tier.residency(id).resident_bytes > 0;
+            self.inodes.prune_forgotten(id, |id| {
+                has_pages(id) || {
+                    self.tier.cancel_readahead(id);
+                    has_pages(id)
+                }
+            });
+        }
     }
 
     /// Attributes of `ino`.
@@ -529,17 +539,19 @@ impl Pagetier {
         {
             // chown(f, -1, -1) and friends: the kernel sends an empty setattr
             // for a change that only marks ctime; let the backing fs mark it.
+            let fd = inode.fd()?;
             let _as = become_caller(caller)?;
-            rustix::fs::chownat(&inode.fd, "", None, None, AtFlags::EMPTY_PATH)?;
+            rustix::fs::chownat(&fd, "", None, None, AtFlags::EMPTY_PATH)?;
             return Ok(());
         }
         if let Some(mode) = set.mode {
             self.chmod(caller, inode, mode)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
+            let fd = inode.fd()?;
             let _as = become_caller(caller)?;
             rustix::fs::chownat(
-                &inode.fd,
+                &fd,
                 "",
                 set.uid.map(uid_of),
                 set.gid.map(gid_of),
@@ -556,14 +568,15 @@ impl Pagetier {
                 });
             }
             let handle = fh.and_then(|fh| self.handle(fh).ok());
-            let old = storage::stat(&inode.fd)?.st_size as u64;
+            let old = storage::stat(inode.fd()?)?.st_size as u64;
             match handle.as_deref().map(|h| &h.kind) {
                 Some(HandleKind::File { file, .. }) => {
                     rustix::fs::ftruncate(file, size)?;
                 }
                 _ => {
+                    let path_fd = inode.fd()?;
                     let _as = become_caller(caller)?;
-                    let fd = storage::reopen(inode.fd.as_fd(), OFlags::WRONLY)?;
+                    let fd = storage::reopen(path_fd.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(&fd, size)?;
                 }
             }
@@ -576,7 +589,8 @@ impl Pagetier {
                 last_access: set.atime.map(ts).unwrap_or(OMIT),
                 last_modification: set.mtime.map(ts).unwrap_or(OMIT),
             };
-            let path = storage::proc_path(inode.fd.as_fd());
+            let fd = inode.fd()?;
+            let path = storage::proc_path(fd.as_fd());
             let _as = become_caller(caller)?;
             rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
         }
@@ -584,7 +598,8 @@ impl Pagetier {
     }
 
     fn chmod(&self, caller: Caller, inode: &Inode, mode: u32) -> FsResult<()> {
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         let mode = Mode::from_bits_truncate(mode & 0o7777);
         let res = {
             let _as = become_caller(caller)?;
@@ -594,7 +609,7 @@ impl Pagetier {
             Err(rustix::io::Errno::PERM) => {
                 // The kernel asks a non-owner's write to drop set-id bits with a
                 // mode change; dropping them is never an escalation, so do it.
-                let cur = storage::stat(&inode.fd)?.st_mode & 0o7777;
+                let cur = storage::stat(&fd)?.st_mode & 0o7777;
                 let kill = libc::S_ISUID | libc::S_ISGID;
                 if mode.bits() & !kill == cur & !kill && mode.bits() & kill != cur & kill {
                     rustix::fs::chmodat(rustix::fs::CWD, path.as_c_str(), mode, AtFlags::empty())?;
@@ -609,7 +624,7 @@ impl Pagetier {
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let (inode, _) = self.backing(ino)?;
-        let target = rustix::fs::readlinkat(&inode.fd, "", Vec::new())?;
+        let target = rustix::fs::readlinkat(inode.fd()?, "", Vec::new())?;
         Ok(target.into_bytes())
     }
 
@@ -625,7 +640,7 @@ impl Pagetier {
     /// Looks the child `name` of `dir` up in STORAGE, taking one reference
     /// (also right after creating it).
     fn lookup_child(&self, dir: &Inode, view: View, name: &OsStr) -> FsResult<Attr> {
-        let (fd, st) = storage::open_child(dir.fd.as_fd(), name)?;
+        let (fd, st) = storage::open_child(dir.fd()?.as_fd(), name)?;
         let inode = self
             .inodes
             .lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, view);
@@ -645,9 +660,10 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Created)]);
+        let dir_fd = dir.fd()?;
         as_creator(caller, mode, umask, |perm| {
             let kind = rustix::fs::FileType::from_raw_mode(mode);
-            rustix::fs::mknodat(&dir.fd, name, kind, perm, rdev as u64)
+            rustix::fs::mknodat(&dir_fd, name, kind, perm, rdev as u64)
         })?;
         own.happened();
         self.coherence.device_view_stale(|s| {
@@ -668,8 +684,9 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Created)]);
+        let dir_fd = dir.fd()?;
         as_creator(caller, mode, umask, |perm| {
-            rustix::fs::mkdirat(&dir.fd, name, perm)
+            rustix::fs::mkdirat(&dir_fd, name, perm)
         })?;
         own.happened();
         self.coherence.device_view_stale(|s| {
@@ -690,8 +707,9 @@ impl Pagetier {
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Created)]);
         {
+            let dir_fd = dir.fd()?;
             let _as = become_caller(caller)?;
-            rustix::fs::symlinkat(target, &dir.fd, name)?;
+            rustix::fs::symlinkat(target, &dir_fd, name)?;
         }
         own.happened();
         self.coherence.device_view_stale(|s| {
@@ -713,12 +731,14 @@ impl Pagetier {
             let own = self
                 .coherence
                 .expect_own(&[(&dir, newname, EntryEvent::Created)]);
-            let path = storage::proc_path(inode.fd.as_fd());
+            let fd = inode.fd()?;
+            let path = storage::proc_path(fd.as_fd());
+            let dir_fd = dir.fd()?;
             let _as = become_caller(caller)?;
             rustix::fs::linkat(
                 rustix::fs::CWD,
                 path.as_c_str(),
-                &dir.fd,
+                &dir_fd,
                 newname,
                 AtFlags::SYMLINK_FOLLOW,
             )?;
@@ -737,9 +757,11 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
+        self.inodes.pin(victim.map(|v| v.id()));
         {
+            let dir_fd = dir.fd()?;
             let _as = become_caller(caller)?;
-            rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty())?;
+            rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty())?;
         }
         own.happened();
         self.coherence.name_gone(&self.inodes, victim);
@@ -758,9 +780,11 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
+        self.inodes.pin(victim.map(|v| v.id()));
         {
+            let dir_fd = dir.fd()?;
             let _as = become_caller(caller)?;
-            rustix::fs::unlinkat(&dir.fd, name, AtFlags::REMOVEDIR)?;
+            rustix::fs::unlinkat(&dir_fd, name, AtFlags::REMOVEDIR)?;
         }
         own.happened();
         self.coherence.device_view_stale(|s| {
@@ -794,9 +818,11 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_rename(&from, name, &to, newname, exchange);
+        self.inodes.pin(victim.map(|v| v.id()));
         {
+            let (from_fd, to_fd) = (from.fd()?, to.fd()?);
             let _as = become_caller(caller)?;
-            rustix::fs::renameat_with(&from.fd, name, &to.fd, newname, flags)?;
+            rustix::fs::renameat_with(&from_fd, name, &to_fd, newname, flags)?;
         }
         own.happened();
         self.coherence.name_gone(&self.inodes, victim);
@@ -859,7 +885,7 @@ impl Pagetier {
         }
         let (file, source) = match view {
             View::Host => (
-                storage::reopen(inode.fd.as_fd(), Self::backing_flags(flags))?,
+                storage::reopen(inode.fd()?.as_fd(), Self::backing_flags(flags))?,
                 None,
             ),
             // One open serves both: the fill descriptor (O_DIRECT where STORAGE
@@ -960,8 +986,9 @@ impl Pagetier {
         let own = self
             .coherence
             .expect_own(&[(&dir, name, EntryEvent::Created)]);
+        let dir_fd = dir.fd()?;
         let file = as_creator(caller, mode, umask, |perm| {
-            rustix::fs::openat(&dir.fd, name, oflags, perm)
+            rustix::fs::openat(&dir_fd, name, oflags, perm)
         })?;
         own.happened();
         self.coherence.device_view_stale(|s| {
@@ -1234,7 +1261,7 @@ impl Pagetier {
             }
             HandleKind::Dir { .. } => {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-                let fd = storage::reopen(inode.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+                let fd = storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
                 rustix::fs::fsync(&fd)?;
                 Ok(())
             }
@@ -1369,7 +1396,7 @@ impl Pagetier {
         if !inode.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (_, entries) = storage::list_dir(inode.fd.as_fd())?;
+        let (_, entries) = storage::list_dir(inode.fd()?.as_fd())?;
         Ok(self.add_handle(
             Some(inode),
             HandleKind::Dir {
@@ -1419,7 +1446,7 @@ impl Pagetier {
             HandleKind::Dir { entries, view } => {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
                 if offset == 0 {
-                    let (_, fresh) = storage::list_dir(inode.fd.as_fd())?;
+                    let (_, fresh) = storage::list_dir(inode.fd()?.as_fd())?;
                     *lock(entries) = fresh;
                     out.push(dot(b".", 1, me));
                 }
@@ -1487,7 +1514,7 @@ impl Pagetier {
         } else {
             self.node(id)?
         };
-        let s = rustix::fs::fstatvfs(&node.fd)?;
+        let s = rustix::fs::fstatvfs(node.fd()?)?;
         Ok(FsStat {
             blocks: s.f_blocks,
             bfree: s.f_bfree,
@@ -1515,7 +1542,8 @@ impl Pagetier {
         if let Some(ctl) = control::parse_name(name) {
             return self.control_get(&inode, ctl);
         }
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         read_sized(
             || rustix::fs::getxattr_query(path.as_c_str(), name),
             |buf| rustix::fs::getxattr(path.as_c_str(), name, buf),
@@ -1527,7 +1555,8 @@ impl Pagetier {
             return Ok(Vec::new());
         }
         let (inode, _) = self.backing(ino)?;
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         let mut names = read_sized(
             || rustix::fs::listxattr_query(path.as_c_str()),
             |buf| rustix::fs::listxattr(path.as_c_str(), buf),
@@ -1561,7 +1590,8 @@ impl Pagetier {
             return Err(self.refuse(view));
         }
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::EINVAL)?;
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         self.coherence.changing(&inode, || {
             let _as = become_caller(caller)?;
             Ok(rustix::fs::setxattr(path.as_c_str(), name, value, flags)?)
@@ -1581,7 +1611,8 @@ impl Pagetier {
         if view == View::Device || self.cfg.read_only {
             return Err(self.refuse(view));
         }
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         self.coherence.changing(&inode, || {
             let _as = become_caller(caller)?;
             Ok(rustix::fs::removexattr(path.as_c_str(), name)?)
@@ -1601,7 +1632,8 @@ impl Pagetier {
         if mask & libc::W_OK != 0 && (view == View::Device || self.cfg.read_only) {
             return Err(Errno::EROFS);
         }
-        let path = storage::proc_path(inode.fd.as_fd());
+        let fd = inode.fd()?;
+        let path = storage::proc_path(fd.as_fd());
         let _as = become_caller(caller)?;
         rustix::fs::accessat(
             rustix::fs::CWD,
@@ -1620,7 +1652,7 @@ impl Pagetier {
                 if !inode.is_reg() {
                     return Err(Errno::ENODATA);
                 }
-                let size = storage::stat(&inode.fd)?.st_size as u64;
+                let size = storage::stat(inode.fd()?)?.st_size as u64;
                 let r = self.tier.residency(inode.id);
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 v["size"] = json!(size);
@@ -1647,7 +1679,7 @@ impl Pagetier {
         let (start, end) =
             control::parse_range(range.trim_end_matches('\0').trim()).map_err(|_| Errno::EINVAL)?;
         let src = StorageSource::open(inode)?;
-        let st = storage::stat(&inode.fd)?;
+        let st = storage::stat(inode.fd()?)?;
         self.coherence.revalidate(inode, &st);
         let size = st.st_size as u64;
         let end = end.map_or(size, |e| e.saturating_add(1).min(size));

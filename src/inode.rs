@@ -1,12 +1,47 @@
 //! The inode table: FUSE inode numbers <-> backing inodes.
 //!
 //! Every backing object is identified by its [`InodeKey`] (device, inode
-//! number) and gets one [`InodeId`] for the life of the mount: the key->id map
-//! is never pruned, so a file keeps its inode number even after the kernel
-//! forgets it and looks it up again, and hard links share one id. An id is
-//! *live* while the kernel holds lookup references; a live inode owns an
-//! `O_PATH | O_NOFOLLOW` descriptor of the backing object, through which every
-//! operation on it is made (never a path).
+//! number), and its [`InodeId`] is *derived* from the key
+//! ([`InodeTable::id_of`]): `slot(dev) * 2^56 + ino + FIRST_BACKING_ID`, where
+//! a device's slot is its rank among the devices seen (STORAGE's own first).
+//! So a file keeps its inode number after the kernel forgets it and looks it
+//! up again, hard links share one id, and the table needs no key->id map: the
+//! only keys it remembers an id for are the rare ones outside that range (an
+//! inode number of 2^56 or more, or a 64th device), in a map that is never
+//! pruned. An id is never handed to two keys.
+//!
+//! An id is *live* while the kernel holds lookup references (the sum of its
+//! lookups and forgets, in both views). A live inode is reached through a
+//! kernel *file handle* (`name_to_handle_at`): each operation opens an
+//! `O_PATH` descriptor from it (`open_by_handle_at`, which needs
+//! CAP_DAC_READ_SEARCH: always before the thread takes a caller's
+//! credentials) and closes it after, so the daemon holds no descriptor per
+//! known inode. A live inode *holds* an `O_PATH | O_NOFOLLOW` descriptor
+//! instead when handles cannot reach it: the root; every inode when STORAGE's
+//! filesystem gives no handles (or the daemon may not open them); an object
+//! on another mount than STORAGE's root. A handle-backed inode is *pinned*
+//! (gets a held descriptor too, until the kernel forgets it) when a name of it
+//! is removed through the mount, so that it stays reachable while the kernel
+//! may still use it: a handle reopens an unlinked object only while something
+//! holds it (an open file does; a removed directory that is only a process's
+//! working directory is held by nothing else), and some filesystems refuse
+//! even that. An object deleted behind the mount's back is not pinned: once
+//! nothing holds it, operations on its inode fail with `ESTALE`.
+//!
+//! When the kernel forgets an inode, its entry goes: nothing of it is kept
+//! but, while the device tier may hold pages of it, what the mount last saw
+//! of the file (its coherence fingerprint and file handle), so that the next
+//! open revalidates the pages instead of trusting them (`coherence.rs`:
+//! a never-seen file is taken to have none). [`InodeTable::prune_forgotten`]
+//! drops that too once the tier holds nothing of the id.
+//!
+//! A (dev, ino) reused by a new object maps to the same id, as the backing
+//! filesystem reuses the inode number; the new object never inherits the old
+//! one's cached state: its file handle differs (the generation is part of it),
+//! so a live entry or a remembered fingerprint of the old object is replaced
+//! by one that matches no file, and the next open or change drops the id's
+//! device pages and the kernel's cached data. (Without handles, the
+//! fingerprint tells, as a change behind the mount's back.)
 //!
 //! Each id appears under two views. FUSE inode numbers encode the view in the
 //! low bit: `2*id + 1` is the host view, `2*id + 2` the device view, so the
@@ -19,18 +54,23 @@
 //! so there is nothing of it to invalidate there (`notify.rs`).
 //!
 //! Each inode carries its coherence state ([`FileState`]), opaque here: only
-//! `coherence.rs` reads or writes it. What it remembers survives a forget.
+//! `coherence.rs` reads or writes it.
 //!
 //! Lock order: the table's `RwLock`, then an inode's coherence state (a
-//! leaf); never call out while holding either.
+//! leaf); never call out (or make a syscall) while holding either.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::coherence::{FileState, Remembered};
+use crate::errno::FsResult;
 use crate::lock::{read, write};
+use crate::storage::FileHandle;
 
 /// Stable internal id of a backing object (or a virtual control object).
 pub type InodeId = u64;
@@ -43,6 +83,15 @@ pub const CONTROL_ID: InodeId = 1;
 pub const STATS_ID: InodeId = 2;
 /// The first id handed to a backing object other than the root.
 pub const FIRST_BACKING_ID: InodeId = 3;
+
+/// Bits of a derived id that hold the inode number (module docs).
+const INO_BITS: u32 = 56;
+/// Devices that get a slot of derived ids; keys of later ones are mapped.
+const DEV_SLOTS: usize = 63;
+/// The first id of the map of keys outside the derived range.
+const FIRST_MAPPED_ID: InodeId = (DEV_SLOTS as u64) << INO_BITS;
+/// Past the last id: `encode` must not overflow.
+const ID_LIMIT: InodeId = (u64::MAX - 2) / 2;
 
 /// Which view a FUSE inode number belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +139,44 @@ pub struct Fingerprint {
     pub ctime: (i64, i64),
 }
 
+/// The mount through which handles are opened (STORAGE's root's).
+#[derive(Debug)]
+struct HandleMount {
+    fd: OwnedFd,
+    mount_id: i32,
+}
+
+/// How a live inode reaches its backing object.
+#[derive(Debug)]
+enum Backing {
+    /// A descriptor held for as long as the inode is live.
+    Held(OwnedFd),
+    /// A file handle, opened for each operation; `pinned` holds a descriptor
+    /// once a name of the object was removed through the mount.
+    Handle {
+        handle: FileHandle,
+        mount: Arc<HandleMount>,
+        pinned: OnceLock<OwnedFd>,
+    },
+}
+
+/// An `O_PATH` descriptor of an inode's backing object, for one operation:
+/// the inode's own, or one opened from its file handle and closed on drop.
+#[derive(Debug)]
+pub enum InodeFd<'a> {
+    Held(BorrowedFd<'a>),
+    Opened(OwnedFd),
+}
+
+impl AsFd for InodeFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            InodeFd::Held(fd) => *fd,
+            InodeFd::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
 /// A live backing inode.
 #[derive(Debug)]
 pub struct Inode {
@@ -97,8 +184,7 @@ pub struct Inode {
     pub key: InodeKey,
     /// `S_IFMT` bits of the backing object (its type never changes).
     pub fmt: u32,
-    /// `O_PATH | O_NOFOLLOW` descriptor of the backing object.
-    pub fd: OwnedFd,
+    backing: Backing,
     nlookup: AtomicU64,
     /// The share of `nlookup` held through the device view.
     device_nlookup: AtomicU64,
@@ -120,39 +206,149 @@ impl Inode {
     pub fn in_device_view(&self) -> bool {
         self.id == ROOT_ID || self.device_nlookup.load(Ordering::SeqCst) > 0
     }
+
+    /// An `O_PATH | O_NOFOLLOW` descriptor of the backing object, for one
+    /// operation (never keep it). Take it before switching to a caller's
+    /// credentials: opening a handle needs the daemon's. `ESTALE` when the
+    /// object is gone.
+    pub fn fd(&self) -> FsResult<InodeFd<'_>> {
+        match &self.backing {
+            Backing::Held(fd) => Ok(InodeFd::Held(fd.as_fd())),
+            Backing::Handle {
+                handle,
+                mount,
+                pinned,
+            } => match pinned.get() {
+                Some(fd) => Ok(InodeFd::Held(fd.as_fd())),
+                None => Ok(InodeFd::Opened(handle.open(mount.fd.as_fd())?)),
+            },
+        }
+    }
+
+    /// Whether the inode holds a descriptor (held or pinned).
+    #[cfg(test)]
+    pub fn holds_fd(&self) -> bool {
+        match &self.backing {
+            Backing::Held(_) => true,
+            Backing::Handle { pinned, .. } => pinned.get().is_some(),
+        }
+    }
+
+    /// Holds a descriptor of the object from now on (module docs): call
+    /// before a name of it is removed through the mount.
+    pub fn pin(&self) -> FsResult<()> {
+        if let Backing::Handle {
+            handle,
+            mount,
+            pinned,
+        } = &self.backing
+            && pinned.get().is_none()
+        {
+            let fd = handle.open(mount.fd.as_fd())?;
+            // A concurrent pin won: either descriptor does.
+            let _ = pinned.set(fd);
+        }
+        Ok(())
+    }
+
+    fn handle(&self) -> Option<&FileHandle> {
+        match &self.backing {
+            Backing::Held(_) => None,
+            Backing::Handle { handle, .. } => Some(handle),
+        }
+    }
+}
+
+/// What is kept of a forgotten inode while the tier may hold pages of it.
+#[derive(Debug)]
+struct Forgotten {
+    remembered: Remembered,
+    handle: Option<FileHandle>,
+    /// Tells this forget from an earlier one of the id ([`InodeTable::prune_forgotten`]).
+    stamp: u64,
 }
 
 #[derive(Default)]
 struct Inner {
     live: HashMap<InodeId, Arc<Inode>>,
-    /// What the mount last saw of files the kernel forgot: restored when they
-    /// come back, so that their device pages (kept across the forget) are
-    /// revalidated at the next open instead of trusted blindly.
-    forgotten: HashMap<InodeId, Remembered>,
-    ids: HashMap<InodeKey, InodeId>,
-    next: InodeId,
+    /// What the mount last saw of forgotten files whose device pages may
+    /// outlive the forget: restored when they come back, so that those pages
+    /// are revalidated at the next open instead of trusted blindly.
+    forgotten: HashMap<InodeId, Forgotten>,
+    /// Size of `forgotten` after its last sweep ([`InodeTable::prune_forgotten`]).
+    swept_len: usize,
+    next_stamp: u64,
+    /// Devices with a slot of derived ids, in slot order.
+    devs: Vec<u64>,
+    /// Ids of keys outside the derived range (never pruned).
+    mapped: HashMap<InodeKey, InodeId>,
+    next_mapped: InodeId,
+}
+
+impl Inner {
+    /// The derived or mapped id of `key`, if it has one yet.
+    fn id(&self, key: InodeKey) -> Option<InodeId> {
+        if key.ino < (1 << INO_BITS) - FIRST_BACKING_ID
+            && let Some(slot) = self.devs.iter().position(|d| *d == key.dev)
+        {
+            return Some(((slot as u64) << INO_BITS) + key.ino + FIRST_BACKING_ID);
+        }
+        self.mapped.get(&key).copied()
+    }
+
+    /// The id of `key`, giving its device a slot or the key a mapped id.
+    fn assign(&mut self, key: InodeKey) -> InodeId {
+        if let Some(id) = self.id(key) {
+            return id;
+        }
+        if key.ino < (1 << INO_BITS) - FIRST_BACKING_ID && self.devs.len() < DEV_SLOTS {
+            self.devs.push(key.dev);
+            return self.id(key).expect("the device has a slot now");
+        }
+        let id = self.next_mapped;
+        assert!(id < ID_LIMIT, "inode ids exhausted");
+        self.next_mapped += 1;
+        self.mapped.insert(key, id);
+        id
+    }
+}
+
+/// Returns the heap's free pages to the system: glibc keeps what many small
+/// frees (a forgotten table) gave back otherwise.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer; it only walks the allocator's
+    // own free lists, under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The table of inodes.
 pub struct InodeTable {
     inner: RwLock<Inner>,
+    root_key: InodeKey,
+    /// Where handles are opened, when STORAGE's filesystem gives them and
+    /// the daemon may open them (else every inode holds a descriptor).
+    handles: Option<Arc<HandleMount>>,
 }
 
 impl InodeTable {
     /// A table whose root (id 0, never forgotten) is `root_fd`.
     pub fn new(root_key: InodeKey, root_fd: OwnedFd) -> Self {
+        let handles = Self::probe_handles(root_fd.as_fd());
         let mut inner = Inner {
-            next: FIRST_BACKING_ID,
+            next_mapped: FIRST_MAPPED_ID,
+            devs: vec![root_key.dev],
             ..Default::default()
         };
-        inner.ids.insert(root_key, ROOT_ID);
         inner.live.insert(
             ROOT_ID,
             Arc::new(Inode {
                 id: ROOT_ID,
                 key: root_key,
                 fmt: libc::S_IFDIR,
-                fd: root_fd,
+                backing: Backing::Held(root_fd),
                 nlookup: AtomicU64::new(1),
                 device_nlookup: AtomicU64::new(0),
                 coherence: FileState::new(None),
@@ -160,7 +356,39 @@ impl InodeTable {
         );
         InodeTable {
             inner: RwLock::new(inner),
+            root_key,
+            handles,
         }
+    }
+
+    /// The mount to open handles through, if a handle of the root can be
+    /// made and opened again.
+    fn probe_handles(root: BorrowedFd<'_>) -> Option<Arc<HandleMount>> {
+        let probe = || -> io::Result<HandleMount> {
+            let (handle, mount_id) = FileHandle::of(root)?;
+            // `open_by_handle_at` takes no `O_PATH` descriptor of the mount.
+            let fd = rustix::fs::openat(
+                root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            handle.open(fd.as_fd())?;
+            Ok(HandleMount { fd, mount_id })
+        };
+        match probe() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::info!("no file handles for STORAGE ({e}): one descriptor per live inode");
+                None
+            }
+        }
+    }
+
+    /// Whether live inodes are reached through file handles.
+    #[cfg(test)]
+    pub fn uses_handles(&self) -> bool {
+        self.handles.is_some()
     }
 
     /// The live inode `id`, if the kernel still references it.
@@ -168,68 +396,121 @@ impl InodeTable {
         read(&self.inner).live.get(&id).cloned()
     }
 
-    /// The id of `key`, assigning a new one if it was never seen.
+    /// The id of `key` (module docs).
     pub fn id_of(&self, key: InodeKey) -> InodeId {
-        if let Some(id) = read(&self.inner).ids.get(&key) {
-            return *id;
+        if key == self.root_key {
+            return ROOT_ID;
         }
-        let mut inner = write(&self.inner);
-        Self::assign(&mut inner, key)
+        if let Some(id) = read(&self.inner).id(key) {
+            return id;
+        }
+        write(&self.inner).assign(key)
     }
 
-    /// The id of `key` if it was ever seen (no assignment).
+    /// The id of `key` if it has one without assigning (an object on a
+    /// device never seen, or mapped and never seen, has none).
     pub fn known_id(&self, key: InodeKey) -> Option<InodeId> {
-        read(&self.inner).ids.get(&key).copied()
+        if key == self.root_key {
+            return Some(ROOT_ID);
+        }
+        read(&self.inner).id(key)
     }
 
-    fn assign(inner: &mut Inner, key: InodeKey) -> InodeId {
-        if let Some(id) = inner.ids.get(&key) {
-            return *id;
+    /// How the inode of the object behind `fd` reaches it (module docs).
+    fn backing_of(&self, fd: OwnedFd) -> Backing {
+        if let Some(mount) = &self.handles
+            && let Ok((handle, mount_id)) = FileHandle::of(fd.as_fd())
+            && mount_id == mount.mount_id
+        {
+            return Backing::Handle {
+                handle,
+                mount: mount.clone(),
+                pinned: OnceLock::new(),
+            };
         }
-        let id = inner.next;
-        inner.next += 1;
-        inner.ids.insert(key, id);
-        id
+        Backing::Held(fd)
     }
 
     /// Records one kernel lookup reference to the object `key` (opened as
     /// `fd`) in `view`, making it live if it was not. Returns the live inode.
     pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd, view: View) -> Arc<Inode> {
+        let backing = self.backing_of(fd);
+        self.lookup_backing(key, fmt, backing, view)
+    }
+
+    fn lookup_backing(&self, key: InodeKey, fmt: u32, backing: Backing, view: View) -> Arc<Inode> {
         let device = u64::from(view == View::Device);
+        let id = self.id_of(key);
+        let new_handle = match &backing {
+            Backing::Held(_) => None,
+            Backing::Handle { handle, .. } => Some(handle),
+        };
         let mut inner = write(&self.inner);
-        let id = Self::assign(&mut inner, key);
+        let (mut nlookup, mut device_nlookup, mut remembered) = (1, device, None);
         if let Some(inode) = inner.live.get(&id) {
-            // Same object (key) but the type may differ if the inode number was
-            // reused by a new object after the old one was deleted.
-            if inode.fmt == fmt {
+            // The same object, unless the inode number was reused by a new
+            // object after the old one was deleted: then its type or its
+            // handle (generation) differs.
+            let same_handle = match (inode.handle(), new_handle) {
+                (Some(old), Some(new)) => old == new,
+                _ => true,
+            };
+            if inode.fmt == fmt && same_handle {
                 inode.nlookup.fetch_add(1, Ordering::Relaxed);
                 // Counted before the reply carries the entry, so a change that
                 // finds it zero happened before this lookup's stat.
                 inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
                 return inode.clone();
             }
+            // The kernel forgets both objects' references under this id.
+            nlookup += inode.nlookup.load(Ordering::Relaxed);
+            device_nlookup += inode.device_nlookup.load(Ordering::SeqCst);
+            remembered = Some(Remembered::matching_nothing());
+        } else if let Some(f) = inner.forgotten.remove(&id) {
+            remembered = Some(match (&f.handle, new_handle) {
+                (Some(old), Some(new)) if old != new => Remembered::matching_nothing(),
+                _ => f.remembered,
+            });
         }
-        let remembered = inner.forgotten.remove(&id);
         let inode = Arc::new(Inode {
             id,
             key,
             fmt,
-            fd,
-            nlookup: AtomicU64::new(1),
-            device_nlookup: AtomicU64::new(device),
+            backing,
+            nlookup: AtomicU64::new(nlookup),
+            device_nlookup: AtomicU64::new(device_nlookup),
             coherence: FileState::new(remembered),
         });
-        inner.live.insert(id, inode.clone());
+        let replaced = inner.live.insert(id, inode.clone());
+        // The replaced object's descriptor (if it held one) closes unlocked.
+        drop(inner);
+        drop(replaced);
         inode
     }
 
     /// Drops `n` lookup references held through `view`; returns the inode if
-    /// it is no longer live.
+    /// it is no longer live. What the mount saw of it is kept until
+    /// [`Self::prune_forgotten`] finds the tier holds nothing of it.
     pub fn forget(&self, id: InodeId, n: u64, view: View) -> Option<Arc<Inode>> {
         if id == ROOT_ID {
             return None;
         }
         let mut inner = write(&self.inner);
+        let gone = Self::forget_locked(&mut inner, id, n, view);
+        // A table that shrank a lot gives its memory back (after unlocking).
+        let shrink = inner.live.capacity() > 4 * inner.live.len() + 4096;
+        if shrink {
+            let len = inner.live.len();
+            inner.live.shrink_to(2 * len);
+        }
+        drop(inner);
+        if shrink {
+            release_free_memory();
+        }
+        gone
+    }
+
+    fn forget_locked(inner: &mut Inner, id: InodeId, n: u64, view: View) -> Option<Arc<Inode>> {
         let inode = inner.live.get(&id)?;
         if view == View::Device {
             let d = inode.device_nlookup.load(Ordering::SeqCst);
@@ -242,8 +523,18 @@ impl InodeTable {
         inode.nlookup.store(left, Ordering::Relaxed);
         if left == 0 {
             let gone = inner.live.remove(&id)?;
-            if let Some(r) = gone.coherence.remembered() {
-                inner.forgotten.insert(id, r);
+            if let Some(remembered) = gone.coherence.remembered() {
+                let handle = gone.handle().cloned();
+                let stamp = inner.next_stamp;
+                inner.next_stamp += 1;
+                inner.forgotten.insert(
+                    id,
+                    Forgotten {
+                        remembered,
+                        handle,
+                        stamp,
+                    },
+                );
             }
             Some(gone)
         } else {
@@ -251,26 +542,94 @@ impl InodeTable {
         }
     }
 
+    /// Drops what is kept of the forgotten inode `id` unless
+    /// `has_device_pages(id)` (called without the table's lock: it may call
+    /// the tier); now and then sweeps every forgotten inode the same way, so
+    /// that what the tier evicted since is dropped too. Call after a
+    /// [`Self::forget`] that returned the inode. A forgotten inode that gets
+    /// device pages again is live again (pages come only through opens).
+    pub fn prune_forgotten(&self, id: InodeId, has_device_pages: impl Fn(InodeId) -> bool) {
+        let (candidates, sweep) = {
+            let inner = read(&self.inner);
+            let sweep = inner.forgotten.len() > 2 * inner.swept_len + 1024;
+            let candidates: Vec<(InodeId, u64)> = if sweep {
+                inner.forgotten.iter().map(|(i, f)| (*i, f.stamp)).collect()
+            } else {
+                inner
+                    .forgotten
+                    .get(&id)
+                    .map(|f| (id, f.stamp))
+                    .into_iter()
+                    .collect()
+            };
+            (candidates, sweep)
+        };
+        let drop_ids: Vec<(InodeId, u64)> = candidates
+            .into_iter()
+            .filter(|(i, _)| !has_device_pages(*i))
+            .collect();
+        if drop_ids.is_empty() && !sweep {
+            return;
+        }
+        let mut inner = write(&self.inner);
+        for (i, stamp) in drop_ids {
+            // Looked up (and maybe forgotten again) meanwhile: not this entry.
+            if inner.forgotten.get(&i).is_some_and(|f| f.stamp == stamp) {
+                inner.forgotten.remove(&i);
+            }
+        }
+        if sweep {
+            inner.swept_len = inner.forgotten.len();
+        }
+    }
+
+    /// Pins the live inode `id`, if any (module docs): call before a name of
+    /// it is removed through the mount. A failure leaves it unpinned (the
+    /// object may be gone already).
+    pub fn pin(&self, id: Option<InodeId>) {
+        if let Some(inode) = id.and_then(|id| self.get(id)) {
+            let _ = inode.pin();
+        }
+    }
+
     /// Number of live inodes (for leak checks and stats).
     pub fn live_count(&self) -> usize {
         read(&self.inner).live.len()
+    }
+
+    /// Number of forgotten inodes whose fingerprint is kept.
+    #[cfg(test)]
+    pub fn forgotten_count(&self) -> usize {
+        read(&self.inner).forgotten.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
     use std::fs::File;
+
+    use crate::storage;
 
     fn fd() -> OwnedFd {
         File::open("/").unwrap().into()
+    }
+
+    /// A handle-backed inode's backing with made-up handle bytes.
+    fn handle_backing(t: &InodeTable, bytes: &[u8]) -> Backing {
+        Backing::Handle {
+            handle: FileHandle::from_parts(1, bytes),
+            mount: t.handles.clone().expect("/ gives file handles"),
+            pinned: OnceLock::new(),
+        }
     }
 
     #[test]
     fn view_encoding_roundtrips() {
         assert_eq!(encode(ROOT_ID, View::Host), 1);
         assert_eq!(encode(ROOT_ID, View::Device), 2);
-        for id in [0, 1, 2, 3, 1000, u32::MAX as u64] {
+        for id in [0, 1, 2, 3, 1000, u32::MAX as u64, ID_LIMIT - 1] {
             for view in [View::Host, View::Device] {
                 assert_eq!(decode(encode(id, view)), Some((id, view)));
             }
@@ -284,17 +643,274 @@ mod tests {
         let t = InodeTable::new(root, fd());
         let key = InodeKey { dev: 1, ino: 99 };
         let a = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
-        assert_eq!(a.id, FIRST_BACKING_ID);
+        assert!(a.id >= FIRST_BACKING_ID);
         let b = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
         assert_eq!(a.id, b.id);
         assert!(t.forget(a.id, 1, View::Host).is_none());
         assert!(t.forget(a.id, 1, View::Host).is_some());
         assert!(t.get(a.id).is_none());
+        let id = a.id;
         drop((a, b));
         let c = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
-        assert_eq!(c.id, FIRST_BACKING_ID, "re-lookup keeps the inode number");
-        assert_eq!(t.id_of(InodeKey { dev: 1, ino: 100 }), FIRST_BACKING_ID + 1);
+        assert_eq!(c.id, id, "re-lookup keeps the inode number");
+        assert_ne!(t.id_of(InodeKey { dev: 1, ino: 100 }), id);
         // What was seen of the file survives too: `coherence.rs` tests it.
+    }
+
+    #[test]
+    fn forget_drops_the_entry_and_keeps_nothing_of_an_unseen_file() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        for ino in 10..1010 {
+            let key = InodeKey { dev: 1, ino };
+            let a = t.lookup_ref(key, libc::S_IFREG, fd(), View::Host);
+            t.lookup_ref(key, libc::S_IFREG, fd(), View::Device);
+            assert!(t.forget(a.id, 1, View::Device).is_none());
+            assert!(t.forget(a.id, 1, View::Host).is_some());
+            t.prune_forgotten(a.id, |_| panic!("nothing kept, nothing to ask"));
+        }
+        assert_eq!(t.live_count(), 1, "only the root is live");
+        assert_eq!(t.forgotten_count(), 0);
+    }
+
+    #[test]
+    fn ids_derive_from_keys_and_never_collide() {
+        let root = InodeKey { dev: 7, ino: 2 };
+        let t = InodeTable::new(root, fd());
+        assert_eq!(t.id_of(root), ROOT_ID);
+        assert_eq!(t.known_id(root), Some(ROOT_ID));
+        let keys = [
+            InodeKey { dev: 7, ino: 0 },
+            InodeKey { dev: 7, ino: 1 },
+            InodeKey { dev: 7, ino: 3 },
+            InodeKey { dev: 8, ino: 3 },
+            InodeKey { dev: 9, ino: 3 },
+            InodeKey {
+                dev: 7,
+                ino: u64::MAX,
+            },
+            InodeKey {
+                dev: 8,
+                ino: 1 << INO_BITS,
+            },
+        ];
+        assert_eq!(
+            t.known_id(keys[3]),
+            None,
+            "a device never seen has no slot yet"
+        );
+        let ids: Vec<InodeId> = keys.iter().map(|k| t.id_of(*k)).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{ids:?}");
+        assert!(
+            ids.iter()
+                .all(|id| *id >= FIRST_BACKING_ID && *id < ID_LIMIT)
+        );
+        assert_eq!(ids[2], 3 + FIRST_BACKING_ID, "STORAGE's device is slot 0");
+        assert_eq!(
+            ids[3],
+            (1 << INO_BITS) + 3 + FIRST_BACKING_ID,
+            "the next device slot 1"
+        );
+        assert!(ids[5] >= FIRST_MAPPED_ID && ids[6] >= FIRST_MAPPED_ID);
+        for (k, id) in keys.iter().zip(&ids) {
+            assert_eq!(t.id_of(*k), *id, "stable");
+            assert_eq!(t.known_id(*k), Some(*id));
+        }
+    }
+
+    #[test]
+    fn hard_links_share_one_live_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let root_fd = storage::open_root(dir.path()).unwrap();
+        let t = InodeTable::new(storage::key_of(&storage::stat(&root_fd).unwrap()), root_fd);
+        let root = t.get(ROOT_ID).unwrap();
+        let look = |name: &str| {
+            let (fd, st) =
+                storage::open_child(root.fd().unwrap().as_fd(), OsStr::new(name)).unwrap();
+            t.lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, View::Host)
+        };
+        let (a, b) = (look("a"), look("b"));
+        assert!(Arc::ptr_eq(&a, &b), "one entry for both names");
+        assert!(
+            t.forget(a.id, 1, View::Host).is_none(),
+            "b's reference holds it"
+        );
+        assert!(t.forget(a.id, 1, View::Host).is_some());
+    }
+
+    #[test]
+    fn a_reused_inode_number_with_another_handle_is_a_new_object() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        let key = InodeKey { dev: 1, ino: 50 };
+        let old = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
+        assert!(old.coherence.remembered().is_none(), "never seen");
+        let same = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
+        assert!(Arc::ptr_eq(&old, &same), "same handle, same entry");
+        // The object died behind the kernel's back and its number was reused.
+        let new = t.lookup_backing(
+            key,
+            libc::S_IFREG,
+            handle_backing(&t, b"gen2"),
+            View::Device,
+        );
+        assert!(!Arc::ptr_eq(&old, &new), "a new entry for the new object");
+        assert_eq!(new.id, old.id, "the inode number is reused, as in STORAGE");
+        assert!(
+            new.coherence.remembered().is_some(),
+            "the new object starts with a fingerprint matching no file (its id's pages drop)"
+        );
+        assert!(new.in_device_view());
+        // The kernel forgets the references of both objects under the id.
+        assert!(t.forget(new.id, 2, View::Host).is_none());
+        assert!(t.forget(new.id, 1, View::Device).is_some());
+        assert!(t.get(new.id).is_none());
+    }
+
+    #[test]
+    fn a_forgotten_fingerprint_is_kept_while_the_tier_has_pages() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        let key = InodeKey { dev: 1, ino: 60 };
+        // Two objects under one id: the live one has a fingerprint.
+        t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
+        let a = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        let id = a.id;
+        assert!(t.forget(id, 2, View::Host).is_some());
+        assert_eq!(t.forgotten_count(), 1);
+        t.prune_forgotten(id, |i| {
+            assert_eq!(i, id);
+            true
+        });
+        assert_eq!(t.forgotten_count(), 1, "pages of it remain: kept");
+        // Back with the same handle: the fingerprint comes back.
+        let b = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        assert!(b.coherence.remembered().is_some());
+        assert_eq!(t.forgotten_count(), 0, "live again");
+        assert!(t.forget(id, 1, View::Host).is_some());
+        t.prune_forgotten(id, |_| false);
+        assert_eq!(t.forgotten_count(), 0, "no pages left: dropped");
+        let c = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        assert!(c.coherence.remembered().is_none(), "nothing kept of it");
+    }
+
+    #[test]
+    fn a_stale_prune_leaves_a_newer_forget_alone() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        let key = InodeKey { dev: 1, ino: 70 };
+        t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g1"), View::Host);
+        let a = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g2"), View::Host);
+        let id = a.id;
+        assert!(t.forget(id, 2, View::Host).is_some());
+        // While the prune asks the tier, the file comes back and is forgotten again.
+        t.prune_forgotten(id, |_| {
+            t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g2"), View::Host);
+            assert!(t.forget(id, 1, View::Host).is_some());
+            false
+        });
+        assert_eq!(
+            t.forgotten_count(),
+            1,
+            "the newer forget's fingerprint stays"
+        );
+    }
+
+    #[test]
+    fn a_reused_number_of_a_forgotten_object_never_gets_its_fingerprint() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        let key = InodeKey { dev: 1, ino: 80 };
+        let id = t.id_of(key);
+        let seen = Remembered::of_fingerprint(Fingerprint {
+            size: 5,
+            mtime: (1, 2),
+            ctime: (3, 4),
+        });
+        let forgotten = |handle: &[u8]| Forgotten {
+            remembered: seen,
+            handle: Some(FileHandle::from_parts(1, handle)),
+            stamp: 0,
+        };
+        let shown = |r: Option<Remembered>| format!("{:?}", r.unwrap());
+        write(&t.inner).forgotten.insert(id, forgotten(b"g1"));
+        let same = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g1"), View::Host);
+        assert_eq!(
+            shown(same.coherence.remembered()),
+            shown(Some(seen)),
+            "the same object"
+        );
+        assert!(t.forget(id, 1, View::Host).is_some());
+        write(&t.inner).forgotten.insert(id, forgotten(b"g1"));
+        let other = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g2"), View::Host);
+        assert_eq!(other.id, id);
+        assert_eq!(
+            shown(other.coherence.remembered()),
+            shown(Some(Remembered::matching_nothing())),
+            "another object under the reused number: nothing it could match"
+        );
+    }
+
+    #[test]
+    fn live_inodes_hold_no_descriptor_but_reach_their_object() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let root_fd = storage::open_root(dir.path()).unwrap();
+        let t = InodeTable::new(storage::key_of(&storage::stat(&root_fd).unwrap()), root_fd);
+        if !t.uses_handles() {
+            eprintln!("no file handles here: nothing to test");
+            return;
+        }
+        let root = t.get(ROOT_ID).unwrap();
+        assert!(root.holds_fd(), "the root always holds its descriptor");
+        let mut live = Vec::new();
+        for name in ["f", "d"] {
+            let (fd, st) =
+                storage::open_child(root.fd().unwrap().as_fd(), OsStr::new(name)).unwrap();
+            let inode = t.lookup_ref(storage::key_of(&st), storage::fmt_of(&st), fd, View::Host);
+            assert!(!inode.holds_fd(), "{name}");
+            let again = storage::stat(inode.fd().unwrap()).unwrap();
+            assert_eq!(
+                storage::key_of(&again),
+                inode.key,
+                "{name}: the same object"
+            );
+            live.push(inode);
+        }
+        let (f, d) = (&live[0], &live[1]);
+        // Pinned before its name goes, a file stays reachable; unpinned, it does not.
+        f.pin().unwrap();
+        assert!(f.holds_fd());
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        assert_eq!(storage::stat(f.fd().unwrap()).unwrap().st_nlink, 0);
+        std::fs::remove_dir(dir.path().join("d")).unwrap();
+        assert!(d.fd().is_err(), "a handle does not reopen a deleted object");
+    }
+
+    #[test]
+    fn without_handles_inodes_hold_their_descriptor() {
+        let proc = || -> OwnedFd { File::open("/proc").unwrap().into() };
+        // procfs gives no file handles: a table over it holds descriptors.
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, proc());
+        assert!(!t.uses_handles());
+        let a = t.lookup_ref(
+            InodeKey { dev: 1, ino: 3 },
+            libc::S_IFDIR,
+            proc(),
+            View::Host,
+        );
+        assert!(a.holds_fd());
+        assert!(storage::stat(a.fd().unwrap()).is_ok());
+        // Nor does an object on another filesystem than STORAGE's root.
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        assert!(t.uses_handles());
+        let b = t.lookup_ref(
+            InodeKey { dev: 2, ino: 3 },
+            libc::S_IFDIR,
+            proc(),
+            View::Host,
+        );
+        assert!(b.holds_fd());
+        assert!(t.forget(b.id, 1, View::Host).is_some());
     }
 
     #[test]

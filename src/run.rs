@@ -255,7 +255,7 @@ fn preflight(args: &MountArgs, s: &MountSettings) -> Result<(PathBuf, PathBuf)> 
     Ok((storage, mnt))
 }
 
-/// Raises the open-file limit to its hard maximum (one fd per live inode).
+/// Raises the open-file limit to its hard maximum (open files hold descriptors).
 fn raise_fd_limit() {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     if let Some(max) = lim.maximum {

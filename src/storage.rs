@@ -4,13 +4,15 @@
 //! path or follows a symlink. Children are opened relative to their parent's
 //! `O_PATH` descriptor with `O_NOFOLLOW`; an existing object is reopened for
 //! I/O through its `/proc/self/fd/N` magic link, which names the very inode
-//! the descriptor holds. So whatever a user does inside STORAGE — even
+//! the descriptor holds, or through its kernel file handle
+//! ([`FileHandle`], `open_by_handle_at`), which names one object of one
+//! filesystem and never a path. So whatever a user does inside STORAGE — even
 //! swapping a directory for a symlink mid-operation — the daemon never
 //! touches anything outside it.
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +58,99 @@ pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
+}
+
+/// `MAX_HANDLE_SZ` of `<fcntl.h>`.
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// A kernel file handle: names one object of one filesystem for as long as
+/// it exists (its generation is part of it), and reopens it without a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    kind: i32,
+    bytes: Box<[u8]>,
+}
+
+impl FileHandle {
+    /// The handle of the object behind `fd` (any descriptor, `O_PATH` too)
+    /// and the id of the mount it was reached through.
+    pub fn of(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
+        let mut raw = RawHandle {
+            handle_bytes: MAX_HANDLE_SZ as u32,
+            handle_type: 0,
+            f_handle: [0; MAX_HANDLE_SZ],
+        };
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` says how
+        // much room follows it; the path is an empty C string; every pointer
+        // outlives the call, which writes only into `raw` and `mount_id`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_name_to_handle_at,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                &mut raw as *mut RawHandle,
+                &mut mount_id as *mut libc::c_int,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+        Ok((
+            FileHandle {
+                kind: raw.handle_type,
+                bytes: raw.f_handle[..len].into(),
+            },
+            mount_id,
+        ))
+    }
+
+    /// Opens the object as `O_PATH | O_NOFOLLOW` through any descriptor of
+    /// its mount. Fails (`ESTALE`) when the object no longer exists.
+    pub fn open(&self, mount: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        let mut raw = RawHandle {
+            handle_bytes: self.bytes.len() as u32,
+            handle_type: self.kind,
+            f_handle: [0; MAX_HANDLE_SZ],
+        };
+        raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
+        // SAFETY: `raw` is a valid `struct file_handle` of `handle_bytes`
+        // bytes that outlives the call, which only reads it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount.as_raw_fd(),
+                &raw as *const RawHandle,
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as libc::c_int) })
+    }
+}
+
+impl FileHandle {
+    /// A handle of made-up bytes (for tests of what holds handles).
+    #[cfg(test)]
+    pub fn from_parts(kind: i32, bytes: &[u8]) -> FileHandle {
+        FileHandle {
+            kind,
+            bytes: bytes.into(),
+        }
+    }
 }
 
 /// Reopens the object behind an `O_PATH` descriptor with `flags` for I/O.
@@ -260,6 +355,46 @@ mod tests {
         let long = "x".repeat(256);
         assert_eq!(check_name(OsStr::new(&long)), Err(Errno::ENAMETOOLONG));
         assert!(check_name(OsStr::new(&"x".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn file_handles_name_one_object() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("s")).unwrap();
+        let root = open_root(dir.path()).unwrap();
+        let Ok((root_handle, mount_id)) = FileHandle::of(root.as_fd()) else {
+            eprintln!("no file handles here: nothing to test");
+            return;
+        };
+        let mount = rustix::fs::openat(&root, ".", OFlags::RDONLY, Mode::empty()).unwrap();
+        let handle_of = |name: &str| {
+            let (fd, st) = open_child(root.as_fd(), OsStr::new(name)).unwrap();
+            let (h, m) = FileHandle::of(fd.as_fd()).unwrap();
+            assert_eq!(m, mount_id, "{name}: one mount");
+            (h, st)
+        };
+        let (a, st_a) = handle_of("a");
+        let (b, _) = handle_of("b");
+        assert_eq!(a, b, "two names of one inode");
+        assert_ne!(a, root_handle);
+        let fd = a.open(mount.as_fd()).unwrap();
+        assert_eq!(key_of(&stat(&fd).unwrap()), key_of(&st_a));
+        // A symlink's handle opens the symlink, not its target.
+        let (s, _) = handle_of("s");
+        assert_eq!(
+            fmt_of(&stat(s.open(mount.as_fd()).unwrap()).unwrap()),
+            libc::S_IFLNK
+        );
+        // Unlinked, the object is reachable while a descriptor holds it; once
+        // none does it is gone, and its handle opens nothing (not another
+        // object that reuses its inode number).
+        std::fs::remove_file(dir.path().join("a")).unwrap();
+        std::fs::remove_file(dir.path().join("b")).unwrap();
+        assert!(a.open(mount.as_fd()).is_ok(), "held by `fd`");
+        drop(fd);
+        assert!(a.open(mount.as_fd()).is_err());
     }
 
     #[test]

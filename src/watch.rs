@@ -161,8 +161,9 @@ fn run(mut state: State, fs: Arc<Pagetier>, stop: Arc<AtomicBool>) {
             };
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 && mask.contains(EventMask::ISDIR)
+                && let Ok(dir_fd) = dir.fd()
                 && let Ok(fd) = rustix::fs::openat(
-                    &dir.fd,
+                    &dir_fd,
                     name,
                     OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
