@@ -252,6 +252,8 @@ def make_jobs(names, a, storage):
                                     fio_files(1)),
         "rand-read-4k-x4": lambda: Job("rand-read-4k-x4", "rand-read-4k",
                                        {"SIZE": rand_size // 4, "JOBS": 4}, fio_files(4)),
+        "mmap-read-4k": lambda: Job("mmap-read-4k", "mmap-read-4k",
+                                    {"SIZE": rand_size, "JOBS": 1}, fio_files(1)),
         "rand-read-128k": lambda: Job("rand-read-128k", "rand-read-128k",
                                       {"SIZE": seq_size, "JOBS": 1}, fio_files(1)),
         "shards-read": lambda: Job("shards-read", "shards-read", {}, data, subdir="dataset"),
@@ -405,7 +407,7 @@ def main():
             die(f"unknown system {s!r}; systems: {', '.join(SYSTEMS)}")
     default_jobs = (["seq-read-1m", "rand-read-4k", "shards-read", "train-epoch"] if q else
                     ["seq-read-1m", "seq-read-1m-x4", "rand-read-4k", "rand-read-4k-x4",
-                     "rand-read-128k", "shards-read", "train-epoch"])
+                     "mmap-read-4k", "rand-read-128k", "shards-read", "train-epoch"])
     job_names = a.jobs.split(",") if a.jobs else default_jobs
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -524,9 +526,11 @@ def mount_systems(names, storage, mounts, a, pt_bin, ll_bin, data_bytes):
                     die(f"no pagetier binary at {pt_bin}")
                 cap = a.device_capacity or fmt_size(max(1 << 30, -(-data_bytes * 5 // 4 // (1 << 30)) << 30))
                 pid = os.path.join(mounts.root, "pagetier.pid")
+                # A device-view open is served by the kernel only if the whole file fits
+                # the pin budget (--pin-share): let a 1 GiB fio file in a 2 GiB tier fit.
                 pt_mnt = mounts.mount("pagetier", [pt_bin, "mount", storage, "{mnt}", "--daemon",
                                                    "--pid-file", pid, "--device-capacity", cap,
-                                                   *a.pt_args.split()],
+                                                   "--pin-share", "0.9", *a.pt_args.split()],
                                       pid_file=pid)
             if n == "pt-host":
                 out[n] = System(n, pt_mnt, pt_mount=pt_mnt)
