@@ -11,8 +11,10 @@
 //! When the last open is released the export stays, *idle*: the next open is served at once
 //! (a migration of a 1 GiB file costs tens of milliseconds, and a reader that opens a file
 //! again and again should not pay it each time). Idle exports are dropped, oldest first,
-//! when the eviction policy has no victim left, when a new export needs their pin budget,
-//! or on `user.pagetier.evict` — dropping one is the eviction of all its pages.
+//! before any policy victim when a fault needs room (their reader left, and the policy cannot
+//! weigh them page by page), when a new export needs their pin budget, when more than
+//! [`MAX_IDLE_EXPORTS`] are idle, or on `user.pagetier.evict` — dropping one is the eviction
+//! of all its pages.
 //!
 //! # The one place a device copy is updated instead of invalidated
 //! Everywhere else a host change *drops* the device pages it overlaps. A passthrough reader
@@ -340,18 +342,23 @@ impl DeviceTier {
             let Some(file) = lock(&self.idle_exports).pop_front() else {
                 return false;
             };
-            if let Some(export) = self.export_of(file)
-                && self.drop_export(file, &export)
-            {
+            let Some(export) = self.export_of(file) else {
+                continue;
+            };
+            // A busy export is not idle (being opened, refreshed or dropped); and a caller
+            // may hold another export's lock (a refresh making room): never wait here.
+            let Ok(mut s) = export.state.try_lock() else {
+                continue;
+            };
+            if self.drop_locked(file, &mut s) {
                 return true;
             }
         }
     }
 
-    /// Drops `export` of `file` if no open holds it (an export with opens is pinned).
-    /// Returns whether it was dropped.
-    fn drop_export(&self, file: FileId, export: &Arc<Export>) -> bool {
-        let mut s = lock(&export.state);
+    /// Drops the export of `file` whose state `s` is locked, if no open holds it (an export
+    /// with opens is pinned). Returns whether it was dropped.
+    fn drop_locked(&self, file: FileId, s: &mut ExportState) -> bool {
         if s.opens > 0 || !s.alive {
             return false;
         }
@@ -397,9 +404,8 @@ impl DeviceTier {
         }
         if s.opens == 0 {
             // Idle: no reader to keep exact, so the export goes like any page would.
-            drop(s);
             let (huge, base) = Self::exported_residency(&export);
-            if self.drop_export(file, &export) {
+            if self.drop_locked(file, &mut s) {
                 add(&self.stats.invalidations[cause as usize], huge + base);
             }
             return true;

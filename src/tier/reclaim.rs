@@ -16,9 +16,8 @@
 //! the policy. A hint survives [`DeviceTier::invalidate_file`]; clear it with `Hint::Normal`.
 //!
 //! # Eviction
-//! A fault that finds no space evicts policy victims in a bounded scan (`evict`); when the
-//! policy has none left, idle exports (files in shared memory with no open) are dropped,
-//! oldest first. A victim a
+//! A fault that finds no space first drops idle exports (files in shared memory that no
+//! open holds, oldest first), then evicts policy victims in a bounded scan (`evict`). A victim a
 //! reader pins (its `Arc` is shared) is kept and re-inserted as most recently used. Victims
 //! are removed under their shard lock and freed after it is dropped.
 
@@ -88,12 +87,12 @@ impl DeviceTier {
             if self.arena.satisfies(need) {
                 return true;
             }
+            // Files exported to shared memory that no open holds go first, oldest first
+            // (`export.rs`): their readers left, and the policy cannot weigh them page by page.
+            if self.drop_idle_export() {
+                continue;
+            }
             let Some((key, id)) = lock(&self.policy).pop_victim() else {
-                // Nothing left to the policy: files exported to shared memory that no open
-                // holds go next, oldest first (`export.rs`).
-                if self.drop_idle_export() {
-                    continue;
-                }
                 break;
             };
             self.evict_one(key, id, need == Need::Chunk);

@@ -47,6 +47,10 @@ impl FillSource for VecSource {
         self.calls.fetch_add(1, O::Relaxed);
         slice_read(&self.data.lock().unwrap(), buf, offset)
     }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.data.lock().unwrap().len() as u64)
+    }
 }
 
 struct SliceSource<'a>(&'a [u8]);
@@ -1327,4 +1331,115 @@ fn a_fault_inside_one_huge_page_is_served_pinned() {
     assert!(buf[..] == d[..MIB as usize]);
     t.check_invariants();
     base.check_invariants();
+}
+
+/// Exports (`export.rs`) over real shared memory: the file moves whole (capacity lent, not
+/// added), reads of it come from the copy, a change with an open updates the copy in place
+/// (size included), the last release leaves it idle (a reopen migrates nothing), and an
+/// eviction drops it. Needs CAP_SYS_ADMIN for the private tmpfs; without it there is
+/// nothing to check.
+#[test]
+fn an_export_moves_the_file_whole_updates_in_place_and_drops_when_idle() {
+    let t = tier(8, true);
+    if let Err(e) = t.enable_shared_memory() {
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        return;
+    }
+    let size = 5 * MIB + 100;
+    let vs = Arc::new(VecSource::new(pattern(size, 3)));
+    let src: SharedSource = vs.clone();
+    assert_eq!(
+        t.export_open(1, size, &src).unwrap_err(),
+        NotExported::NotWhole
+    );
+    t.prefetch(1, size, 0, size, vs.as_ref()).unwrap();
+    t.check_invariants();
+    let used = t.stats().device.used_bytes;
+    let before = t.residency(1);
+    let e = t.export_open(1, size, &src).unwrap();
+    t.check_invariants();
+    let s = t.stats();
+    assert_eq!(s.device.used_bytes, used, "capacity lent, not added");
+    assert_eq!(s.shared.bytes, size.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+    assert_eq!((s.shared.files, s.shared.exports), (1, 1));
+    assert_eq!((s.device.huge_pages, s.device.base_pages), (0, 0));
+    assert_eq!(t.residency(1), before, "residency is the copy's");
+    assert!(s.shared.kernel_bytes >= s.shared.bytes - PAGE_SIZE);
+
+    let read_at = |off: u64, len: usize, size: u64| {
+        let mut out = vec![0u8; len];
+        let n = t
+            .read(1, off, &mut out, &src, || Ok(size))
+            .unwrap()
+            .into_copied(&mut out);
+        out.truncate(n);
+        out
+    };
+    let at = (2 * MIB - 3) as usize;
+    assert_eq!(
+        read_at(at as u64, 9, size),
+        vs.data.lock().unwrap()[at..at + 9]
+    );
+
+    // A change across the 2 MiB boundary: the copy is updated, nothing is dropped.
+    vs.data.lock().unwrap()[at..at + 6].copy_from_slice(b"ABCDEF");
+    assert_eq!(
+        t.invalidate_range(1, at as u64, 6, InvalidationCause::Write),
+        0
+    );
+    assert_eq!(&read_at(at as u64, 6, size), b"ABCDEF");
+    // The file grows: so does the copy, and the capacity lent to it.
+    vs.data.lock().unwrap().extend(pattern(3 * MIB, 9));
+    let grown = size + 3 * MIB;
+    t.invalidate_range(1, size, u64::MAX, InvalidationCause::Write);
+    assert_eq!(
+        read_at(grown - 5, 10, grown),
+        vs.data.lock().unwrap()[(grown - 5) as usize..]
+    );
+    let s = t.stats();
+    assert_eq!(s.shared.updates, 2);
+    assert_eq!(s.shared.bytes, grown.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+    t.check_invariants();
+
+    // Idle after the last release; a reopen joins it; an evict while open is refused.
+    t.export_release(1, &e);
+    let e2 = t.export_open(1, grown, &src).unwrap();
+    assert!(Arc::ptr_eq(&e, &e2));
+    assert_eq!(t.stats().shared.exports, 1, "a reopen migrated again");
+    assert_eq!(t.invalidate_file(1, InvalidationCause::Evict), 0);
+    assert_eq!(t.stats().shared.files, 1, "evicted under an open");
+    t.export_release(1, &e2);
+    t.invalidate_file(1, InvalidationCause::Evict);
+    let s = t.stats();
+    assert_eq!((s.shared.files, s.shared.dropped), (0, 1));
+    assert_eq!((s.device.used_bytes, s.shared.bytes), (0, 0));
+    assert_eq!(t.residency(1).resident_bytes, 0);
+    t.check_invariants();
+    drop((e, e2));
+    assert_eq!(
+        t.stats().shared.kernel_bytes,
+        0,
+        "the copy is freed with its last holder"
+    );
+}
+
+/// Idle exports give way first: a fault that needs room drops them, oldest first.
+#[test]
+fn idle_exports_are_dropped_when_the_tier_needs_room() {
+    let t = tier(4, true);
+    if t.enable_shared_memory().is_err() {
+        return;
+    }
+    let vs = Arc::new(VecSource::new(pattern(4 * MIB, 5)));
+    let src: SharedSource = vs.clone();
+    t.prefetch(1, 4 * MIB, 0, 4 * MIB, vs.as_ref()).unwrap();
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    // 8 MiB of tier, 4 lent to the idle export: a second 8 MiB file needs all of it.
+    let other = VecSource::new(pattern(8 * MIB, 6));
+    let r = t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
+    assert_eq!(r.faulted_bytes, 8 * MIB, "{r:?}");
+    let s = t.stats();
+    assert_eq!((s.shared.files, s.shared.dropped), (0, 1));
+    t.check_invariants();
 }
