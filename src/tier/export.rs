@@ -68,6 +68,9 @@ struct ExportState {
     alive: bool,
     /// Slots of capacity lent to the copy (and taken from the pin budget).
     lent: u64,
+    /// While idle: the stamp of the release that made it idle (its entry in the tier's idle
+    /// list carries the same stamp; older entries of it are stale). 0 while open.
+    idle_since: u64,
     /// Reads the file from storage for in-place updates: the source of an open holding the
     /// export, none while idle (an idle export holds no storage descriptor, so an unlinked
     /// file's space is freed; a change to it drops it instead).
@@ -94,6 +97,19 @@ pub const MAX_IDLE_EXPORTS: usize = 1024;
 /// Pages of a `size`-byte file.
 fn pages_of(size: u64) -> u64 {
     size.div_ceil(PAGE_SIZE)
+}
+
+/// What an invalidation found of a file's export ([`DeviceTier::refresh_if_exported`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ExportInvalidation {
+    /// No live export (none, or an idle one just dropped): the usual path applies.
+    None,
+    /// An open export, unchanged: its bytes did not change (a name went) or it is pinned
+    /// (an eviction): nothing else to do.
+    Kept,
+    /// An open export, updated in place: the page map still drops what the range covers
+    /// (pages a fault racing the migration may have installed), keeping the file's state.
+    Updated,
 }
 
 /// Why a file could not be exported (the open is daemon-served instead).
@@ -136,7 +152,7 @@ impl DeviceTier {
             if let Some(e) = self.export_of(file) {
                 let mut s = lock(&e.state);
                 if s.alive {
-                    s.opens += 1;
+                    self.take_open(&mut s);
                     s.src.get_or_insert_with(|| src.clone());
                     drop(s);
                     return Ok(e);
@@ -157,7 +173,7 @@ impl DeviceTier {
         if !s.alive {
             return None;
         }
-        s.opens += 1;
+        self.take_open(&mut s);
         s.src.get_or_insert_with(|| src.clone());
         drop(s);
         Some(e)
@@ -174,6 +190,8 @@ impl DeviceTier {
         if size == 0 {
             return Err(NotExported::NotWhole);
         }
+        // Readahead queued by earlier reads would fault pages into the map of the export.
+        self.readahead.cancel(file);
         let (seq, folios, own_pinned) = {
             let g = lock(&self.shard(file).files);
             let st = g.get(&file).ok_or(NotExported::NotWhole)?;
@@ -229,6 +247,7 @@ impl DeviceTier {
                 opens: 1,
                 alive: true,
                 lent: slots,
+                idle_since: 0,
                 src: Some(src.clone()),
             }),
         });
@@ -294,6 +313,8 @@ impl DeviceTier {
         }
         drop(policy);
         st.unread.clear();
+        // Fills that started before the swap must not install into the export's map.
+        st.seq = self.next_seq();
         st.export = Some(export.clone());
         self.exports_live.fetch_add(1, Ordering::Relaxed);
         drop(g);
@@ -315,23 +336,65 @@ impl DeviceTier {
         }
     }
 
+    /// One more open of a live export (taking it out of the idle ones if it was idle).
+    fn take_open(&self, s: &mut ExportState) {
+        if s.opens == 0 {
+            s.idle_since = 0;
+            sub(&self.exports_idle, 1);
+        }
+        s.opens += 1;
+    }
+
     /// Gives back one open of `export` (of `file`); after the last one the export stays,
     /// idle, until it is dropped (module docs).
     pub fn export_release(&self, file: FileId, export: &Arc<Export>) {
         let mut s = lock(&export.state);
         s.opens -= 1;
-        if s.opens == 0 && s.alive {
-            s.src = None;
-            drop(s);
-            let idle = {
-                let mut q = lock(&self.idle_exports);
-                q.push_back(file);
-                q.len()
-            };
-            // Each export keeps one descriptor of its copy: bound the idle ones.
-            if idle > MAX_IDLE_EXPORTS {
-                self.drop_idle_export();
-            }
+        if s.opens > 0 || !s.alive {
+            return;
+        }
+        s.src = None;
+        s.idle_since = self.next_seq();
+        let stamp = s.idle_since;
+        drop(s);
+        add(&self.exports_idle, 1);
+        let listed = {
+            let mut q = lock(&self.idle_exports);
+            q.push_back((file, stamp));
+            q.len()
+        };
+        if listed > 4 * MAX_IDLE_EXPORTS {
+            self.forget_stale_idle_entries();
+        }
+        // Each export keeps one descriptor of its copy: bound the idle ones.
+        if self.exports_idle.load(Ordering::Relaxed) > MAX_IDLE_EXPORTS as u64 {
+            self.drop_idle_export();
+        }
+    }
+
+    /// Whether an idle-list entry `(file, stamp)` is still current: its export is idle since
+    /// that release (an export busy right now keeps its entry).
+    fn idle_entry_current(&self, file: FileId, stamp: u64) -> bool {
+        let Some(export) = self.export_of(file) else {
+            return false;
+        };
+        match export.state.try_lock() {
+            Ok(s) => s.opens == 0 && s.alive && s.idle_since == stamp,
+            Err(_) => true,
+        }
+    }
+
+    /// Rebuilds the idle list without the entries of exports reopened or dropped since (each
+    /// release adds one; only the newest of an idle export counts).
+    fn forget_stale_idle_entries(&self) {
+        let entries: Vec<(FileId, u64)> = lock(&self.idle_exports).drain(..).collect();
+        let kept: Vec<(FileId, u64)> = entries
+            .into_iter()
+            .filter(|&(file, stamp)| self.idle_entry_current(file, stamp))
+            .collect();
+        let mut q = lock(&self.idle_exports);
+        for e in kept.into_iter().rev() {
+            q.push_front(e);
         }
     }
 
@@ -339,7 +402,7 @@ impl DeviceTier {
     /// Returns whether one was dropped.
     pub(super) fn drop_idle_export(&self) -> bool {
         loop {
-            let Some(file) = lock(&self.idle_exports).pop_front() else {
+            let Some((file, stamp)) = lock(&self.idle_exports).pop_front() else {
                 return false;
             };
             let Some(export) = self.export_of(file) else {
@@ -350,6 +413,10 @@ impl DeviceTier {
             let Ok(mut s) = export.state.try_lock() else {
                 continue;
             };
+            // An older entry of an export reopened (and maybe idle again) since: stale.
+            if s.idle_since != stamp {
+                continue;
+            }
             if self.drop_locked(file, &mut s) {
                 return true;
             }
@@ -363,6 +430,7 @@ impl DeviceTier {
             return false;
         }
         s.alive = false;
+        sub(&self.exports_idle, 1);
         sub(&self.pinned_slots, s.lent);
         self.arena.unlend(s.lent);
         let pages = s.lent;
@@ -386,21 +454,22 @@ impl DeviceTier {
         true
     }
 
-    /// An invalidation of `file` while it may be exported: if it is, updates the copy in
-    /// place instead (module docs) and returns true; false if the usual path applies.
+    /// An invalidation of `[offset, end)` of `file`, as far as its export goes (module docs):
+    /// an idle export is dropped; an open one is updated in place (or, for an unlink or an
+    /// eviction, which change no byte, kept as it is).
     pub(super) fn refresh_if_exported(
         &self,
         file: FileId,
         offset: u64,
         end: u64,
         cause: InvalidationCause,
-    ) -> bool {
+    ) -> ExportInvalidation {
         let Some(export) = self.export_of(file) else {
-            return false;
+            return ExportInvalidation::None;
         };
         let mut s = lock(&export.state);
         if !s.alive {
-            return false;
+            return ExportInvalidation::None;
         }
         if s.opens == 0 {
             // Idle: no reader to keep exact, so the export goes like any page would.
@@ -408,25 +477,19 @@ impl DeviceTier {
             if self.drop_locked(file, &mut s) {
                 add(&self.stats.invalidations[cause as usize], huge + base);
             }
-            return true;
+            return ExportInvalidation::None;
         }
         if matches!(
             cause,
             InvalidationCause::UnlinkRename | InvalidationCause::Evict
         ) {
-            // The pages are pinned by the opens, and the file's bytes did not change (a name
-            // went, or an eviction was asked).
-            return true;
+            return ExportInvalidation::Kept;
         }
         if let Err(e) = self.refresh(&export.copy, &mut s, offset, end) {
             tracing::error!(error = %e, file, "cannot update a device copy served by the kernel");
             add(&self.stats.update_failures, 1);
         }
-        let mut g = lock(&self.shard(file).files);
-        if let Some(st) = g.get_mut(&file) {
-            st.seq = self.next_seq();
-        }
-        true
+        ExportInvalidation::Updated
     }
 
     /// Makes `[offset, end)` of the copy (and its size) equal the file's in storage.

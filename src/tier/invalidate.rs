@@ -13,6 +13,7 @@
 //! lock is dropped.
 
 use crate::tier::DeviceTier;
+use crate::tier::export::ExportInvalidation;
 use crate::tier::folio::Folio;
 use crate::tier::hint::Hint;
 use crate::tier::map::{Entry, FileState};
@@ -38,9 +39,15 @@ impl DeviceTier {
             return 0;
         }
         let end = offset.saturating_add(len);
-        if self.refresh_if_exported(file, offset, end, cause) {
+        if self.refresh_if_exported(file, offset, end, cause) == ExportInvalidation::Kept {
             return 0;
         }
+        self.drop_range(file, offset, end, cause)
+    }
+
+    /// The page-map part of [`DeviceTier::invalidate_range`] over `[offset, end)` (`end`
+    /// `u64::MAX`: to the end of the file); keeps the file's state.
+    fn drop_range(&self, file: FileId, offset: u64, end: u64, cause: InvalidationCause) -> u64 {
         let pages = PageRange {
             first: offset / PAGE_SIZE,
             end: if end == u64::MAX {
@@ -134,8 +141,11 @@ impl DeviceTier {
     /// Drops all of the file's device pages and forgets the file (its sequential-access
     /// state); in-flight fills are discarded. Returns device pages dropped.
     pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
-        if self.refresh_if_exported(file, 0, u64::MAX, cause) {
-            return 0;
+        match self.refresh_if_exported(file, 0, u64::MAX, cause) {
+            ExportInvalidation::Kept => return 0,
+            // Keep the state, which holds the export.
+            ExportInvalidation::Updated => return self.drop_range(file, 0, u64::MAX, cause),
+            ExportInvalidation::None => {}
         }
         let shard = self.shard(file);
         let mut g = lock(&shard.files);

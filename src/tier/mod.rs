@@ -134,7 +134,9 @@ pub struct DeviceTier {
     exports_live: AtomicU64,
     /// Files whose export lost its last open, oldest first (may name exports reopened or
     /// gone since: checked when popped). A leaf lock.
-    idle_exports: Mutex<std::collections::VecDeque<FileId>>,
+    idle_exports: Mutex<std::collections::VecDeque<(FileId, u64)>>,
+    /// Exports alive with no open (at most `MAX_IDLE_EXPORTS` after a release).
+    exports_idle: AtomicU64,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -222,6 +224,7 @@ impl DeviceTier {
             shared: std::sync::OnceLock::new(),
             exports_live: AtomicU64::new(0),
             idle_exports: Mutex::new(std::collections::VecDeque::new()),
+            exports_idle: AtomicU64::new(0),
         })
     }
 

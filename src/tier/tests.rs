@@ -1443,3 +1443,28 @@ fn idle_exports_are_dropped_when_the_tier_needs_room() {
     assert_eq!((s.shared.files, s.shared.dropped), (0, 1));
     t.check_invariants();
 }
+
+/// Reopening an idle export many times drops nothing and leaves the idle list bounded: only
+/// an export's newest release counts.
+#[test]
+fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
+    let t = tier(4, true);
+    if t.enable_shared_memory().is_err() {
+        return;
+    }
+    let vs = Arc::new(VecSource::new(pattern(2 * MIB, 7)));
+    let src: SharedSource = vs.clone();
+    t.prefetch(1, 2 * MIB, 0, 2 * MIB, vs.as_ref()).unwrap();
+    for _ in 0..(5 * export::MAX_IDLE_EXPORTS) {
+        let e = t.export_open(1, 2 * MIB, &src).unwrap();
+        t.export_release(1, &e);
+    }
+    let s = t.stats();
+    assert_eq!(
+        (s.shared.files, s.shared.exports, s.shared.dropped),
+        (1, 1, 0)
+    );
+    assert!(lock(&t.idle_exports).len() <= 4 * export::MAX_IDLE_EXPORTS + 1);
+    assert_eq!(t.exports_idle.load(Ordering::Relaxed), 1);
+    t.check_invariants();
+}
