@@ -181,6 +181,10 @@ pub struct MountArgs {
     /// is served by the kernel from shared device memory (default 1M; 0: any size).
     #[arg(long, value_name = "SIZE")]
     pub device_passthrough_min: Option<String>,
+    /// Largest daemon-served read or write request to ask the kernel for (default 1M; 128K
+    /// to 16M, a power of two); `fs.fuse.max_pages_limit` caps it too.
+    #[arg(long, value_name = "SIZE")]
+    pub max_request: Option<String>,
     /// Name of the control directory.
     #[arg(long)]
     pub control_dir: Option<String>,
@@ -234,6 +238,8 @@ pub struct MountSettings {
     pub passthrough: bool,
     /// Smallest file whose device-view opens may be passthrough (bytes).
     pub device_passthrough_min: u64,
+    /// Largest daemon-served request asked of the kernel (bytes).
+    pub max_request: u32,
     pub control_dir: String,
     pub clear_stale: bool,
     /// Eviction/admission policy name (checked against the tier's list).
@@ -384,6 +390,17 @@ fn parse_size_value(what: &str, v: &str) -> Result<u64, String> {
     crate::size::parse_size(v).map_err(|e| format!("{what}: {e}"))
 }
 
+/// `--max-request`: a power of two from 128 KiB to 16 MiB (fuser's largest request).
+fn parse_max_request(what: &str, v: &str) -> Result<u32, String> {
+    let n = crate::size::parse_size(v).map_err(|e| format!("{what}: {e}"))?;
+    if !(128 << 10..=16 << 20).contains(&n) || !n.is_power_of_two() {
+        return Err(format!(
+            "{what} {v}: expected a power of two from 128K to 16M"
+        ));
+    }
+    Ok(n as u32)
+}
+
 /// Merges `-o` options and flags into settings. `cpus` is the default thread count.
 pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> {
     let mut s = MountSettings {
@@ -395,6 +412,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         huge_pages: true,
         passthrough: true,
         device_passthrough_min: DEFAULT_DEVICE_PASSTHROUGH_MIN,
+        max_request: crate::fuse::MAX_IO,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
@@ -454,6 +472,7 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
             ("passthrough", Some(v)) => {
                 return Err(format!("-o passthrough={v}: expected auto or off"));
             }
+            ("max_request", Some(v)) => s.max_request = parse_max_request("-o max_request", v)?,
             ("device_passthrough_min", Some(v)) => {
                 s.device_passthrough_min = parse_size_value("-o device_passthrough_min", v)?
             }
@@ -500,6 +519,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(p) = args.passthrough {
         s.passthrough = p == AutoOff::Auto;
+    }
+    if let Some(m) = &args.max_request {
+        s.max_request = parse_max_request("--max-request", m)?;
     }
     if let Some(m) = &args.device_passthrough_min {
         s.device_passthrough_min = parse_size_value("--device-passthrough-min", m)?;
@@ -569,6 +591,7 @@ mod tests {
         assert_eq!(s.threads, 2);
         assert!(s.huge_pages && !s.read_only && !s.allow_other);
         assert!(s.passthrough, "passthrough is auto by default");
+        assert_eq!(s.max_request, 1 << 20);
         assert_eq!(s.device_capacity, DEFAULT_CAPACITY);
         assert_eq!(s.control_dir, ".pagetier");
     }
@@ -590,6 +613,25 @@ mod tests {
         assert_eq!(s.control_dir, ".ctl");
         assert_eq!(s.log_level.as_deref(), Some("debug"));
         assert_eq!(s.kernel_flags, vec!["nosuid", "nodev", "noatime"]);
+    }
+
+    #[test]
+    fn request_and_passthrough_sizes_parse_and_bad_ones_are_refused() {
+        let s = settings(&args(&["max_request=4M,device_passthrough_min=0"]), 2).unwrap();
+        assert_eq!((s.max_request, s.device_passthrough_min), (4 << 20, 0));
+        let mut a = args(&["max_request=4M"]);
+        a.max_request = Some("256K".into());
+        a.device_passthrough_min = Some("64M".into());
+        let s = settings(&a, 2).unwrap();
+        assert_eq!(
+            (s.max_request, s.device_passthrough_min),
+            (256 << 10, 64 << 20)
+        );
+        for bad in ["3M", "64K", "32M", "0", "x"] {
+            let e = settings(&args(&[&format!("max_request={bad}")]), 2).unwrap_err();
+            assert!(e.contains("max_request"), "{bad}: {e}");
+        }
+        assert!(settings(&args(&["device_passthrough_min=-1"]), 2).is_err());
     }
 
     #[test]

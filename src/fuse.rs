@@ -46,6 +46,8 @@ pub struct FuseAdapter {
     pub fs: Arc<Pagetier>,
     /// Request latency histograms (None: metrics off, nothing is timed).
     pub metrics: Option<Arc<RequestMetrics>>,
+    /// Largest request asked of the kernel (`--max-request`; [`MAX_IO`] by default).
+    pub max_io: u32,
 }
 
 impl FuseAdapter {
@@ -285,14 +287,15 @@ fn time(t: TimeOrNow) -> TimeSpec {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let readahead = match config.set_max_readahead(MAX_IO) {
-            Ok(_) => MAX_IO,
+        let max_io = self.max_io;
+        let readahead = match config.set_max_readahead(max_io) {
+            Ok(_) => max_io,
             Err(max) => {
                 let _ = config.set_max_readahead(max);
                 max
             }
         };
-        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_write(max_io);
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -309,7 +312,7 @@ impl Filesystem for FuseAdapter {
             }
         }
         negotiate_passthrough(&self.fs, config);
-        self.fs.set_kernel_limits(kernel_limits(readahead, MAX_IO));
+        self.fs.set_kernel_limits(kernel_limits(readahead, max_io));
         Ok(())
     }
 

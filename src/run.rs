@@ -499,6 +499,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     let adapter = FuseAdapter {
         fs: fs.clone(),
         metrics: req_metrics.clone(),
+        max_io: s.max_request,
     };
     // Signal handlers go in before the mount is live: a SIGTERM sent as soon
     // as the mount shows up waits in `signals` instead of killing us.

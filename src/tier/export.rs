@@ -10,7 +10,8 @@
 //!
 //! When the last open is released the export stays, *idle*: the next open is served at once
 //! (a migration of a 1 GiB file costs tens of milliseconds, and a reader that opens a file
-//! again and again should not pay it each time). Idle exports are dropped, oldest first,
+//! again and again should not pay it each time). Idle exports (but those of files with the
+//! `pin` hint, which stay like pinned pages) are dropped, oldest first,
 //! before any policy victim when a fault needs room (their reader left, and the policy cannot
 //! weigh them page by page), when a new export needs their pin budget, when more than
 //! [`MAX_IDLE_EXPORTS`] are idle, or on `user.pagetier.evict` — dropping one is the eviction
@@ -46,6 +47,7 @@ use std::os::fd::BorrowedFd;
 use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
 use crate::tier::folio::Folio;
+use crate::tier::hint::Hint;
 use crate::tier::map::Entry;
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
@@ -68,8 +70,9 @@ struct ExportState {
     alive: bool,
     /// Slots of capacity lent to the copy (and taken from the pin budget).
     lent: u64,
-    /// While idle: the stamp of the release that made it idle (its entry in the tier's idle
-    /// list carries the same stamp; older entries of it are stale). 0 while open.
+    /// While idle (and listed: not a `pin` file): the stamp of the release that made it
+    /// idle (its entry in the tier's idle list carries the same stamp; older entries of it
+    /// are stale), counted in `exports_idle`. 0 otherwise.
     idle_since: u64,
     /// Reads the file from storage for in-place updates: the source of an open holding the
     /// export, none while idle (an idle export holds no storage descriptor, so an unlinked
@@ -338,7 +341,7 @@ impl DeviceTier {
 
     /// One more open of a live export (taking it out of the idle ones if it was idle).
     fn take_open(&self, s: &mut ExportState) {
-        if s.opens == 0 {
+        if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
         }
@@ -354,6 +357,11 @@ impl DeviceTier {
             return;
         }
         s.src = None;
+        // A file with the `pin` hint keeps its export: like its pinned pages, it is never
+        // evicted to make room, only dropped by a change or an explicit eviction.
+        if self.hint(file) == Hint::Pin {
+            return;
+        }
         s.idle_since = self.next_seq();
         let stamp = s.idle_since;
         drop(s);
@@ -430,7 +438,10 @@ impl DeviceTier {
             return false;
         }
         s.alive = false;
-        sub(&self.exports_idle, 1);
+        if s.idle_since != 0 {
+            s.idle_since = 0;
+            sub(&self.exports_idle, 1);
+        }
         sub(&self.pinned_slots, s.lent);
         self.arena.unlend(s.lent);
         let pages = s.lent;

@@ -1468,3 +1468,31 @@ fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
     assert_eq!(t.exports_idle.load(Ordering::Relaxed), 1);
     t.check_invariants();
 }
+
+/// An idle export of a file with the `pin` hint is not dropped to make room (like its pinned
+/// pages), only by an explicit eviction.
+#[test]
+fn a_pinned_files_export_stays_under_pressure() {
+    let t = tier(4, true);
+    if t.enable_shared_memory().is_err() {
+        return;
+    }
+    t.set_hint(1, Hint::Pin);
+    let vs = Arc::new(VecSource::new(pattern(4 * MIB, 5)));
+    let src: SharedSource = vs.clone();
+    t.prefetch(1, 4 * MIB, 0, 4 * MIB, vs.as_ref()).unwrap();
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    let other = VecSource::new(pattern(8 * MIB, 6));
+    let r = t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
+    assert_eq!(
+        r.faulted_bytes,
+        4 * MIB,
+        "only the room the pinned export leaves: {r:?}"
+    );
+    assert_eq!(t.stats().shared.files, 1);
+    t.check_invariants();
+    t.invalidate_file(1, InvalidationCause::Evict);
+    assert_eq!(t.stats().shared.files, 0);
+    t.check_invariants();
+}
