@@ -1423,16 +1423,28 @@ fn an_export_moves_the_file_whole_updates_in_place_and_drops_when_idle() {
     );
 }
 
+/// A 4-chunk tier with shared memory, holding file 1 (`size` bytes of pattern `seed`)
+/// resident, and its source; `None` without CAP_SYS_ADMIN (nothing to check then).
+fn tier_with_resident_file(
+    size: u64,
+    seed: u8,
+    hint: Hint,
+) -> Option<(Arc<DeviceTier>, Arc<VecSource>, SharedSource)> {
+    let t = tier(4, true);
+    t.enable_shared_memory().ok()?;
+    t.set_hint(1, hint);
+    let vs = Arc::new(VecSource::new(pattern(size, seed)));
+    let src: SharedSource = vs.clone();
+    t.prefetch(1, size, 0, size, vs.as_ref()).unwrap();
+    Some((t, vs, src))
+}
+
 /// Idle exports give way first: a fault that needs room drops them, oldest first.
 #[test]
 fn idle_exports_are_dropped_when_the_tier_needs_room() {
-    let t = tier(4, true);
-    if t.enable_shared_memory().is_err() {
+    let Some((t, _, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Normal) else {
         return;
-    }
-    let vs = Arc::new(VecSource::new(pattern(4 * MIB, 5)));
-    let src: SharedSource = vs.clone();
-    t.prefetch(1, 4 * MIB, 0, 4 * MIB, vs.as_ref()).unwrap();
+    };
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     t.export_release(1, &e);
     // 8 MiB of tier, 4 lent to the idle export: a second 8 MiB file needs all of it.
@@ -1448,13 +1460,9 @@ fn idle_exports_are_dropped_when_the_tier_needs_room() {
 /// an export's newest release counts.
 #[test]
 fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
-    let t = tier(4, true);
-    if t.enable_shared_memory().is_err() {
+    let Some((t, _, src)) = tier_with_resident_file(2 * MIB, 7, Hint::Normal) else {
         return;
-    }
-    let vs = Arc::new(VecSource::new(pattern(2 * MIB, 7)));
-    let src: SharedSource = vs.clone();
-    t.prefetch(1, 2 * MIB, 0, 2 * MIB, vs.as_ref()).unwrap();
+    };
     for _ in 0..(5 * export::MAX_IDLE_EXPORTS) {
         let e = t.export_open(1, 2 * MIB, &src).unwrap();
         t.export_release(1, &e);
@@ -1473,14 +1481,9 @@ fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
 /// pages), only by an explicit eviction.
 #[test]
 fn a_pinned_files_export_stays_under_pressure() {
-    let t = tier(4, true);
-    if t.enable_shared_memory().is_err() {
+    let Some((t, _, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Pin) else {
         return;
-    }
-    t.set_hint(1, Hint::Pin);
-    let vs = Arc::new(VecSource::new(pattern(4 * MIB, 5)));
-    let src: SharedSource = vs.clone();
-    t.prefetch(1, 4 * MIB, 0, 4 * MIB, vs.as_ref()).unwrap();
+    };
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     t.export_release(1, &e);
     let other = VecSource::new(pattern(8 * MIB, 6));
