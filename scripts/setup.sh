@@ -9,8 +9,9 @@ set -euo pipefail
 # fuse3: fusermount3 and /etc/fuse.conf    fio: the workloads in fixtures/fio
 # util-linux-extra: fincore (page-cache residency)    attr: setfattr/getfattr
 # bindfs, libfuse3-dev, pkg-config, gcc: the peers scripts/bench compares against
+# glusterfs-server, glusterfs-client: scripts/cluster (the cross-node tests)
 # python3: bench, make-dataset (python3-numpy: device-view mmap test)    shellcheck: lints scripts    tmux: the `pagetier top` test
-packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 python3-numpy tmux)
+packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 python3-numpy tmux glusterfs-server glusterfs-client)
 
 check_only=0
 case ${1:-} in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it (.ci/run): setup, format, lints, every test (mount tests
 # included: they need root or a usable /dev/fuse and are never skipped), then fio's
-# write-and-verify through a real pagetier mount. Runs every step even after a failure,
+# write-and-verify through a real pagetier mount, then the cross-node checks on a loopback
+# GlusterFS volume (scripts/cluster). Runs every step even after a failure,
 # prints a table of steps and a final "steps: N passed, N failed" line; exits non-zero
 # if any step failed.
 #
@@ -66,7 +67,7 @@ lint_scripts() {
   python3 -c 'import ast, sys
 for f in sys.argv[1:]:
     ast.parse(open(f).read(), f)' scripts/make-dataset scripts/make-fixtures scripts/bench.py scripts/bench-epochs \
-    scripts/bench-files.py || return 1
+    scripts/bench-files.py scripts/cluster-test || return 1
   scripts/make-fixtures --check
 }
 
@@ -158,6 +159,16 @@ fio_verify() {
   return "$rc"
 }
 
+# The cross-node checks on a loopback GlusterFS volume with pagetier on two nodes
+# (scripts/cluster, scripts/cluster-test): 60 changes, or 60 s of them with --long.
+cluster_tests() {
+  local bin=$repo/target/debug/pagetier
+  [[ -x $bin ]] || cargo build --locked || return 1
+  local what=(--rounds 60)
+  ((long)) && what=(--seconds 60)
+  PAGETIER_BIN=$bin pt_t 600 scripts/cluster --bin "$bin" -- scripts/cluster-test "${what[@]}"
+}
+
 step setup scripts/setup.sh
 step fmt cargo fmt --all --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
@@ -166,6 +177,7 @@ step tests run_tests
 step shuttle shuttle_tests
 step passthrough-off passthrough_off_tests
 step fio-verify fio_verify
+step cluster cluster_tests
 
 printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"
 printf '%s\n' "${summary[@]}"

@@ -181,6 +181,11 @@ pub struct MountArgs {
     /// is served by the kernel from shared device memory (default 1M; 0: any size).
     #[arg(long, value_name = "SIZE")]
     pub device_passthrough_min: Option<String>,
+    /// Every SECS seconds, compare each file that device-view readers hold open through the
+    /// kernel (exported to shared device memory) with STORAGE, and update its copy if it
+    /// changed: the bound for changes no watcher sees (another node, default 1; 0: never).
+    #[arg(long, value_name = "SECS")]
+    pub revalidate: Option<String>,
     /// Largest daemon-served read or write request to ask the kernel for (default 1M; 128K
     /// to 16M, a power of two); `fs.fuse.max_pages_limit` caps it too.
     #[arg(long, value_name = "SIZE")]
@@ -240,6 +245,8 @@ pub struct MountSettings {
     pub device_passthrough_min: u64,
     /// Largest daemon-served request asked of the kernel (bytes).
     pub max_request: u32,
+    /// Period of the open-file revalidation (None: never).
+    pub revalidate: Option<Duration>,
     pub control_dir: String,
     pub clear_stale: bool,
     /// Eviction/admission policy name (checked against the tier's list).
@@ -390,6 +397,17 @@ fn parse_size_value(what: &str, v: &str) -> Result<u64, String> {
     crate::size::parse_size(v).map_err(|e| format!("{what}: {e}"))
 }
 
+/// Default `--revalidate` period in seconds.
+pub const DEFAULT_REVALIDATE: u64 = 1;
+
+/// `--revalidate`: whole seconds, 0 for never.
+fn parse_revalidate(what: &str, v: &str) -> Result<Option<Duration>, String> {
+    if v.trim() == "0" {
+        return Ok(None);
+    }
+    parse_secs(what, v).map(Some)
+}
+
 /// `--max-request`: a power of two from 128 KiB to 16 MiB (fuser's largest request).
 fn parse_max_request(what: &str, v: &str) -> Result<u32, String> {
     let n = crate::size::parse_size(v).map_err(|e| format!("{what}: {e}"))?;
@@ -413,6 +431,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         passthrough: true,
         device_passthrough_min: DEFAULT_DEVICE_PASSTHROUGH_MIN,
         max_request: crate::fuse::MAX_IO,
+        revalidate: Some(Duration::from_secs(DEFAULT_REVALIDATE)),
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
@@ -473,6 +492,7 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
                 return Err(format!("-o passthrough={v}: expected auto or off"));
             }
             ("max_request", Some(v)) => s.max_request = parse_max_request("-o max_request", v)?,
+            ("revalidate", Some(v)) => s.revalidate = parse_revalidate("-o revalidate", v)?,
             ("device_passthrough_min", Some(v)) => {
                 s.device_passthrough_min = parse_size_value("-o device_passthrough_min", v)?
             }
@@ -519,6 +539,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(p) = args.passthrough {
         s.passthrough = p == AutoOff::Auto;
+    }
+    if let Some(r) = &args.revalidate {
+        s.revalidate = parse_revalidate("--revalidate", r)?;
     }
     if let Some(m) = &args.max_request {
         s.max_request = parse_max_request("--max-request", m)?;
@@ -619,6 +642,13 @@ mod tests {
     fn request_and_passthrough_sizes_parse_and_bad_ones_are_refused() {
         let s = settings(&args(&["max_request=4M,device_passthrough_min=0"]), 2).unwrap();
         assert_eq!((s.max_request, s.device_passthrough_min), (4 << 20, 0));
+        assert_eq!(s.revalidate, Some(Duration::from_secs(1)));
+        let s = settings(&args(&["revalidate=0"]), 2).unwrap();
+        assert_eq!(s.revalidate, None);
+        let s = settings(&args(&["revalidate=7"]), 2).unwrap();
+        assert_eq!(s.revalidate, Some(Duration::from_secs(7)));
+        assert!(settings(&args(&["revalidate=-1"]), 2).is_err());
+        assert!(settings(&args(&["revalidate=1.5"]), 2).is_err());
         let mut a = args(&["max_request=4M"]);
         a.max_request = Some("256K".into());
         a.device_passthrough_min = Some("64M".into());

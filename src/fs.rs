@@ -1130,6 +1130,43 @@ impl Pagetier {
         }
     }
 
+    /// Compares every file that device-view readers hold open through the kernel (exported
+    /// to shared device memory) with STORAGE, and, where it changed, brings its copy up to
+    /// date (`coherence.rs` revalidation, then the export's in-place update). The daemon sees
+    /// no read of such an open, so nothing else would notice a change no watcher reports
+    /// (another node's write to shared storage). Returns the files checked.
+    pub fn revalidate_kernel_served(&self) -> usize {
+        let open: Vec<Arc<Handle>> = read(&self.handles)
+            .values()
+            .filter(|h| {
+                matches!(
+                    &h.kind,
+                    HandleKind::File {
+                        export: Some(_),
+                        ..
+                    }
+                )
+            })
+            .cloned()
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for h in &open {
+            let (Some(inode), HandleKind::File { file, .. }) = (&h.inode, &h.kind) else {
+                continue;
+            };
+            if !seen.insert(inode.id) {
+                continue;
+            }
+            match storage::stat(file) {
+                Ok(st) => {
+                    self.coherence.revalidate(inode, &st);
+                }
+                Err(e) => tracing::debug!(id = inode.id, error = %e, "revalidation: stat failed"),
+            }
+        }
+        seen.len()
+    }
+
     /// Reads up to `size` bytes at `offset` and hands them to `reply`.
     pub fn read<R>(
         &self,

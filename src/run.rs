@@ -524,6 +524,9 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         warn!("not watching STORAGE for external changes: {e}");
     }
 
+    if let Some(period) = s.revalidate {
+        revalidate_every(period, fs.clone())?;
+    }
     let json_logs = args.log_format == Some(LogFormat::Json);
     start_telemetry(
         &fs,
@@ -582,6 +585,22 @@ fn start_telemetry(
     if let Some(period) = log_stats {
         crate::metrics::log_stats_every(period, fs.clone(), json_logs)?;
     }
+    Ok(())
+}
+
+/// Every `period`, compares the files that device-view readers hold open through the kernel
+/// with STORAGE (`--revalidate`; [`Pagetier::revalidate_kernel_served`]), on a thread of its
+/// own for the life of the process.
+fn revalidate_every(period: Duration, fs: Arc<Pagetier>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("revalidate".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                fs.revalidate_kernel_served();
+            }
+        })
+        .context("starting the revalidation thread")?;
     Ok(())
 }
 
