@@ -67,7 +67,7 @@ lint_scripts() {
   python3 -c 'import ast, sys
 for f in sys.argv[1:]:
     ast.parse(open(f).read(), f)' scripts/make-dataset scripts/make-fixtures scripts/bench.py scripts/bench-epochs \
-    scripts/bench-files.py scripts/cluster-test || return 1
+    scripts/bench-files.py scripts/cluster-test scripts/bench-cluster || return 1
   scripts/make-fixtures --check
 }
 
