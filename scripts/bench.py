@@ -368,6 +368,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="systems: " + ", ".join(SYSTEMS))
     ap.add_argument("--quick", action="store_true", help="small data, 2 reps: under 5 minutes")
+    ap.add_argument("--cluster", action="store_true",
+                    help="instead: two nodes over a loopback GlusterFS volume "
+                         "(scripts/cluster -- scripts/bench-cluster; README 'Running on many nodes')")
     ap.add_argument("--reps", type=int, help="repetitions of every (job, system) (default 3, quick 2)")
     ap.add_argument("--systems", help="comma-separated (default: all; 'peers' = the non-pagetier ones)")
     ap.add_argument("--jobs", help="comma-separated job names; name@unaligned runs it with "
@@ -389,6 +392,12 @@ def main():
     ap.add_argument("--no-setup", action="store_true", help="skip scripts/setup.sh")
     ap.add_argument("--no-charts", action="store_true")
     a = ap.parse_args()
+    if a.cluster:
+        if not a.no_build:
+            run(["cargo", "build", "--release", "--locked"], capture=False)
+        reps = ["--reps", str(a.reps)] if a.reps else []
+        sys.exit(subprocess.run([os.path.join(REPO, "scripts", "cluster"), "--",
+                                 os.path.join(REPO, "scripts", "bench-cluster"), *reps]).returncode)
 
     q = a.quick
     a.reps = a.reps or (2 if q else 3)
