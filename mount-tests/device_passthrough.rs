@@ -171,9 +171,9 @@ fn a_device_view_mapping_maps_device_memory_and_sees_host_writes() {
     if !shared_on(&m, "mapping") {
         return;
     }
-    // numpy's .npy through the device view, memory-mapped (the distribution's python3,
-    // where python3-numpy is installed).
-    let python = "/usr/bin/python3";
+    // numpy's .npy and pyarrow's Arrow IPC and Parquet through the device view,
+    // memory-mapped as data loaders do (target/py, the virtualenv scripts/setup.sh makes).
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/py/bin/python");
     let script = format!(
         r#"
 import numpy as np, sys, os, subprocess
@@ -186,6 +186,20 @@ off = a.offset + 4 * 1000
 with open(host, "r+b") as f:
     f.seek(off); f.write(np.uint32(4242).tobytes())
 assert int(a[1000]) == 4242, int(a[1000])
+import pyarrow as pa, pyarrow.ipc, pyarrow.parquet as pq
+t = pa.table({{"x": np.arange(500000, dtype=np.int64), "y": np.arange(500000, dtype=np.float64) / 7}})
+with pa.OSFile(host + ".arrow", "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+    w.write_table(t)
+pq.write_table(t, host + ".parquet")
+for p in (host + ".arrow", host + ".parquet"):
+    subprocess.run([sys.argv[3], "prefetch", p], check=True, capture_output=True)
+d = os.path.dirname(dev)
+with pa.memory_map(os.path.join(d, "a.npy.arrow")) as src:
+    got = pa.ipc.open_file(src).read_all()
+    assert got.equals(t), "arrow ipc through a device-view mapping differs"
+    assert src.size() == os.path.getsize(host + ".arrow")
+got = pq.read_table(os.path.join(d, "a.npy.parquet"), memory_map=True)
+assert got.equals(t), "parquet read with memory_map=True through the device view differs"
 print("ok")
 "#,
         n = size / 4
@@ -199,16 +213,16 @@ print("ok")
         .output();
     let out = match out {
         Ok(o) => o,
-        Err(e) => panic!("{python}: {e} (scripts/setup.sh installs python3-numpy)"),
+        Err(e) => panic!("{python}: {e} (scripts/setup.sh makes target/py with numpy and pyarrow)"),
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && out.stdout.starts_with(b"ok"),
-        "numpy mmap through the device view failed: {stderr}\n{}",
+        "numpy/pyarrow memory maps through the device view failed: {stderr}\n{}",
         m.log_text()
     );
     let st = m.stats();
-    assert!(st.passthrough.device_opens >= 1, "{:?}", st.passthrough);
+    assert!(st.passthrough.device_opens >= 3, "{:?}", st.passthrough);
 }
 
 #[test]

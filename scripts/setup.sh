@@ -10,8 +10,10 @@ set -euo pipefail
 # util-linux-extra: fincore (page-cache residency)    attr: setfattr/getfattr
 # bindfs, libfuse3-dev, pkg-config, gcc: the peers scripts/bench compares against
 # glusterfs-server, glusterfs-client: scripts/cluster (the cross-node tests)
-# python3: bench, make-dataset (python3-numpy: device-view mmap test)    shellcheck: lints scripts    tmux: the `pagetier top` test
-packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 python3-numpy tmux glusterfs-server glusterfs-client)
+# python3: bench, make-dataset    python3-venv, python3-pip: target/py, a virtualenv with numpy
+#   and pyarrow for the device-view mmap tests (made below)
+# tmux: the `pagetier top` test    shellcheck: lints scripts
+packages=(fuse3 fio util-linux-extra attr bindfs libfuse3-dev pkg-config gcc shellcheck python3 python3-venv python3-pip tmux glusterfs-server glusterfs-client)
 
 check_only=0
 case ${1:-} in
@@ -81,7 +83,28 @@ if [[ ! -c /dev/fuse ]]; then
   fi
 fi
 
-if ((check_only)) && { ((${#missing[@]})) || ! fuse_conf_ok || [[ ! -c /dev/fuse ]]; }; then
+# target/py: numpy and pyarrow from PyPI for the tests that memory-map files through the
+# device view as data loaders do (Debian's numpy is too old for PyPI's pyarrow).
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=$repo/target/py
+venv_ok() { [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import numpy, pyarrow' 2>/dev/null; }
+if ! venv_ok; then
+  if ((check_only)); then
+    log "$venv lacks numpy/pyarrow"
+  else
+    log "making $venv (numpy, pyarrow)"
+    out=$(mktemp)
+    if ! { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q numpy pyarrow; } >"$out" 2>&1; then
+      cat "$out" >&2
+      rm -f "$out"
+      log "pip install numpy pyarrow failed"
+      exit 1
+    fi
+    rm -f "$out"
+  fi
+fi
+
+if ((check_only)) && { ((${#missing[@]})) || ! fuse_conf_ok || [[ ! -c /dev/fuse ]] || ! venv_ok; }; then
   exit 1
 fi
 exit 0
