@@ -752,29 +752,24 @@ impl Pagetier {
     }
 
     pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
-        let (dir, _) = self.dir_for_create(parent, name)?;
-        let victim = Child::of(&self.inodes, &dir, name);
-        let own = self
-            .coherence
-            .expect_own(&[(&dir, name, EntryEvent::Deleted)]);
-        self.inodes.pin(victim.map(|v| v.id()));
-        {
-            let dir_fd = dir.fd()?;
-            let _as = become_caller(caller)?;
-            rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty())?;
-        }
-        own.happened();
-        self.coherence.name_gone(&self.inodes, victim);
-        self.coherence.device_view_stale(|s| {
-            s.entry(&dir, name);
-            if let Some(v) = victim {
-                v.mark_stale(&self.inodes, s);
-            }
-        });
-        Ok(())
+        self.remove_entry(caller, parent, name, AtFlags::empty())
     }
 
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove_entry(caller, parent, name, AtFlags::REMOVEDIR)
+    }
+
+    /// Removes the entry `name` of `parent` (`unlinkat` with `flags`: a file, or with
+    /// `REMOVEDIR` a directory) as the caller; a removed file's device pages go with it
+    /// (`coherence.rs`), and the device view's cached entry and the victim's attributes are
+    /// marked stale.
+    fn remove_entry(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        flags: AtFlags,
+    ) -> FsResult<()> {
         let (dir, _) = self.dir_for_create(parent, name)?;
         let victim = Child::of(&self.inodes, &dir, name);
         let own = self
@@ -784,9 +779,12 @@ impl Pagetier {
         {
             let dir_fd = dir.fd()?;
             let _as = become_caller(caller)?;
-            rustix::fs::unlinkat(&dir_fd, name, AtFlags::REMOVEDIR)?;
+            rustix::fs::unlinkat(&dir_fd, name, flags)?;
         }
         own.happened();
+        if !flags.contains(AtFlags::REMOVEDIR) {
+            self.coherence.name_gone(&self.inodes, victim);
+        }
         self.coherence.device_view_stale(|s| {
             s.entry(&dir, name);
             if let Some(v) = victim {
