@@ -1208,7 +1208,7 @@ impl Pagetier {
                     }
                     r.map(Served::Copied)
                 }
-                (View::Device, Some(src)) => self.device_read(&handle, file, src, offset, out),
+                (View::Device, Some(src)) => self.device_read(&handle, src, offset, out),
                 (View::Device, None) => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
             };
             match res {
@@ -1222,18 +1222,18 @@ impl Pagetier {
     }
 
     /// A device-view read: the tier owns the protocol (pinned hit, fault, retry when the
-    /// file shrank); it asks for the file size through the handle's descriptor.
+    /// file shrank); it asks for the file size through the handle's storage source (the
+    /// same open file as the handle's descriptor).
     fn device_read(
         &self,
         handle: &Handle,
-        file: &OwnedFd,
         src: &SharedSource,
         offset: u64,
         out: &mut [u8],
     ) -> std::io::Result<Served> {
         let inode = handle.inode.as_ref().expect("file handles have an inode");
         self.trace_read(inode.id, offset, out.len());
-        let size = || Ok(rustix::fs::fstat(file)?.st_size as u64);
+        let size = || src.size();
         match self.coherence.device_access(inode) {
             DeviceAccess::Tier(_tier_use) => self.tier.read(inode.id, offset, out, src, size),
             DeviceAccess::Storage => {

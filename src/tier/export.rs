@@ -46,7 +46,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
-use crate::tier::folio::Folio;
+use crate::tier::folio::{self, Folio};
 use crate::tier::hint::Hint;
 use crate::tier::map::Entry;
 use crate::tier::policy::FolioKey;
@@ -152,34 +152,32 @@ impl DeviceTier {
         src: &SharedSource,
     ) -> Result<Arc<Export>, NotExported> {
         loop {
-            if let Some(e) = self.export_of(file) {
-                let mut s = lock(&e.state);
-                if s.alive {
-                    self.take_open(&mut s);
-                    s.src.get_or_insert_with(|| src.clone());
-                    drop(s);
-                    return Ok(e);
-                }
-                // Dropped meanwhile: migrate the file again if it is still whole.
-                drop(s);
-                thread::yield_now();
-                continue;
+            let Some(e) = self.export_of(file) else {
+                return self.migrate_in(file, file_size, src);
+            };
+            if self.join(&e, src) {
+                return Ok(e);
             }
-            return self.migrate_in(file, file_size, src);
+            // Dropped meanwhile: migrate the file again if it is still whole.
+            thread::yield_now();
         }
     }
 
     /// Takes one open of `file`'s live export, if it has one (never migrates).
     pub fn export_join(&self, file: FileId, src: &SharedSource) -> Option<Arc<Export>> {
         let e = self.export_of(file)?;
+        self.join(&e, src).then_some(e)
+    }
+
+    /// Takes one open of `e` if it is alive (not dropped); `src` serves its in-place updates.
+    fn join(&self, e: &Export, src: &SharedSource) -> bool {
         let mut s = lock(&e.state);
         if !s.alive {
-            return None;
+            return false;
         }
         self.take_open(&mut s);
         s.src.get_or_insert_with(|| src.clone());
-        drop(s);
-        Some(e)
+        true
     }
 
     /// Copies the whole resident file into a new copy and swaps the page map for the export.
@@ -261,7 +259,7 @@ impl DeviceTier {
         };
         add(&self.pinned_slots, slots.min(own_pinned));
         for f in taken {
-            self.arena.lend(Self::unpinned(f));
+            self.arena.lend(folio::unpinned(f));
         }
         add(&self.stats.exports, 1);
         Ok(export)
@@ -324,19 +322,6 @@ impl DeviceTier {
         sub(&self.stats.resident_huge, huge);
         sub(&self.stats.resident_base, base);
         Some(taken)
-    }
-
-    /// Waits until no reader pins `f` (readers pin only for one reply), then owns it.
-    fn unpinned(mut f: Arc<Folio>) -> Folio {
-        loop {
-            match Arc::try_unwrap(f) {
-                Ok(f) => return f,
-                Err(again) => {
-                    f = again;
-                    thread::yield_now();
-                }
-            }
-        }
     }
 
     /// One more open of a live export (taking it out of the idle ones if it was idle).

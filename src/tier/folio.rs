@@ -12,7 +12,7 @@
 //!   (a *pin*) keeps the memory from being freed or reused until the clone is dropped.
 
 use crate::tier::arena::{Arena, ChunkIndex, SlotIndex};
-use crate::tier::sync::{Arc, IdCounter, Ordering};
+use crate::tier::sync::{Arc, IdCounter, Ordering, thread};
 use crate::tier::types::FolioId;
 use crate::tier::types::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
@@ -93,6 +93,20 @@ impl Folio {
     pub(super) fn disown(mut self) -> FolioLoc {
         self.arena = None;
         self.loc
+    }
+}
+
+/// Waits until no reader pins `f` (readers pin only for one reply, never while blocking),
+/// then owns it: for the split of a huge page and the lending of a migrated folio.
+pub(super) fn unpinned(mut f: Arc<Folio>) -> Folio {
+    loop {
+        match Arc::try_unwrap(f) {
+            Ok(f) => return f,
+            Err(again) => {
+                f = again;
+                thread::yield_now();
+            }
+        }
     }
 }
 

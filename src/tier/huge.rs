@@ -7,11 +7,11 @@
 use std::ops::Range;
 
 use crate::tier::DeviceTier;
-use crate::tier::folio::Folio;
+use crate::tier::folio::{self, Folio};
 use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::stats::{add, sub};
-use crate::tier::sync::{Arc, lock, thread};
+use crate::tier::sync::{Arc, lock};
 use crate::tier::types::{FileId, FolioId, SLOTS_PER_CHUNK};
 
 impl DeviceTier {
@@ -36,6 +36,16 @@ impl DeviceTier {
             return;
         }
         let first = ext * SLOTS_PER_CHUNK as u64;
+        // Pinned base pages (the `pin` hint) must stay pinned in the huge page: take the pin
+        // budget for the rest of the extent first, or do not collapse (a readahead may have
+        // filled some pages over the budget, and the huge page would lose the others' pin).
+        let pinned_parts = (first..first + SLOTS_PER_CHUNK as u64)
+            .filter(|p| st.pinned.contains(&FolioKey::base(file, *p)))
+            .count() as u64;
+        let extra = SLOTS_PER_CHUNK as u64 - pinned_parts;
+        if pinned_parts > 0 && !self.reserve_pin(extra) {
+            return;
+        }
         let mut parts = Vec::with_capacity(SLOTS_PER_CHUNK);
         let mut ids = Vec::with_capacity(SLOTS_PER_CHUNK);
         for p in first..first + SLOTS_PER_CHUNK as u64 {
@@ -50,21 +60,23 @@ impl DeviceTier {
         match self.arena.collapse(parts) {
             Ok(huge) => {
                 let mut policy = lock(&self.policy);
-                for (i, id) in ids.iter().enumerate() {
-                    self.untrack(
-                        st,
-                        &mut **policy,
-                        &FolioKey::base(file, first + i as u64),
-                        *id,
-                    );
+                let key = FolioKey::huge(file, ext);
+                if pinned_parts > 0 {
+                    // The parts' pins and the reservation above make the huge page's.
+                    for (i, id) in ids.iter().enumerate() {
+                        let part = FolioKey::base(file, first + i as u64);
+                        if !st.pinned.remove(&part) {
+                            policy.remove(&part, *id);
+                        }
+                    }
+                    st.pinned.insert(key);
+                } else {
+                    for (i, id) in ids.iter().enumerate() {
+                        let part = FolioKey::base(file, first + i as u64);
+                        self.untrack(st, &mut **policy, &part, *id);
+                    }
+                    self.track(st, &mut **policy, key, huge.id(), false);
                 }
-                self.track(
-                    st,
-                    &mut **policy,
-                    FolioKey::huge(file, ext),
-                    huge.id(),
-                    false,
-                );
                 drop(policy);
                 st.huge.insert(ext, Entry::Ready(Arc::new(huge)));
                 sub(&self.stats.resident_base, SLOTS_PER_CHUNK as u64);
@@ -72,6 +84,9 @@ impl DeviceTier {
                 add(&self.stats.collapses, 1);
             }
             Err(parts) => {
+                if pinned_parts > 0 {
+                    sub(&self.pinned_slots, extra);
+                }
                 for (i, f) in parts.into_iter().enumerate() {
                     st.base.insert(first + i as u64, Entry::Ready(Arc::new(f)));
                 }
@@ -92,16 +107,7 @@ impl DeviceTier {
         folio: Arc<Folio>,
         covered: Range<u64>,
     ) -> Vec<(FolioKey, FolioId)> {
-        let mut pinned = folio;
-        let folio = loop {
-            match Arc::try_unwrap(pinned) {
-                Ok(folio) => break folio,
-                Err(again) => {
-                    pinned = again;
-                    thread::yield_now();
-                }
-            }
-        };
+        let folio = folio::unpinned(folio);
         let first = ext * SLOTS_PER_CHUNK as u64;
         let mut mask = [0u64; SLOTS_PER_CHUNK / 64];
         for p in covered {
