@@ -1,7 +1,8 @@
-//! Device-view metadata coherence. The kernel caches device-view entries and attributes
-//! for a second, as it does the host view's; a change made through the host view must show
-//! in the device view as soon as the host call returns, and a change made to STORAGE behind
-//! the mount's back within that second.
+//! Device-view metadata coherence. The kernel caches device-view entries and attributes as
+//! long as the host view's (`--cache-timeout`: a day on a local STORAGE whose every change
+//! the watcher sees); a change made through the host view must show in the device view as
+//! soon as the host call returns, and a change made to STORAGE behind the mount's back as
+//! soon as the watcher reports it.
 //!
 //! Each check looks first, so that the kernel holds the old entry or attributes, changes
 //! through the host view, then looks again at once: no poll, because the guarantee is
@@ -359,6 +360,123 @@ fn changes_behind_the_mounts_back_show_within_the_ttl() {
         wait_until(DEADLINE, || gone(dstat(&m, "b"))),
         "device still lists an externally removed file"
     );
+}
+
+/// With the default cache timeout, a local STORAGE's names and attributes are cached for a
+/// day: every external change must reach the kernel through the watcher, attribute-only
+/// changes (`chmod`, `touch -d`) too, and also below a directory made behind the mount's back
+/// in a directory the kernel had forgotten.
+#[test]
+fn external_changes_show_under_long_cache_timeouts() {
+    let m = Mounted::with(&[], |s| {
+        fs::create_dir(s.join("p")).unwrap();
+        fs::write(s.join("p/f"), b"one").unwrap();
+        fs::write(s.join("q"), b"q").unwrap();
+    });
+    let q = File::open(m.host("q")).unwrap();
+    assert_eq!(q.metadata().unwrap().len(), 1);
+    let idle_inodes = m.stats().inodes;
+    assert!(
+        wait_until(DEADLINE, || m.log_text().contains("every change watched")),
+        "the long cache timeout is not in force:\n{}",
+        m.log_text()
+    );
+    let mode = |p: &Path| fs::metadata(p).map(|st| st.permissions().mode() & 0o777);
+    assert_eq!(
+        mode(&m.host("p/f")).unwrap(),
+        mode(&m.backing("p/f")).unwrap()
+    );
+    assert!(dstat(&m, "p/f").is_ok());
+    fs::set_permissions(m.backing("p/f"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(
+        wait_until(DEADLINE, || mode(&m.host("p/f")).is_ok_and(|x| x == 0o640)
+            && dstat(&m, "p/f")
+                .is_ok_and(|st| st.permissions().mode() & 0o777 == 0o640)),
+        "an external chmod never reached the kernel"
+    );
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    File::options()
+        .write(true)
+        .open(m.backing("p/f"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || fs::metadata(m.host("p/f"))
+            .and_then(|st| st.modified())
+            .is_ok_and(|t| t == when)),
+        "an external mtime change never reached the kernel"
+    );
+
+    // The kernel forgets `p` (nothing holds it), then a directory appears in it.
+    assert!(
+        wait_until(DEADLINE, || {
+            let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+            m.stats().inodes <= idle_inodes
+        }),
+        "the kernel never forgot p"
+    );
+    fs::create_dir(m.backing("p/new")).unwrap();
+    fs::write(m.backing("p/new/g"), b"1").unwrap();
+    // The watcher handles events in order: once this later change shows, it has handled
+    // the directory's creation, before anything looked `p` up again.
+    fs::write(m.backing("q"), b"22").unwrap();
+    assert!(
+        wait_until(DEADLINE, || fs::metadata(m.host("q"))
+            .is_ok_and(|st| st.len() == 2)),
+        "an external write never showed"
+    );
+    assert!(
+        wait_until(DEADLINE, || fs::metadata(m.host("p/new/g"))
+            .is_ok_and(|st| st.len() == 1)),
+        "a file made behind the mount's back never showed"
+    );
+    fs::write(m.backing("p/new/g"), b"123").unwrap();
+    // `stat(2)`, not `statx` with a birth time, which the kernel may always ask the daemon for.
+    let size = |p: &Path| rustix::fs::stat(p).map(|st| st.st_size);
+    assert!(
+        wait_until(DEADLINE, || size(&m.host("p/new/g")).is_ok_and(|n| n == 3)),
+        "a change below a directory made behind the mount's back was never reported"
+    );
+    assert_eq!(fs::read(m.host("p/new/g")).unwrap(), b"123");
+}
+
+/// `--cache-timeout 0`: nothing is cached, every path walk asks the daemon; by default the
+/// kernel asks once.
+#[test]
+fn cache_timeout_zero_caches_nothing() {
+    for (opts, fresh) in [(&["--cache-timeout", "0"][..], true), (&[][..], false)] {
+        let port = free_port();
+        let port_s = port.to_string();
+        let opts: Vec<&str> = opts
+            .iter()
+            .copied()
+            .chain(["--metrics-addr", &port_s])
+            .collect();
+        let m = Mounted::with(&opts, |s| {
+            fs::write(s.join("a"), b"a").unwrap();
+        });
+        for _ in 0..20 {
+            assert_eq!(fs::symlink_metadata(m.host("a")).unwrap().len(), 1);
+        }
+        let (_, body) = http_get(port, "/metrics");
+        let lookups = sample(
+            &body,
+            "pagetier_request_duration_seconds_count{op=\"lookup\",view=\"host\"}",
+        )
+        .unwrap_or(0.0);
+        if fresh {
+            assert!(
+                lookups >= 20.0,
+                "{lookups} lookups for 20 path walks, nothing cached"
+            );
+        } else {
+            assert!(
+                lookups <= 2.0,
+                "{lookups} lookups for 20 path walks, default timeout"
+            );
+        }
+    }
 }
 
 /// Rounds of `mkdir -p` + `cd` + `getcwd` in a fresh child under directory churn, and the

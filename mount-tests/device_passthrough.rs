@@ -23,8 +23,18 @@ const HUGE: usize = 2 * MIB;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn mount_with(files: &[(&str, usize)]) -> Mounted {
+    mount_with_opts(files, &[])
+}
+
+/// [`mount_with`], with more mount options.
+fn mount_with_opts(files: &[(&str, usize)], opts: &[&str]) -> Mounted {
     let files: Vec<(String, usize)> = files.iter().map(|(n, l)| (n.to_string(), *l)).collect();
-    Mounted::with(&["--passthrough", "auto"], move |s| {
+    let opts: Vec<&str> = ["--passthrough", "auto"]
+        .iter()
+        .chain(opts)
+        .copied()
+        .collect();
+    Mounted::with(&opts, move |s| {
         for (i, (name, len)) in files.iter().enumerate() {
             fs::write(s.join(name), pattern(*len, 40 + i as u8)).unwrap();
         }
@@ -225,9 +235,48 @@ print("ok")
     assert!(st.passthrough.device_opens >= 3, "{:?}", st.passthrough);
 }
 
+/// By default a small resident file is served by the kernel too: its export costs one copy,
+/// and saves two read round trips on every open.
+#[test]
+fn small_resident_files_are_kernel_served_by_default() {
+    let m = mount_with(&[("tiny", 100), ("small", 16 * 1024)]);
+    if !shared_on(&m, "small_kernel_served") {
+        return;
+    }
+    for f in ["tiny", "small"] {
+        prefetch(&m, f);
+        let want = fs::read(m.backing(f)).unwrap();
+        let s0 = m.stats();
+        for _ in 0..3 {
+            assert_eq!(fs::read(m.device().join(f)).unwrap(), want, "{f}");
+        }
+        let s1 = m.stats();
+        assert_eq!(
+            s1.passthrough.device_opens - s0.passthrough.device_opens,
+            3,
+            "{f}: every open kernel-served"
+        );
+        assert_eq!(s1.device.reads, s0.device.reads, "{f}: no daemon read");
+    }
+    let st = m.stats();
+    assert_eq!(
+        (st.shared.files, st.shared.exports),
+        (2, 2),
+        "{:?}",
+        st.shared
+    );
+    // A host write reaches the idle export's file: it is dropped, the next read faults.
+    fs::write(m.host("small"), b"changed").unwrap();
+    assert_eq!(fs::read(m.device().join("small")).unwrap(), b"changed");
+    assert_eq!(m.stats().shared.dropped, 1);
+}
+
 #[test]
 fn small_or_partly_resident_files_stay_daemon_served() {
-    let m = mount_with(&[("small", 512 * 1024), ("big", 8 * MIB)]);
+    let m = mount_with_opts(
+        &[("small", 512 * 1024), ("big", 8 * MIB)],
+        &["--device-passthrough-min", "1M"],
+    );
     if !shared_on(&m, "daemon_served") {
         return;
     }

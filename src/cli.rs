@@ -178,7 +178,7 @@ pub struct MountArgs {
     #[arg(long, value_enum)]
     pub passthrough: Option<AutoOff>,
     /// With passthrough on: a device-view open of a wholly resident file at least this big
-    /// is served by the kernel from shared device memory (default 1M; 0: any size).
+    /// is served by the kernel from shared device memory (default 0: any size).
     #[arg(long, value_name = "SIZE")]
     pub device_passthrough_min: Option<String>,
     /// Every SECS seconds, compare each file that device-view readers hold open through the
@@ -186,6 +186,11 @@ pub struct MountArgs {
     /// changed: the bound for changes no watcher sees (another node, default 1; 0: never).
     #[arg(long, value_name = "SECS")]
     pub revalidate: Option<String>,
+    /// How long the kernel may cache names and attributes: `auto` (default: a day where an
+    /// inotify watcher sees every change of a local STORAGE, else 1 s), or whole seconds
+    /// (0: not at all).
+    #[arg(long, value_name = "SECS|auto")]
+    pub cache_timeout: Option<String>,
     /// Largest daemon-served read or write request to ask the kernel for (default 1M; 128K
     /// to 16M, a power of two); `fs.fuse.max_pages_limit` caps it too.
     #[arg(long, value_name = "SIZE")]
@@ -247,6 +252,8 @@ pub struct MountSettings {
     pub max_request: u32,
     /// Period of the open-file revalidation (None: never).
     pub revalidate: Option<Duration>,
+    /// `--cache-timeout` (None: auto, `fs.rs` [`crate::fs::CacheTimeout`]).
+    pub cache_timeout: Option<Duration>,
     pub control_dir: String,
     pub clear_stale: bool,
     /// Eviction/admission policy name (checked against the tier's list).
@@ -388,9 +395,10 @@ fn check_pin_share(v: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("pin share {v:?}: expected a fraction from 0 to 1"))
 }
 
-/// Default `--device-passthrough-min`: below about 1 MiB a file is read in a handful of
-/// daemon-served requests, fewer than the migration into shared memory and back costs.
-pub const DEFAULT_DEVICE_PASSTHROUGH_MIN: u64 = 1 << 20;
+/// Default `--device-passthrough-min`: any size. A daemon-served open of a small file costs
+/// two read round trips (its bytes, then end of file) every time; its export costs one copy
+/// into shared memory once, and an idle export holds no descriptor (`tier/export.rs`).
+pub const DEFAULT_DEVICE_PASSTHROUGH_MIN: u64 = 0;
 
 /// A size option (`0`, `4096`, `64K`, `1M`, ...).
 fn parse_size_value(what: &str, v: &str) -> Result<u64, String> {
@@ -406,6 +414,17 @@ fn parse_revalidate(what: &str, v: &str) -> Result<Option<Duration>, String> {
         return Ok(None);
     }
     parse_secs(what, v).map(Some)
+}
+
+/// `--cache-timeout`: `auto` (None) or whole seconds from 0 to 86400.
+fn parse_cache_timeout(what: &str, v: &str) -> Result<Option<Duration>, String> {
+    match v.trim() {
+        "auto" => Ok(None),
+        "0" => Ok(Some(Duration::ZERO)),
+        n => parse_secs(what, n)
+            .map(Some)
+            .map_err(|_| format!("{what} {v:?}: expected auto or whole seconds from 0 to 86400")),
+    }
 }
 
 /// `--max-request`: a power of two from 128 KiB to 16 MiB (fuser's largest request).
@@ -432,6 +451,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         device_passthrough_min: DEFAULT_DEVICE_PASSTHROUGH_MIN,
         max_request: crate::fuse::MAX_IO,
         revalidate: Some(Duration::from_secs(DEFAULT_REVALIDATE)),
+        cache_timeout: None,
         control_dir: ".pagetier".to_string(),
         clear_stale: false,
         policy: crate::tier::DEFAULT_POLICY.to_string(),
@@ -493,6 +513,9 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
             }
             ("max_request", Some(v)) => s.max_request = parse_max_request("-o max_request", v)?,
             ("revalidate", Some(v)) => s.revalidate = parse_revalidate("-o revalidate", v)?,
+            ("cache_timeout", Some(v)) => {
+                s.cache_timeout = parse_cache_timeout("-o cache_timeout", v)?
+            }
             ("device_passthrough_min", Some(v)) => {
                 s.device_passthrough_min = parse_size_value("-o device_passthrough_min", v)?
             }
@@ -542,6 +565,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(r) = &args.revalidate {
         s.revalidate = parse_revalidate("--revalidate", r)?;
+    }
+    if let Some(c) = &args.cache_timeout {
+        s.cache_timeout = parse_cache_timeout("--cache-timeout", c)?;
     }
     if let Some(m) = &args.max_request {
         s.max_request = parse_max_request("--max-request", m)?;
@@ -649,6 +675,24 @@ mod tests {
         assert_eq!(s.revalidate, Some(Duration::from_secs(7)));
         assert!(settings(&args(&["revalidate=-1"]), 2).is_err());
         assert!(settings(&args(&["revalidate=1.5"]), 2).is_err());
+        assert_eq!(settings(&args(&[]), 2).unwrap().cache_timeout, None);
+        let s = settings(&args(&["cache_timeout=0"]), 2).unwrap();
+        assert_eq!(s.cache_timeout, Some(Duration::ZERO));
+        let s = settings(&args(&["cache_timeout=600"]), 2).unwrap();
+        assert_eq!(s.cache_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(
+            settings(&args(&["cache_timeout=auto"]), 2)
+                .unwrap()
+                .cache_timeout,
+            None
+        );
+        for bad in [
+            "cache_timeout=-1",
+            "cache_timeout=1.5",
+            "cache_timeout=86401",
+        ] {
+            assert!(settings(&args(&[bad]), 2).is_err(), "{bad}");
+        }
         let mut a = args(&["max_request=4M"]);
         a.max_request = Some("256K".into());
         a.device_passthrough_min = Some("64M".into());

@@ -219,6 +219,10 @@ pub enum StorageEvent {
     Entry(EntryEvent),
     /// The data of the file under the name changed (`IN_MODIFY`, `IN_CLOSE_WRITE`).
     Data,
+    /// Its attributes changed (`IN_ATTRIB`: mode, owner, times, link count). A regular
+    /// file is checked as for [`Self::Data`] (its fingerprint holds the ctime); anything
+    /// else has only its attributes dropped from the kernel's caches.
+    Attributes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -437,6 +441,10 @@ pub struct Coherence {
     /// Whether a watcher reports STORAGE's events (else nothing consumes
     /// registrations, and none are made).
     watched: AtomicBool,
+    /// Whether every event of STORAGE has reached [`Self::storage_event`]: a watch that
+    /// could not be added or an overflowed queue clears it for good (long cache timeouts
+    /// rely on it, `fs.rs` [`crate::fs::CacheTimeout`]).
+    sees_all: AtomicBool,
 }
 
 impl Coherence {
@@ -447,6 +455,7 @@ impl Coherence {
             kernel: KernelNotifier::new(),
             own: OwnEvents::new(),
             watched: AtomicBool::new(false),
+            sees_all: AtomicBool::new(false),
         }
     }
 
@@ -457,8 +466,20 @@ impl Coherence {
 
     /// A watcher hands STORAGE's events to [`Self::storage_event`] from now
     /// on (called before its first event; own operations register from then).
-    pub fn watcher_started(&self) {
+    pub fn watcher_started(&self, watches_all: bool) {
         self.watched.store(true, Ordering::SeqCst);
+        self.sees_all.store(watches_all, Ordering::SeqCst);
+    }
+
+    /// The watcher missed events (a directory it could not watch, an overflowed queue):
+    /// from now on the kernel caches names and attributes only briefly.
+    pub fn watcher_missed(&self) {
+        self.sees_all.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a watcher has reported every change of STORAGE so far.
+    pub fn sees_all(&self) -> bool {
+        self.watched.load(Ordering::SeqCst) && self.sees_all.load(Ordering::SeqCst)
     }
 
     /// Whether the kernel is told what goes stale (device-view entries and
@@ -733,7 +754,14 @@ impl Coherence {
         let Some(child) = Child::of(inodes, dir, name) else {
             return;
         };
-        if let Some(inode) = inodes.get(child.id) {
+        let Some(inode) = inodes.get(child.id) else {
+            return;
+        };
+        if event == StorageEvent::Attributes && !inode.is_reg() {
+            let mut stale = Stale::new();
+            stale.external_data(&inode);
+            self.kernel.send_now(stale);
+        } else {
             self.external_data_check(&inode, name);
         }
     }
@@ -860,7 +888,7 @@ mod tests {
                 .unwrap(),
             );
             let coh = Coherence::new(tier.clone());
-            coh.watcher_started();
+            coh.watcher_started(true);
             let rec = Recorder::default();
             coh.connect(rec.clone()).unwrap();
             let f = Self::look_up(&inodes, &root, "f", f_view);

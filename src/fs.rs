@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use serde_json::json;
@@ -67,6 +67,49 @@ pub struct FsConfig {
     /// With passthrough on, a device-view open of a wholly resident file of at least this
     /// many bytes is served by the kernel from shared device memory (`tier/export.rs`).
     pub device_passthrough_min: u64,
+    /// How long the kernel may cache names and attributes.
+    pub cache_timeout: CacheTimeout,
+}
+
+/// How long the kernel may cache names and attributes (`--cache-timeout`).
+///
+/// The kernel asks again only when a timeout ran out, so every name and attribute it may
+/// cache must be dropped by a notification as soon as it changes. Changes through the mount
+/// notify themselves, and the watcher notifies the changes STORAGE reports through inotify
+/// (`watch.rs`). `Auto` caches for [`CacheTimeout::LONG`] only while both hold for every
+/// change: STORAGE is a local filesystem (inotify does not see another node's changes to a
+/// network filesystem) and the watcher has missed nothing (no watch failed, no queue
+/// overflowed); otherwise for [`CacheTimeout::SHORT`], which bounds how long a change no
+/// notification reports stays visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheTimeout {
+    Auto { storage_local: bool },
+    Fixed(Duration),
+}
+
+impl Default for CacheTimeout {
+    fn default() -> Self {
+        CacheTimeout::Fixed(CacheTimeout::SHORT)
+    }
+}
+
+impl CacheTimeout {
+    /// `Auto`'s timeout when every change is notified (what `passthrough_ll -o cache=always`
+    /// uses).
+    pub const LONG: Duration = Duration::from_secs(86_400);
+    /// `Auto`'s timeout otherwise.
+    pub const SHORT: Duration = Duration::from_secs(1);
+
+    /// The timeout in force, given whether the watcher has seen every change so far.
+    pub fn now(self, watcher_sees_all: bool) -> Duration {
+        match self {
+            CacheTimeout::Fixed(d) => d,
+            CacheTimeout::Auto { storage_local } if storage_local && watcher_sees_all => {
+                CacheTimeout::LONG
+            }
+            CacheTimeout::Auto { .. } => CacheTimeout::SHORT,
+        }
+    }
 }
 
 /// Limits the kernel agreed to at init (for stats).
@@ -216,11 +259,10 @@ impl StorageSource {
     }
 
     fn open_fd(inode: &Inode) -> FsResult<Arc<StorageSource>> {
-        let (fd, direct) =
-            match storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY | OFlags::DIRECT) {
-                Ok(fd) => (fd, true),
-                Err(_) => (storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY)?, false),
-            };
+        let (fd, direct) = match inode.reopen(OFlags::RDONLY | OFlags::DIRECT) {
+            Ok(fd) => (fd, true),
+            Err(_) => (inode.reopen(OFlags::RDONLY)?, false),
+        };
         Ok(Arc::new(StorageSource { fd, direct }))
     }
 }
@@ -394,6 +436,11 @@ impl Pagetier {
     /// once it is told what host-view changes make stale there.
     pub fn device_view_cacheable(&self) -> bool {
         self.coherence.is_connected()
+    }
+
+    /// How long the kernel may cache names and attributes now ([`CacheTimeout`]).
+    pub fn cache_timeout(&self) -> Duration {
+        self.cfg.cache_timeout.now(self.coherence.sees_all())
     }
 
     /// The coherence protocol (the watcher answers STORAGE's events through it).
@@ -882,10 +929,7 @@ impl Pagetier {
             return Err(self.refuse(view));
         }
         let (file, source) = match view {
-            View::Host => (
-                storage::reopen(inode.fd()?.as_fd(), Self::backing_flags(flags))?,
-                None,
-            ),
+            View::Host => (inode.reopen(Self::backing_flags(flags))?, None),
             // One open serves both: the fill descriptor (O_DIRECT where STORAGE
             // allows it) also answers the handle's fstat and lseek.
             View::Device => {
@@ -1073,7 +1117,8 @@ impl Pagetier {
             size >= self.cfg.device_passthrough_min && !self.coherence.has_writer_behind(inode);
         let export = self.device_export(inode.id, size, source, create);
         let chosen = self.io_modes.open(ino, false, export.is_some(), || {
-            register(export.as_ref().expect("allowed only with an export").fd())
+            let export = export.as_ref().expect("allowed only with an export");
+            export.with_fd(register)?
         });
         if let Some(err) = &chosen.registration_failed {
             self.passthrough_failed(err);
@@ -1296,7 +1341,7 @@ impl Pagetier {
             }
             HandleKind::Dir { .. } => {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
-                let fd = storage::reopen(inode.fd()?.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+                let fd = inode.reopen(OFlags::RDONLY | OFlags::DIRECTORY)?;
                 rustix::fs::fsync(&fd)?;
                 Ok(())
             }
@@ -1862,4 +1907,22 @@ fn uid_of(u: u32) -> rustix::fs::Uid {
 
 fn gid_of(g: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(g)
+}
+
+#[cfg(test)]
+mod cache_timeout_tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_long_only_for_a_local_storage_whose_every_change_is_watched() {
+        let auto = |local| CacheTimeout::Auto {
+            storage_local: local,
+        };
+        assert_eq!(auto(true).now(true), CacheTimeout::LONG);
+        assert_eq!(auto(true).now(false), CacheTimeout::SHORT, "a watch failed");
+        assert_eq!(auto(false).now(true), CacheTimeout::SHORT, "shared storage");
+        let fixed = CacheTimeout::Fixed(Duration::ZERO);
+        assert_eq!(fixed.now(true), Duration::ZERO);
+        assert_eq!(fixed.now(false), Duration::ZERO);
+    }
 }

@@ -33,10 +33,8 @@ use crate::iomode::BackingToken;
 use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
 use crate::storage::Attr;
 
-/// How long the kernel may cache entries and attributes. External changes
-/// are pushed to the kernel by the watcher, so this only bounds the window
-/// for changes the watcher cannot see.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache the control directory's names, which never change.
+const CONTROL_TTL: Duration = Duration::from_secs(86_400);
 
 /// Largest read and write the kernel is asked to send (and readahead).
 pub const MAX_IO: u32 = 1 << 20;
@@ -240,16 +238,16 @@ fn kernel_limits(max_readahead: u32, max_write: u32) -> KernelLimits {
 }
 
 impl FuseAdapter {
-    /// How long the kernel may cache an entry or attributes of `ino`: [`TTL`]
-    /// in both views. The device view has no writer of its own that would
-    /// keep the kernel informed, so host-view changes push what they make
+    /// How long the kernel may cache an entry or attributes of `ino`: the mount's cache
+    /// timeout (`fs.rs` `CacheTimeout`) in both views. The device view has no writer of its
+    /// own that would keep the kernel informed, so host-view changes push what they make
     /// stale in it (`notify.rs`); without that push it is not cached at all.
     fn ttl(&self, ino: u64) -> Duration {
         match crate::inode::decode(ino) {
             Some((_, crate::inode::View::Device)) if !self.fs.device_view_cacheable() => {
                 Duration::ZERO
             }
-            _ => TTL,
+            _ => self.fs.cache_timeout(),
         }
     }
 
@@ -325,7 +323,7 @@ impl Filesystem for FuseAdapter {
             // stay cached even where attributes may not (the device root's, when the device
             // view is not cached).
             (Ok(a), Some((crate::inode::CONTROL_ID, crate::inode::View::Host))) => {
-                reply.entry_with_ttls(&self.ttl(a.ino), &TTL, &fattr(&a), Generation(0))
+                reply.entry_with_ttls(&self.ttl(a.ino), &CONTROL_TTL, &fattr(&a), Generation(0))
             }
             (r, _) => self.reply_entry(reply, at(Op::Lookup, parent, Some(name)), r),
         }

@@ -225,6 +225,19 @@ impl Inode {
         }
     }
 
+    /// Opens the object anew with `flags` (as [`crate::storage::reopen`] of [`Self::fd`], in one
+    /// syscall where the inode keeps a handle).
+    pub fn reopen(&self, flags: OFlags) -> FsResult<OwnedFd> {
+        match &self.backing {
+            Backing::Handle {
+                handle,
+                mount,
+                pinned,
+            } if pinned.get().is_none() => Ok(handle.open_as(mount.fd.as_fd(), flags)?),
+            _ => crate::storage::reopen(self.fd()?.as_fd(), flags),
+        }
+    }
+
     /// Whether the inode holds a descriptor (held or pinned).
     #[cfg(test)]
     pub fn holds_fd(&self) -> bool {

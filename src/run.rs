@@ -22,7 +22,7 @@ use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
 use crate::cli::{LogFormat, MountArgs, MountSettings};
-use crate::fs::{FsConfig, Pagetier};
+use crate::fs::{CacheTimeout, FsConfig, Pagetier};
 use crate::fuse::FuseAdapter;
 use crate::metrics::RequestMetrics;
 use crate::tier::{DeviceTier, TierConfig};
@@ -345,6 +345,12 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 trace: args.trace.clone(),
                 passthrough: s.passthrough,
                 device_passthrough_min: s.device_passthrough_min,
+                cache_timeout: match s.cache_timeout {
+                    Some(d) => CacheTimeout::Fixed(d),
+                    None => CacheTimeout::Auto {
+                        storage_local: crate::storage::is_local_fs(storage),
+                    },
+                },
             },
             root_fd,
             tier,
@@ -523,6 +529,18 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     if let Err(e) = &watcher {
         warn!("not watching STORAGE for external changes: {e}");
     }
+    info!(
+        cache_timeout_secs = fs.cache_timeout().as_secs(),
+        "the kernel caches names and attributes for {:?} ({})",
+        fs.cache_timeout(),
+        match s.cache_timeout {
+            Some(_) => "--cache-timeout",
+            None if fs.cache_timeout() == CacheTimeout::LONG => {
+                "auto: local STORAGE, every change watched"
+            }
+            None => "auto: STORAGE is shared or not every change is watched",
+        }
+    );
 
     if let Some(period) = s.revalidate {
         revalidate_every(period, fs.clone())?;

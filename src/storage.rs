@@ -60,6 +60,34 @@ pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Filesystem types whose files other machines change too, where inotify reports only this
+/// machine's changes (`statfs(2)` `f_type`, `<linux/magic.h>`): NFS, SMB/CIFS, Ceph, any
+/// FUSE filesystem (GlusterFS, sshfs, ...), Lustre, 9p, AFS, GFS2, OCFS2, Coda.
+const SHARED_FS_TYPES: [i64; 13] = [
+    0x6969,      // NFS
+    0x517b,      // SMB
+    0xfe53_4d42, // SMB2
+    0xff53_4d42, // CIFS
+    0x00c3_6400, // Ceph
+    0x6573_5546, // FUSE
+    0x0bd0_0bd0, // Lustre
+    0x0102_1997, // 9p
+    0x5346_414f, // AFS
+    0x6b41_4653, // kAFS
+    0x0116_1970, // GFS2
+    0x7461_636f, // OCFS2
+    0x7375_7245, // Coda
+];
+
+/// Whether the filesystem of `path` is changed only by this machine (not a network or
+/// cluster filesystem, nor a FUSE one, whose changes may come from anywhere). Unknown (the
+/// `statfs` failed): false.
+pub fn is_local_fs(path: &std::path::Path) -> bool {
+    rustix::fs::statfs(path)
+        .map(|st| !SHARED_FS_TYPES.contains(&{ st.f_type }))
+        .unwrap_or(false)
+}
+
 /// `MAX_HANDLE_SZ` of `<fcntl.h>`.
 const MAX_HANDLE_SZ: usize = 128;
 
@@ -118,6 +146,14 @@ impl FileHandle {
     /// Opens the object as `O_PATH | O_NOFOLLOW` through any descriptor of
     /// its mount. Fails (`ESTALE`) when the object no longer exists.
     pub fn open(&self, mount: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        self.open_as(mount, OFlags::PATH | OFlags::NOFOLLOW)
+    }
+
+    /// Opens the object with `flags` (close-on-exec; never creating) through any descriptor
+    /// of its mount: one syscall where an `O_PATH` open and a reopen through `/proc` take
+    /// three.
+    pub fn open_as(&self, mount: BorrowedFd<'_>, flags: OFlags) -> io::Result<OwnedFd> {
+        let flags = (flags | OFlags::CLOEXEC) - (OFlags::CREATE | OFlags::EXCL);
         let mut raw = RawHandle {
             handle_bytes: self.bytes.len() as u32,
             handle_type: self.kind,
@@ -131,7 +167,7 @@ impl FileHandle {
                 libc::SYS_open_by_handle_at,
                 mount.as_raw_fd(),
                 &raw as *const RawHandle,
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                flags.bits() as libc::c_int,
             )
         };
         if r < 0 {

@@ -40,16 +40,56 @@ const MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::DELETE)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ATTRIB)
     .union(WatchMask::ONLYDIR);
 
 struct State {
     inotify: Inotify,
-    dirs: HashMap<WatchDescriptor, InodeKey>,
+    dirs: HashMap<WatchDescriptor, WatchedDir>,
+    /// STORAGE's root, read-only (`open_by_handle_at` refuses an `O_PATH` one), and the id
+    /// of its mount: handles of directories on that mount reopen through it.
+    root: OwnedFd,
+    root_mount: Option<i32>,
+}
+
+/// A watched directory: its key, and how to reach it again when a directory appears in
+/// it — whether or not the kernel still knows it, so that a directory made behind the
+/// mount's back is watched wherever it appears.
+struct WatchedDir {
+    key: InodeKey,
+    reach: Reach,
+}
+
+enum Reach {
+    /// A file handle on STORAGE's root mount (no descriptor held).
+    Handle(storage::FileHandle),
+    /// A descriptor, where handles do not work (another mount, no handle support).
+    Fd(OwnedFd),
 }
 
 impl State {
-    /// Watches `dir` and every directory below it.
-    fn add_tree(&mut self, dir: OwnedFd) {
+    /// How to reach the directory behind `fd` again.
+    fn reach(&self, fd: OwnedFd) -> Reach {
+        match storage::FileHandle::of(fd.as_fd()) {
+            Ok((h, mount)) if Some(mount) == self.root_mount => Reach::Handle(h),
+            _ => Reach::Fd(fd),
+        }
+    }
+
+    /// Opens the watched directory `wd` as `O_PATH`.
+    fn open_dir(&self, wd: &WatchDescriptor) -> Option<OwnedFd> {
+        match &self.dirs.get(wd)?.reach {
+            Reach::Handle(h) => h.open(self.root.as_fd()).ok(),
+            Reach::Fd(fd) => fd.try_clone().ok(),
+        }
+    }
+}
+
+impl State {
+    /// Watches `dir` and every directory below it; false if a watch could not be added
+    /// (`fs.inotify.max_user_watches`, for one): changes below it are then seen at open only.
+    fn add_tree(&mut self, dir: OwnedFd) -> bool {
+        let mut all = true;
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
             let Ok(st) = storage::stat(&d) else { continue };
@@ -57,12 +97,19 @@ impl State {
             let p = Path::new(OsStr::from_bytes(path.as_bytes()));
             match self.inotify.watches().add(p, MASK) {
                 Ok(wd) => {
-                    self.dirs.insert(wd, storage::key_of(&st));
+                    let reach = match d.try_clone() {
+                        Ok(fd) => self.reach(fd),
+                        Err(_) => continue,
+                    };
+                    let key = storage::key_of(&st);
+                    self.dirs.insert(wd, WatchedDir { key, reach });
                 }
                 Err(e) => {
                     warn!(
-                        "inotify watch failed ({e}); external changes below it are seen at open only"
+                        "inotify watch failed ({e}); external changes below it are seen at open \
+                         only, and the kernel caches names and attributes for 1 s at most"
                     );
+                    all = false;
                     continue;
                 }
             }
@@ -83,6 +130,7 @@ impl State {
                 }
             }
         }
+        all
     }
 }
 
@@ -90,13 +138,21 @@ impl Watcher {
     /// Starts watching the tree at `storage`.
     pub fn start(storage_root: &Path, fs: Arc<Pagetier>) -> std::io::Result<Watcher> {
         let inotify = Inotify::init()?;
+        let root = rustix::fs::open(
+            storage_root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let root_mount = storage::FileHandle::of(root.as_fd()).ok().map(|(_, m)| m);
         let mut state = State {
             inotify,
             dirs: HashMap::new(),
+            root,
+            root_mount,
         };
-        state.add_tree(storage::open_root(storage_root)?);
+        let all = state.add_tree(storage::open_root(storage_root)?);
         // Before the first event: own operations register their events from here on.
-        fs.coherence().watcher_started();
+        fs.coherence().watcher_started(all);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         std::thread::Builder::new()
@@ -124,6 +180,8 @@ fn event_of(mask: EventMask) -> Option<StorageEvent> {
         entry(EntryEvent::MovedTo)
     } else if mask.intersects(EventMask::MODIFY | EventMask::CLOSE_WRITE) {
         Some(StorageEvent::Data)
+    } else if mask.contains(EventMask::ATTRIB) {
+        Some(StorageEvent::Attributes)
     } else {
         None
     }
@@ -144,33 +202,45 @@ fn run(mut state: State, fs: Arc<Pagetier>, stop: Arc<AtomicBool>) {
             };
         for (wd, mask, name) in events {
             if mask.contains(EventMask::Q_OVERFLOW) {
-                warn!("inotify queue overflowed: some external changes are seen at open only");
+                warn!(
+                    "inotify queue overflowed: some external changes are seen at open only, and \
+                     the kernel caches names and attributes for 1 s at most from now on"
+                );
+                fs.coherence().watcher_missed();
+                continue;
+            }
+            if mask.contains(EventMask::IGNORED) {
+                // The directory went (or its watch was removed): forget it.
+                state.dirs.remove(&wd);
                 continue;
             }
             let (Some(dir_key), Some(name), Some(event)) =
-                (state.dirs.get(&wd).copied(), name, event_of(mask))
+                (state.dirs.get(&wd).map(|d| d.key), name, event_of(mask))
             else {
                 continue;
             };
-            let Some(dir_id) = fs.inodes().known_id(dir_key) else {
-                continue;
-            };
             let name = OsStr::from_bytes(&name);
-            let Some(dir) = fs.inodes().get(dir_id) else {
-                continue;
-            };
+            // A new directory is watched even where the kernel forgot its parent: changes
+            // below it must be reported once the kernel looks it up.
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 && mask.contains(EventMask::ISDIR)
-                && let Ok(dir_fd) = dir.fd()
+                && let Some(dir_fd) = state.open_dir(&wd)
                 && let Ok(fd) = rustix::fs::openat(
                     &dir_fd,
                     name,
                     OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
                 )
+                && !state.add_tree(fd)
             {
-                state.add_tree(fd);
+                fs.coherence().watcher_missed();
             }
+            let Some(dir_id) = fs.inodes().known_id(dir_key) else {
+                continue;
+            };
+            let Some(dir) = fs.inodes().get(dir_id) else {
+                continue;
+            };
             debug!(dir = dir_id, ?name, ?event, "storage event");
             fs.coherence().storage_event(fs.inodes(), &dir, name, event);
         }

@@ -48,10 +48,15 @@ impl DeviceTier {
             "policy tracks exactly the resident unpinned folios"
         );
         let lent = self.arena.lent_slots();
+        let idle_lent = self.idle_lent.load(Ordering::Relaxed);
+        assert!(
+            idle_lent <= lent,
+            "idle exports lend part of the lent capacity"
+        );
         assert_eq!(
             self.pinned_slots.load(Ordering::Relaxed),
-            pinned_slots + lent,
-            "pinned folios and exported copies hold the pin budget"
+            pinned_slots + lent - idle_lent,
+            "pinned folios and the copies of exports in use hold the pin budget"
         );
         assert!(pinned_slots <= self.pin_budget, "pin budget exceeded");
         assert_eq!(

@@ -30,9 +30,14 @@
 //!   import finished; while it exists the copy equals the file: every invalidation of the file
 //!   either refreshes it (export alive) or, once the export is dead, takes the usual path;
 //! - an exported file's page map is empty except for the folios its own import installs;
-//! - the copy's capacity is lent (`ExportState::lent` slots) and counted in the pin budget
-//!   while the export lives; an export that outgrows the free capacity takes it anyway
-//!   (`over_commits`) rather than serve a stale byte;
+//! - the copy's capacity is lent (`ExportState::lent` slots) while the export lives, and
+//!   counted in the pin budget while it is not idle (idle ones are in `idle_lent` instead: they
+//!   can be dropped at any time, so they pin nothing); an export that outgrows the free
+//!   capacity takes it anyway (`over_commits`) rather than serve a stale byte, and reopening
+//!   an idle one takes its pin budget back even past the budget (`over_commits`): its pages
+//!   are nowhere else;
+//! - an export holds a descriptor of its copy only while it has opens (`shmem.rs`): an idle
+//!   one costs a name in shared memory and this struct, so small files can all be exported;
 //! - `opens` counts the device-view opens holding the export; only an export with no open
 //!   (idle, listed in `idle_exports`) is ever dropped, and a dropped export is dead: it is in
 //!   no file state and holds no capacity.
@@ -81,9 +86,15 @@ struct ExportState {
 }
 
 impl Export {
-    /// The copy's descriptor, to register as a passthrough backing file.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.copy.fd()
+    /// Whether the export holds a descriptor of its copy.
+    #[cfg(test)]
+    pub fn holds_fd(&self) -> bool {
+        self.copy.is_held()
+    }
+
+    /// Calls `f` with a descriptor of the copy (to register it as a passthrough backing file).
+    pub fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
+        self.copy.with_fd(f)
     }
 }
 
@@ -93,9 +104,15 @@ impl std::fmt::Debug for Export {
     }
 }
 
-/// Idle exports kept at most (each holds a descriptor of its copy; the process may have
-/// 20,000 here).
-pub const MAX_IDLE_EXPORTS: usize = 1024;
+/// Idle exports kept at most: each costs the kernel a tmpfs inode and name (about 1 KiB) and
+/// the daemon this struct, outside the tier's capacity.
+pub const MAX_IDLE_EXPORTS: usize = 1 << 20;
+
+/// Entries the idle list may hold with `idle` exports idle before its stale entries (of
+/// exports reopened or dropped since) are weeded out.
+pub(super) fn stale_bound(idle: u64) -> usize {
+    2 * idle as usize + 4096
+}
 
 /// Pages of a `size`-byte file.
 fn pages_of(size: u64) -> u64 {
@@ -175,7 +192,7 @@ impl DeviceTier {
         if !s.alive {
             return false;
         }
-        self.take_open(&mut s);
+        self.take_open(e, &mut s);
         s.src.get_or_insert_with(|| src.clone());
         true
     }
@@ -216,14 +233,19 @@ impl DeviceTier {
             let own_pinned: u64 = st.pinned.iter().map(slots_of).sum();
             (st.seq, folios, own_pinned)
         };
+        // `size` came from a stat before the snapshot: a change between the two (a truncate
+        // up, a write past the end) bumped no sequence this snapshot could see, so the size
+        // must still hold after it; any later change bumps the sequence and fails the swap.
+        if src.size().map_err(|_| NotExported::Raced)? != size {
+            return Err(NotExported::Raced);
+        }
         let slots: u64 = folios.iter().map(|(_, f)| f.len() as u64 / PAGE_SIZE).sum();
         // The file's own pinned folios (the `pin` hint) leave the pin budget as they leave
         // the page map: reserve only the rest now (before any copying: a file that cannot
-        // be exported costs nothing), the discount comes back after the swap.
-        while !self.reserve_pin(slots.saturating_sub(own_pinned)) {
-            if !self.drop_idle_export() {
-                return Err(NotExported::PinBudget);
-            }
+        // be exported costs nothing), the discount comes back after the swap. Idle exports
+        // hold no pin budget: dropping them would not help.
+        if !self.reserve_pin(slots.saturating_sub(own_pinned)) {
+            return Err(NotExported::PinBudget);
         }
         let unreserve = || sub(&self.pinned_slots, slots.saturating_sub(own_pinned));
         // Copy with no lock held: the pins keep every folio's bytes alive and unchanged.
@@ -324,11 +346,21 @@ impl DeviceTier {
         Some(taken)
     }
 
-    /// One more open of a live export (taking it out of the idle ones if it was idle).
-    fn take_open(&self, s: &mut ExportState) {
+    /// One more open of a live export `e` (taking it out of the idle ones if it was idle:
+    /// its copy is pinned again, past the budget if need be, and its descriptor held).
+    fn take_open(&self, e: &Export, s: &mut ExportState) {
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
+            sub(&self.idle_lent, s.lent);
+            if !self.reserve_pin(s.lent) {
+                add(&self.pinned_slots, s.lent);
+                add(&self.stats.over_commits, 1);
+            }
+        }
+        if s.opens == 0 {
+            // Best effort: without it each use of the copy opens it by name.
+            let _ = e.copy.hold(true);
         }
         s.opens += 1;
     }
@@ -342,6 +374,7 @@ impl DeviceTier {
             return;
         }
         s.src = None;
+        let _ = export.copy.hold(false);
         // A file with the `pin` hint keeps its export: like its pinned pages, it is never
         // evicted to make room, only dropped by a change or an explicit eviction.
         if self.hint(file) == Hint::Pin {
@@ -349,6 +382,8 @@ impl DeviceTier {
         }
         s.idle_since = self.next_seq();
         let stamp = s.idle_since;
+        sub(&self.pinned_slots, s.lent);
+        add(&self.idle_lent, s.lent);
         drop(s);
         add(&self.exports_idle, 1);
         let listed = {
@@ -356,10 +391,9 @@ impl DeviceTier {
             q.push_back((file, stamp));
             q.len()
         };
-        if listed > 4 * MAX_IDLE_EXPORTS {
+        if listed > stale_bound(self.exports_idle.load(Ordering::Relaxed)) {
             self.forget_stale_idle_entries();
         }
-        // Each export keeps one descriptor of its copy: bound the idle ones.
         if self.exports_idle.load(Ordering::Relaxed) > MAX_IDLE_EXPORTS as u64 {
             self.drop_idle_export();
         }
@@ -426,8 +460,10 @@ impl DeviceTier {
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
+            sub(&self.idle_lent, s.lent);
+        } else {
+            sub(&self.pinned_slots, s.lent);
         }
-        sub(&self.pinned_slots, s.lent);
         self.arena.unlend(s.lent);
         let pages = s.lent;
         s.lent = 0;

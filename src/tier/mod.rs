@@ -137,6 +137,9 @@ pub struct DeviceTier {
     idle_exports: Mutex<std::collections::VecDeque<(FileId, u64)>>,
     /// Exports alive with no open (at most `MAX_IDLE_EXPORTS` after a release).
     exports_idle: AtomicU64,
+    /// Capacity lent to idle exports' copies (slots): part of the arena's lent slots, but not
+    /// of the pin budget (an idle export can be dropped at any time).
+    idle_lent: AtomicU64,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -225,6 +228,7 @@ impl DeviceTier {
             exports_live: AtomicU64::new(0),
             idle_exports: Mutex::new(std::collections::VecDeque::new()),
             exports_idle: AtomicU64::new(0),
+            idle_lent: AtomicU64::new(0),
         })
     }
 

@@ -9,8 +9,11 @@
 //! get real 2 MiB shmem pages on a kernel whose `shmem_enabled` is `never`: a page faulted
 //! through a `MADV_HUGEPAGE` mapping is a 2 MiB page, everything else is 4 KiB.
 //!
-//! A [`DeviceCopy`] is one unnamed (`O_TMPFILE`) file in it, sized exactly like the file it
-//! copies (a passthrough read stops at the backing file's size).
+//! A [`DeviceCopy`] is one file in it, sized exactly like the file it copies (a passthrough
+//! read stops at the backing file's size), named by a counter and unlinked when the copy is
+//! dropped. It holds a descriptor only while [`DeviceCopy::hold`] says so (while readers have
+//! it open): a tier may keep a million idle copies of small files, far more than a process may
+//! hold descriptors, and reopens one by name (a few microseconds) when it is opened again.
 //!
 //! Invariants:
 //! - `size=` of the tmpfs is the tier's capacity plus one huge page: the tier's own counter
@@ -21,10 +24,13 @@
 //!   in-place updates) and read with `pread`; mappings are temporary windows, unmapped
 //!   before the call returns.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
@@ -35,7 +41,9 @@ use crate::tier::types::PAGE_SIZE;
 
 /// The private tmpfs holding device copies.
 pub struct SharedMemory {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
+    /// The next copy's name.
+    next: AtomicU64,
 }
 
 impl std::fmt::Debug for SharedMemory {
@@ -70,23 +78,32 @@ impl SharedMemory {
                 | MountAttrFlags::MOUNT_ATTR_NODEV
                 | MountAttrFlags::MOUNT_ATTR_NOEXEC,
         )?;
-        Ok(SharedMemory { root })
+        Ok(SharedMemory {
+            root: Arc::new(root),
+            next: AtomicU64::new(1),
+        })
     }
 
     /// A new, unnamed copy of `size` bytes (all holes).
     pub fn create(&self, size: u64) -> io::Result<DeviceCopy> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let name = CString::new(format!("{n:x}")).expect("no NUL in a hex number");
         let fd = rustix::fs::openat(
-            &self.root,
-            ".",
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            &*self.root,
+            name.as_c_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
         let file = File::from(fd);
-        file.set_len(size)?;
-        Ok(DeviceCopy { file })
+        let copy = DeviceCopy {
+            dir: self.root.clone(),
+            name,
+            file: RwLock::new(Some(Arc::new(file))),
+        };
+        copy.set_len(size)?;
+        Ok(copy)
     }
 
-    /// Bytes the kernel has allocated in the tmpfs (exact, in 4 KiB units).
     pub fn used_bytes(&self) -> u64 {
         rustix::fs::fstatfs(&self.root)
             .map(|s| (s.f_blocks - s.f_bfree) * s.f_bsize as u64)
@@ -96,36 +113,91 @@ impl SharedMemory {
 
 /// One file's device copy in [`SharedMemory`].
 pub struct DeviceCopy {
-    file: File,
+    /// The tmpfs root, and the copy's name in it.
+    dir: Arc<OwnedFd>,
+    name: CString,
+    /// The copy's descriptor while held ([`DeviceCopy::hold`]).
+    file: RwLock<Option<Arc<File>>>,
+}
+
+impl Drop for DeviceCopy {
+    fn drop(&mut self) {
+        // The memory goes when the last descriptor and mapping of it (readers') go too.
+        if let Err(e) = rustix::fs::unlinkat(
+            &*self.dir,
+            self.name.as_c_str(),
+            rustix::fs::AtFlags::empty(),
+        ) {
+            tracing::warn!(error = %e, "cannot remove a device copy from shared memory");
+        }
+    }
 }
 
 impl DeviceCopy {
-    /// The copy's descriptor (to register with the kernel as a passthrough backing file).
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.file.as_fd()
+    /// The copy's descriptor: the held one, or a new one (closed when dropped).
+    fn file(&self) -> io::Result<Arc<File>> {
+        if let Some(f) = crate::lock::read(&self.file).as_ref() {
+            return Ok(f.clone());
+        }
+        self.open()
     }
 
+    fn open(&self) -> io::Result<Arc<File>> {
+        let fd = rustix::fs::openat(
+            &*self.dir,
+            self.name.as_c_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Arc::new(File::from(fd)))
+    }
+
+    /// Keeps a descriptor from now on (`true`) or lets it go (`false`).
+    pub fn hold(&self, held: bool) -> io::Result<()> {
+        let mut g = crate::lock::write(&self.file);
+        match (held, g.is_some()) {
+            (true, false) => *g = Some(self.open()?),
+            (false, true) => *g = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether a descriptor is held.
+    #[cfg(test)]
+    pub fn is_held(&self) -> bool {
+        crate::lock::read(&self.file).is_some()
+    }
+
+    /// Calls `f` with a descriptor of the copy (to register it as a passthrough backing file).
+    pub fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
+        let file = self.file()?;
+        Ok(f(file.as_fd()))
+    }
+
+    /// The copy's descriptor (to register with the kernel as a passthrough backing file).
     pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        Ok(self.file()?.metadata()?.len())
     }
 
     /// Bytes allocated to the copy.
     #[cfg(test)]
     pub fn allocated(&self) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        Ok(self.file.metadata()?.blocks() * 512)
+        Ok(self.file()?.metadata()?.blocks() * 512)
     }
 
     /// Sets the copy's size (a shrink frees the pages past it; a grow adds holes).
     pub fn set_len(&self, size: u64) -> io::Result<()> {
-        self.file.set_len(size)
+        self.file()?.set_len(size)
     }
 
     /// Reads copy bytes at `offset` (short at the copy's end).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let file = self.file()?;
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -143,19 +215,19 @@ impl DeviceCopy {
         if len == HUGE_PAGE_SIZE && offset.is_multiple_of(HUGE_PAGE_SIZE) {
             return self.write_huge(data, offset);
         }
-        self.file.write_all_at(data, offset)
+        self.file()?.write_all_at(data, offset)
     }
 
     fn write_huge(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        // SAFETY: a shared mapping of our own unnamed tmpfs file, which no other process
-        // can open (it has no name; passthrough readers only read it) and which the tier
+        // SAFETY: a shared mapping of our own file in a private tmpfs, which no other process
+        // can open (the tmpfs is attached nowhere; passthrough readers only read it) and which the tier
         // does not resize while it writes (the caller holds the copy's update lock); the
         // window lies within the file's size, so no access past EOF (SIGBUS) can happen.
         let mut window = unsafe {
             memmap2::MmapOptions::new()
                 .offset(offset)
                 .len(data.len())
-                .map_mut(&self.file)?
+                .map_mut(&*self.file()?)?
         };
         if let Err(e) = window.advise(memmap2::Advice::HugePage) {
             tracing::debug!(error = %e, "madvise(MADV_HUGEPAGE) on a device copy failed");
@@ -175,7 +247,7 @@ impl DeviceCopy {
             return Ok(());
         }
         rustix::fs::fallocate(
-            &self.file,
+            &*self.file()?,
             rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
             a,
             b - a,
@@ -245,7 +317,12 @@ mod tests {
         let huge = vec![1u8; HUGE_PAGE_SIZE as usize];
         let mut refused = false;
         for i in 0..32 {
-            if copy.file.write_all_at(&huge, i * HUGE_PAGE_SIZE).is_err() {
+            if copy
+                .file()
+                .unwrap()
+                .write_all_at(&huge, i * HUGE_PAGE_SIZE)
+                .is_err()
+            {
                 refused = true;
                 break;
             }

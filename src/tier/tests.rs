@@ -1439,6 +1439,57 @@ fn tier_with_resident_file(
     Some((t, vs, src))
 }
 
+/// Small files can all be exported: an idle export holds neither a descriptor nor pin budget,
+/// so idle copies may add up to more than `--pin-share` and to more files than a process may
+/// hold descriptors; reopening one takes its budget back.
+#[test]
+fn idle_exports_hold_no_descriptor_and_no_pin_budget() {
+    let t = tier(4, true);
+    if t.enable_shared_memory().is_err() {
+        return;
+    }
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let size = 16 * 1024;
+    // 300 × 16 KiB = 4.7 MiB: more than the 4 MiB pin budget of an 8 MiB tier.
+    let files: Vec<(FileId, SharedSource)> = (1..=300)
+        .map(|f| {
+            let vs = Arc::new(VecSource::new(pattern(size, f as u8)));
+            t.prefetch(f, size, 0, size, vs.as_ref()).unwrap();
+            (f, vs as SharedSource)
+        })
+        .collect();
+    let before = fds();
+    for (f, src) in &files {
+        let e = t.export_open(*f, size, src).unwrap();
+        assert!(e.holds_fd(), "an open export keeps its descriptor");
+        t.export_release(*f, &e);
+        assert!(!e.holds_fd(), "an idle export lets it go");
+    }
+    assert!(
+        fds() <= before + 2,
+        "{} descriptors after, {before} before",
+        fds()
+    );
+    let s = t.stats();
+    assert_eq!(
+        (s.shared.files, s.shared.dropped),
+        (300, 0),
+        "{:?}",
+        s.shared
+    );
+    t.check_invariants();
+    let pinned = t.pinned_slots.load(Ordering::Relaxed);
+    let e = t.export_open(7, size, &files[6].1).unwrap();
+    assert_eq!(t.pinned_slots.load(Ordering::Relaxed), pinned + 4);
+    let mut out = vec![0u8; size as usize];
+    assert_eq!(t.read_exported(&e, 0, &mut out).unwrap(), size as usize);
+    assert_eq!(out, pattern(size, 7));
+    t.check_invariants();
+    t.export_release(7, &e);
+    assert_eq!(t.pinned_slots.load(Ordering::Relaxed), pinned);
+    t.check_invariants();
+}
+
 /// Idle exports give way first: a fault that needs room drops them, oldest first.
 #[test]
 fn idle_exports_are_dropped_when_the_tier_needs_room() {
@@ -1463,7 +1514,7 @@ fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
     let Some((t, _, src)) = tier_with_resident_file(2 * MIB, 7, Hint::Normal) else {
         return;
     };
-    for _ in 0..(5 * export::MAX_IDLE_EXPORTS) {
+    for _ in 0..(5 * export::stale_bound(1)) {
         let e = t.export_open(1, 2 * MIB, &src).unwrap();
         t.export_release(1, &e);
     }
@@ -1472,7 +1523,7 @@ fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
         (s.shared.files, s.shared.exports, s.shared.dropped),
         (1, 1, 0)
     );
-    assert!(lock(&t.idle_exports).len() <= 4 * export::MAX_IDLE_EXPORTS + 1);
+    assert!(lock(&t.idle_exports).len() <= export::stale_bound(1) + 1);
     assert_eq!(t.exports_idle.load(Ordering::Relaxed), 1);
     t.check_invariants();
 }
