@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it (.ci/run): setup, format, lints, every test (mount tests
 # included: they need root or a usable /dev/fuse and are never skipped), then fio's
-# write-and-verify through a real pagetier mount, then the cross-node checks on a loopback
+# write-and-verify through a real pagetier mount, the stale-read check of kernel-served
+# device-view opens (scripts/stale-check), then the cross-node checks on a loopback
 # GlusterFS volume (scripts/cluster). Runs every step even after a failure,
 # prints a table of steps and a final "steps: N passed, N failed" line; exits non-zero
 # if any step failed.
 #
 #   scripts/test.sh [--long]
 #     --long   also the long soak tests: exports PAGETIER_LONG=1 (tests read it) and runs
-#              the fio verification with bigger files
+#              the fio verification with bigger files and the stale check longer
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ long=0
 for arg in "$@"; do
   case $arg in
     --long) long=1 ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
   esac
 done
@@ -159,6 +160,23 @@ fio_verify() {
   return "$rc"
 }
 
+# No stale read through kernel-served device-view opens (scripts/stale-check): host-view fio
+# writes, truncates and renames over against device-view fio verify readers, held descriptors
+# and mappings, then a concurrent torture; and once more with every open daemon-served.
+# One round and 6 s of torture, then one round with `--passthrough off` (about 30 s); with
+# --long 10 rounds and 60 s, then 3 rounds and 20 s.
+stale_check() {
+  local bin=$repo/target/debug/pagetier
+  fuse_ready || return 1
+  [[ -x $bin ]] || cargo build --locked || return 1
+  local -a on=(--rounds 1 --seconds 6) off=(--rounds 1)
+  ((long)) && on=(--rounds 10 --seconds 60) off=(--rounds 3 --seconds 20)
+  local rc=0
+  pt_t 600 scripts/stale-check --bin "$bin" "${on[@]}" || rc=1
+  pt_t 600 scripts/stale-check --bin "$bin" "${off[@]}" --pt-args '--passthrough off' || rc=1
+  return "$rc"
+}
+
 # The cross-node checks on a loopback GlusterFS volume with pagetier on two nodes
 # (scripts/cluster, scripts/cluster-test): 60 changes, or 60 s of them with --long.
 cluster_tests() {
@@ -177,6 +195,7 @@ step tests run_tests
 step shuttle shuttle_tests
 step passthrough-off passthrough_off_tests
 step fio-verify fio_verify
+step stale-check stale_check
 step cluster cluster_tests
 
 printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"
