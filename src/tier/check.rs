@@ -16,7 +16,7 @@ impl DeviceTier {
         let (mut pinned, mut pinned_slots) = (0u64, 0u64);
         for s in self.shards.iter() {
             for st in lock(&s.files).values() {
-                for k in &st.pinned {
+                for k in st.pinned.iter() {
                     assert!(
                         matches!(st.get(k), Some(Entry::Ready(_))),
                         "pinned key {k:?} is not resident"

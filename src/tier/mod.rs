@@ -467,7 +467,7 @@ impl DeviceTier {
     }
 
     /// Estimated heap and table bytes of tier metadata: chunk table, shard tables, per-file
-    /// state, and per resident folio its page-map entry (B-tree nodes about half full), its
+    /// state, exports, and per resident folio its page-map entry (B-tree nodes about half full), its
     /// `Arc<Folio>` allocation and its eviction-policy entry. The arena itself is excluded.
     pub fn metadata_bytes(&self) -> u64 {
         let files: u64 = self
@@ -481,9 +481,14 @@ impl DeviceTier {
         let per_map_entry = 2 * (size_of::<u64>() + size_of::<Entry>()) as u64 + 8;
         let per_arc = (2 * size_of::<usize>() + size_of::<Folio>()).next_multiple_of(16) as u64;
         let per_file = ((size_of::<(FileId, FileState)>() + 1) * 8 / 7) as u64;
+        // An export: its `Arc` allocation (copy name included) and its idle-list entries.
+        let per_export = (2 * size_of::<usize>() + size_of::<export::Export>() + 16) as u64;
+        let idle_entries = lock(&self.idle_exports).len() as u64;
         self.arena.metadata_bytes()
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
             + files * per_file
+            + self.exports_live.load(Ordering::Relaxed) * per_export
+            + idle_entries * size_of::<(FileId, u64)>() as u64
             + folios * (per_map_entry + per_arc + per_policy)
     }
 }
