@@ -257,6 +257,11 @@ fn small_resident_files_are_kernel_served_by_default() {
             "{f}: every open kernel-served"
         );
         assert_eq!(s1.device.reads, s0.device.reads, "{f}: no daemon read");
+        assert_eq!(
+            s1.shared.policy_touches - s0.shared.policy_touches,
+            3,
+            "{f}: each kernel-served open told to the policy"
+        );
     }
     let st = m.stats();
     assert_eq!(

@@ -1127,6 +1127,7 @@ impl Pagetier {
             (Held::PassthroughReader, Some(export)) => {
                 self.device_passthrough_opens
                     .fetch_add(1, Ordering::Relaxed);
+                self.tier.touch_exported(inode.id, size);
                 DeviceIo {
                     held: Some(chosen.held),
                     backing: chosen.backing,

@@ -431,6 +431,11 @@ fn encode_passthrough(
             "Device reads the daemon served from an exported copy",
             sh.daemon_reads,
         ),
+        (
+            "policy_touches",
+            "Kernel-served device-view opens told to the eviction policy",
+            sh.policy_touches,
+        ),
     ] {
         encode_counter(enc, &format!("pagetier_shared_{key}"), help, v)?;
     }
@@ -1025,7 +1030,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            59,
+            60,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();

@@ -281,6 +281,7 @@ mod tests {
         ("shared.files", "number"),
         ("shared.kernel_bytes", "number"),
         ("shared.over_commits", "number"),
+        ("shared.policy_touches", "number"),
         ("shared.update_failures", "number"),
         ("shared.updated_bytes", "number"),
         ("shared.updates", "number"),

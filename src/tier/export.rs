@@ -197,6 +197,29 @@ impl DeviceTier {
         true
     }
 
+    /// Tells the policy that an open the kernel serves uses `file` (`size` bytes) once: one
+    /// use of each key its pages would have if they came back (whole 2 MiB extents as huge
+    /// pages, with huge pages on; the rest as base pages). The daemon sees none of the open's
+    /// reads, and a frequency-based policy must still know the file is used when a drop
+    /// sends its pages back to the page map.
+    pub fn touch_exported(&self, file: FileId, size: u64) {
+        let huge = if self.cfg.huge_pages {
+            size / HUGE_PAGE_SIZE
+        } else {
+            0
+        };
+        let base = (huge * HUGE_PAGE_SIZE / PAGE_SIZE)..pages_of(size);
+        let mut policy = lock(&self.policy);
+        for e in 0..huge {
+            policy.record_use(&FolioKey::huge(file, e));
+        }
+        for p in base {
+            policy.record_use(&FolioKey::base(file, p));
+        }
+        drop(policy);
+        add(&self.stats.policy_touches, 1);
+    }
+
     /// Copies the whole resident file into a new copy and swaps the page map for the export.
     fn migrate_in(
         &self,

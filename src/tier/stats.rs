@@ -48,6 +48,7 @@ pub struct Counters {
     pub update_failures: AtomicU64,
     pub over_commits: AtomicU64,
     pub shared_reads: AtomicU64,
+    pub policy_touches: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -181,6 +182,10 @@ pub struct SharedStats {
     pub over_commits: u64,
     /// Device reads the daemon served from a copy (an open that was not passthrough).
     pub daemon_reads: u64,
+    /// Kernel-served opens told to the eviction policy: each touches the file's folio keys
+    /// once (frequency only), since the daemon sees none of their reads.
+    #[serde(default)]
+    pub policy_touches: u64,
 }
 
 /// A snapshot of the tier's counters.
@@ -259,6 +264,7 @@ impl Counters {
                 update_failures: get(&self.update_failures),
                 over_commits: get(&self.over_commits),
                 daemon_reads: get(&self.shared_reads),
+                policy_touches: get(&self.policy_touches),
                 ..SharedStats::default()
             },
         }

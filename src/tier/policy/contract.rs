@@ -85,6 +85,10 @@ pub trait EvictionPolicy: Send {
     fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)>;
     /// A read missed `key` (not resident); called once per missed folio, before `admit`.
     fn record_miss(&mut self, _key: &FolioKey) {}
+    /// `key` was used where the policy cannot see it (a page of an exported file, read by the
+    /// kernel): frequency only, the key is not tracked. A policy with no history of keys it
+    /// does not hold ignores it.
+    fn record_use(&mut self, _key: &FolioKey) {}
     /// The tier is full: should a victim be evicted so that the missed `candidate` can be
     /// installed? `false` serves the read without installing the page.
     fn admit(&mut self, _candidate: &FolioKey) -> bool {

@@ -373,6 +373,10 @@ impl EvictionPolicy for TinyLfuPolicy {
         self.sketch.increment(key);
     }
 
+    fn record_use(&mut self, key: &FolioKey) {
+        self.sketch.increment(key);
+    }
+
     fn set_hint(&mut self, file: FileId, hint: Hint) {
         self.epoch.set_hint(file, hint);
     }
@@ -460,6 +464,21 @@ mod tests {
         assert_eq!((p.window_budget, p.main_budget), (10, 990));
         p.configure(3, 1);
         assert_eq!(p.window_budget, 1, "never empty");
+    }
+
+    /// Uses the policy cannot see (kernel-served reads of an exported file) count in the
+    /// sketch without tracking the key: a page coming back after a drop is known as popular.
+    #[test]
+    fn record_use_counts_frequency_without_tracking() {
+        let mut p = TinyLfuPolicy::new();
+        p.configure(1024, 512);
+        let k = FolioKey::base(9, 0);
+        let before = p.sketch.estimate(&k);
+        for _ in 0..3 {
+            p.record_use(&k);
+        }
+        assert_eq!(p.sketch.estimate(&k), before + 3);
+        assert_eq!(p.len(), 0, "nothing tracked");
     }
 
     #[test]
