@@ -2,7 +2,10 @@
 //! kernel knows (live inodes keep a file handle, `src/inode.rs`), so an epoch
 //! over more files than the descriptor limit (a hard 20,000 here) succeeds and
 //! the daemon's descriptor count stays small; and the inode table gives its
-//! entries back when the kernel forgets them.
+//! entries back when the kernel forgets them. A directory of 100,000 entries
+//! lists exactly (every name once, small `getdents64` buffers, a seek back to
+//! a cookie of the listing continues it) through both views, and the client
+//! tools walk a tree (`residency -r`, `prefetch -r`).
 //!
 //! Every mount is owned by a guard that unmounts it on drop, also on panic;
 //! waits poll a condition until a deadline. Runs as root (CI does).
@@ -15,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Mounted, wait_until};
+use common::{Mounted, bin, wait_until};
 
 const DIRS: usize = 30;
 const FILES_PER_DIR: usize = 1000;
@@ -186,5 +189,183 @@ fn removed_objects_the_kernel_still_uses_answer() {
         (md.nlink(), md.len()),
         (0, 10),
         "fstat of the unlinked open file"
+    );
+}
+
+/// Entries of the big directory.
+const BIG: usize = 100_000;
+
+fn big_name(i: usize) -> String {
+    format!("e{i:06}")
+}
+
+/// Lists `dir` with `getdents64` into a buffer of `buf_len` bytes (each call
+/// continues at the cookie after the last entry it returned), from cookie `from`
+/// (0: the start; else an `lseek` to it first).
+/// Returns each entry's name and the cookie that continues after it, `.` and `..`
+/// left out.
+fn list(dir: &Path, buf_len: usize, from: u64) -> Vec<(String, u64)> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    if from != 0 {
+        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(from)).unwrap();
+    }
+    let mut buf = vec![std::mem::MaybeUninit::uninit(); buf_len];
+    let mut raw = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut out = Vec::new();
+    while let Some(e) = raw.next() {
+        let e = e.unwrap_or_else(|e| panic!("getdents64 {}: {e}", dir.display()));
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push((name, e.next_entry_cookie()));
+        }
+    }
+    out
+}
+
+/// Every name of `got` exactly once, and exactly the names of `want`.
+fn assert_same_names(what: &str, got: &[(String, u64)], want: &[String]) {
+    let mut names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        before,
+        "{what}: {} duplicate names",
+        before - names.len()
+    );
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|w| names.binary_search(&w.as_str()).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} names missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        names.len(),
+        want.len(),
+        "{what}: names that are not in STORAGE"
+    );
+}
+
+#[test]
+fn a_directory_of_100000_entries_lists_exactly_and_the_tools_walk_a_tree() {
+    let started = Instant::now();
+    let tree_files = |c: usize, i: usize| (format!("tree/c{c}/f{i:03}"), 1 + (c * 50 + i) * 331);
+    let m = util::Guarded::new(Mounted::with(&["--device-capacity", "64MiB"], |s| {
+        // Hard links to two empty files (ext4 allows 65,000 links to one): a link is a
+        // third of the cost of a create.
+        let big = s.join("big");
+        fs::create_dir(&big).unwrap();
+        for src in ["src0", "src1"] {
+            fs::File::create(s.join(src)).unwrap();
+        }
+        for i in 0..BIG {
+            fs::hard_link(s.join(["src0", "src1"][i % 2]), big.join(big_name(i))).unwrap();
+        }
+        for c in 0..4 {
+            fs::create_dir_all(s.join(format!("tree/c{c}"))).unwrap();
+            for i in 0..50 {
+                let (p, len) = tree_files(c, i);
+                fs::write(s.join(p), vec![c as u8 ^ i as u8; len]).unwrap();
+            }
+        }
+    }));
+    let made = started.elapsed();
+    let want: Vec<String> = (0..BIG).map(big_name).collect();
+
+    // The host view with getdents64 into 32 KiB (what glibc's readdir uses), keeping
+    // the cookies; the device view through std::fs::read_dir.
+    let t = Instant::now();
+    let got = list(&m.host("big"), 32 << 10, 0);
+    assert_same_names("host", &got, &want);
+    eprintln!(
+        "host: {} entries in {:.2} s",
+        got.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let dev: Vec<(String, u64)> = fs::read_dir(m.device().join("big"))
+        .unwrap()
+        .map(|e| (e.unwrap().file_name().to_string_lossy().into_owned(), 0))
+        .collect();
+    assert_same_names("device", &dev, &want);
+    eprintln!(
+        "device: {} entries in {:.2} s",
+        dev.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // Seeking to the cookie after entry K continues the listing with entry K + 1, also
+    // with 1 KiB buffers (a dozen entries per call). Near the end: each request costs
+    // the daemon the whole directory.
+    let k = got.len() - 1000;
+    let rest = list(&m.host("big"), 1024, got[k - 1].1);
+    let names = |v: &[(String, u64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert!(
+        names(&rest) == names(&got[k..]),
+        "the listing from the cookie of entry {k} ({} entries) is not the rest of the \
+         listing ({} entries)",
+        rest.len(),
+        got.len() - k
+    );
+    let listed = started.elapsed();
+
+    // The tools over a tree: nothing resident, then all of it, then again (all hits).
+    let tool = |args: &[&str], path: &Path| {
+        util::run_deadline(
+            std::process::Command::new(bin()).args(args).arg(path),
+            Duration::from_secs(60),
+        )
+    };
+    let out = tool(&["residency", "-r"], &m.host("tree"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1 + 200 + 1, "{out:?}");
+    assert!(out.stdout.contains("total: 200 file(s)"), "{out:?}");
+    let out = tool(&["prefetch", "-r", "-j", "3"], &m.host("tree"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("prefetched 200 file(s)"), "{out:?}");
+    for c in 0..4 {
+        for i in 0..50 {
+            let (p, len) = tree_files(c, i);
+            let mut buf = vec![0u8; 4096];
+            let n =
+                rustix::fs::getxattr(m.host(&p), "user.pagetier.residency", &mut buf[..]).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            assert_eq!(
+                v["resident_bytes"].as_u64(),
+                Some((len as u64).div_ceil(4096) * 4096),
+                "{p}: {v}"
+            );
+        }
+    }
+    let out = tool(&["prefetch", "-r"], &m.device().join("tree"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("prefetched 200 file(s)"), "{out:?}");
+    assert!(out.stdout.contains(" 0 B faulted"), "{out:?}");
+    let out = tool(&["residency", "-r", "-j", "2"], &m.device().join("tree"));
+    assert_eq!(out.code(), 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 202, "{out:?}");
+    assert!(
+        lines[1].ends_with("tree/c0/f000"),
+        "files in name order: {out:?}"
+    );
+    assert!(
+        lines[200].ends_with("tree/c3/f049"),
+        "files in name order: {out:?}"
+    );
+    eprintln!(
+        "made {BIG} entries in {:.1} s, listed in {:.1} s, tools in {:.1} s",
+        made.as_secs_f64(),
+        (listed - made).as_secs_f64(),
+        (started.elapsed() - listed).as_secs_f64()
     );
 }

@@ -32,6 +32,12 @@ pub enum Command {
     },
     /// Show how much of each file is resident in the device tier.
     Residency {
+        /// Descend into directories (a total line follows the files).
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Files worked on at once (default: 8).
+        #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: Option<u16>,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -43,7 +49,7 @@ pub enum Command {
         /// Descend into directories.
         #[arg(short = 'r', long)]
         recursive: bool,
-        /// Files worked on at once (default: CPUs, at most 8).
+        /// Files worked on at once (default: 8).
         #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
         jobs: Option<u16>,
         /// Go on past the tier's capacity (later files then evict earlier ones).
@@ -57,7 +63,7 @@ pub enum Command {
         /// Descend into directories.
         #[arg(short = 'r', long)]
         recursive: bool,
-        /// Files worked on at once (default: CPUs, at most 8).
+        /// Files worked on at once (default: 8).
         #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
         jobs: Option<u16>,
         #[arg(required = true)]

@@ -22,7 +22,18 @@ fn main() {
             }
         }
         Command::Stats { mountpoint, json } => pagetier::print_stats(&mountpoint, json),
-        Command::Residency { paths } => pagetier::residency(&paths),
+        Command::Residency {
+            recursive,
+            jobs,
+            paths,
+        } => pagetier::residency(
+            &paths,
+            &pagetier::BatchOptions {
+                recursive,
+                jobs: jobs.map(usize::from),
+                ignore_capacity: false,
+            },
+        ),
         Command::Prefetch {
             range,
             recursive,
