@@ -1489,10 +1489,16 @@ impl Pagetier {
 
     /// Lists directory entries from `offset` on. With `plus`, each item
     /// carries attributes and one lookup reference.
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirItem>> {
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        mut emit: impl FnMut(DirItem) -> bool,
+    ) -> FsResult<()> {
         let handle = self.handle(fh)?;
         let me = ino;
-        let mut out = Vec::new();
         let dot = |name: &[u8], next: u64, ino: u64| DirItem {
             ino,
             next,
@@ -1514,60 +1520,75 @@ impl Pagetier {
                     } else {
                         None
                     };
-                    out.push(DirItem {
+                    let full = emit(DirItem {
                         ino: *ino,
                         next: i as u64 + 1,
                         fmt: *fmt,
                         name: name.to_vec(),
                         attr,
                     });
+                    if full {
+                        break;
+                    }
                 }
-                Ok(out)
+                Ok(())
             }
             HandleKind::Dir { entries, view } => {
                 let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
                 if offset == 0 {
                     let (_, fresh) = storage::list_dir(inode.fd()?.as_fd())?;
                     *lock(entries) = fresh;
-                    out.push(dot(b".", 1, me));
+                    if emit(dot(b".", 1, me)) {
+                        return Ok(());
+                    }
                 }
-                if offset <= 1 {
-                    out.push(dot(b"..", 2, me));
+                if offset <= 1 && emit(dot(b"..", 2, me)) {
+                    return Ok(());
                 }
-                let entries = lock(entries).clone();
-                let skip = offset.saturating_sub(2) as usize;
-                for (i, e) in entries.iter().enumerate().skip(skip) {
-                    let name = OsStr::from_bytes(&e.name);
+                // One entry at a time, until the kernel's buffer is full: a listing costs
+                // what it returns (a lookup per entry with `plus`), not the whole directory
+                // on every request.
+                let mut i = offset.saturating_sub(2) as usize;
+                loop {
+                    let Some((name, key, fmt)) =
+                        lock(entries).get(i).map(|e| (e.name.clone(), e.key, e.fmt))
+                    else {
+                        return Ok(());
+                    };
+                    i += 1;
+                    let next = i as u64 + 2;
+                    let os_name = OsStr::from_bytes(&name);
                     if inode.id == ROOT_ID
                         && *view == View::Host
-                        && name == self.cfg.control_name.as_os_str()
+                        && os_name == self.cfg.control_name.as_os_str()
                     {
                         continue;
                     }
-                    let next = i as u64 + 3;
-                    if plus {
-                        match self.lookup(ino, name) {
-                            Ok(attr) => out.push(DirItem {
+                    let item = if plus {
+                        match self.lookup(ino, os_name) {
+                            Ok(attr) => DirItem {
                                 ino: attr.ino,
                                 next,
                                 fmt: attr.fmt,
-                                name: e.name.clone(),
+                                name,
                                 attr: Some(attr),
-                            }),
+                            },
                             Err(Errno::ENOENT) => continue,
                             Err(err) => return Err(err),
                         }
                     } else {
-                        out.push(DirItem {
-                            ino: encode(self.inodes.id_of(e.key), *view),
+                        DirItem {
+                            ino: encode(self.inodes.id_of(key), *view),
                             next,
-                            fmt: e.fmt,
-                            name: e.name.clone(),
+                            fmt,
+                            name,
                             attr: None,
-                        });
+                        }
+                    };
+                    if emit(item) {
+                        return Ok(());
                     }
                 }
-                Ok(out)
             }
             _ => Err(Errno::ENOTDIR),
         }

@@ -672,20 +672,16 @@ impl Filesystem for FuseAdapter {
     ) {
         let _t = self.timed(Op::Readdir, ino);
         let _s = debug_span!("readdir", view = view(ino), ino = ino.0, fh = fh.0, offset).entered();
-        match self.fs.readdir(ino.0, fh.0, offset, false) {
-            Ok(items) => {
-                for it in items {
-                    if reply.add(
-                        INodeNo(it.ino),
-                        it.next,
-                        kind(it.fmt),
-                        OsStr::from_bytes(&it.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let r = self.fs.readdir(ino.0, fh.0, offset, false, |it| {
+            reply.add(
+                INodeNo(it.ino),
+                it.next,
+                kind(it.fmt),
+                OsStr::from_bytes(&it.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(failed(at(Op::Readdir, ino, None), e)),
         }
     }
@@ -707,38 +703,33 @@ impl Filesystem for FuseAdapter {
             offset
         )
         .entered();
-        match self.fs.readdir(ino.0, fh.0, offset, true) {
-            Ok(items) => {
-                let mut full = false;
-                for it in items {
-                    let counted = it.attr.is_some() && it.name != b"." && it.name != b"..";
-                    if !full {
-                        // "." and "..": the kernel ignores their attributes.
-                        let attr = it
-                            .attr
-                            .as_ref()
-                            .map_or_else(|| dot_attr(it.ino, it.fmt), fattr);
-                        let ttl = if it.attr.is_some() {
-                            self.ttl(it.ino)
-                        } else {
-                            Duration::ZERO
-                        };
-                        full = reply.add(
-                            INodeNo(it.ino),
-                            it.next,
-                            OsStr::from_bytes(&it.name),
-                            &ttl,
-                            &attr,
-                            Generation(0),
-                        );
-                    }
-                    if full && counted {
-                        // Not sent: give back the lookup reference it took.
-                        self.fs.forget(it.ino, 1);
-                    }
-                }
-                reply.ok();
+        let r = self.fs.readdir(ino.0, fh.0, offset, true, |it| {
+            // "." and "..": the kernel ignores their attributes.
+            let attr = it
+                .attr
+                .as_ref()
+                .map_or_else(|| dot_attr(it.ino, it.fmt), fattr);
+            let ttl = if it.attr.is_some() {
+                self.ttl(it.ino)
+            } else {
+                Duration::ZERO
+            };
+            let full = reply.add(
+                INodeNo(it.ino),
+                it.next,
+                OsStr::from_bytes(&it.name),
+                &ttl,
+                &attr,
+                Generation(0),
+            );
+            if full && it.attr.is_some() && it.name != b"." && it.name != b".." {
+                // Not sent: give back the lookup reference it took.
+                self.fs.forget(it.ino, 1);
             }
+            full
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(failed(at(Op::Readdirplus, ino, None), e)),
         }
     }
