@@ -253,11 +253,7 @@ struct StorageSource {
 }
 
 impl StorageSource {
-    /// A source for the backing object behind `inode`.
-    fn open(inode: &Inode) -> FsResult<SharedSource> {
-        Ok(Self::open_fd(inode)?)
-    }
-
+    /// A source for the backing object behind `inode` (`O_DIRECT` where STORAGE allows it).
     fn open_fd(inode: &Inode) -> FsResult<Arc<StorageSource>> {
         let (fd, direct) = match inode.reopen(OFlags::RDONLY | OFlags::DIRECT) {
             Ok(fd) => (fd, true),
@@ -1780,8 +1776,10 @@ impl Pagetier {
     fn prefetch(&self, inode: &Inode, range: &str) -> FsResult<crate::tier::PrefetchReport> {
         let (start, end) =
             control::parse_range(range.trim_end_matches('\0').trim()).map_err(|_| Errno::EINVAL)?;
-        let src = StorageSource::open(inode)?;
-        let st = storage::stat(inode.fd()?)?;
+        // One descriptor serves the stat and the fills (not a second reopen by handle).
+        let source = StorageSource::open_fd(inode)?;
+        let st = storage::stat(&source.fd)?;
+        let src: SharedSource = source;
         self.coherence.revalidate(inode, &st);
         let size = st.st_size as u64;
         let end = end.map_or(size, |e| e.saturating_add(1).min(size));
