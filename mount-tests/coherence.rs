@@ -459,22 +459,24 @@ fn cache_timeout_zero_caches_nothing() {
         for _ in 0..20 {
             assert_eq!(fs::symlink_metadata(m.host("a")).unwrap().len(), 1);
         }
-        let (_, body) = http_get(port, "/metrics");
-        let lookups = sample(
-            &body,
-            "pagetier_request_duration_seconds_count{op=\"lookup\",view=\"host\"}",
-        )
-        .unwrap_or(0.0);
+        let lookups = || {
+            let (_, body) = http_get(port, "/metrics");
+            sample(
+                &body,
+                "pagetier_request_duration_seconds_count{op=\"lookup\",view=\"host\"}",
+            )
+            .unwrap_or(0.0)
+        };
+        // A request is counted just after its reply: wait for the last one to show.
         if fresh {
             assert!(
-                lookups >= 20.0,
-                "{lookups} lookups for 20 path walks, nothing cached"
+                wait_until(DEADLINE, || lookups() >= 20.0),
+                "{} lookups for 20 path walks, nothing cached",
+                lookups()
             );
         } else {
-            assert!(
-                lookups <= 2.0,
-                "{lookups} lookups for 20 path walks, default timeout"
-            );
+            let n = lookups();
+            assert!(n <= 2.0, "{n} lookups for 20 path walks, default timeout");
         }
     }
 }
