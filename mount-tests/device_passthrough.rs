@@ -235,11 +235,14 @@ print("ok")
     assert!(st.passthrough.device_opens >= 3, "{:?}", st.passthrough);
 }
 
-/// By default a small resident file is served by the kernel too: its export costs one copy,
-/// and saves two read round trips on every open.
+/// With `--device-passthrough-min 0` a small resident file is served by the kernel too: its
+/// export costs one copy, and saves two read round trips on every open.
 #[test]
-fn small_resident_files_are_kernel_served_by_default() {
-    let m = mount_with(&[("tiny", 100), ("small", 16 * 1024)]);
+fn small_resident_files_are_kernel_served_with_min_0() {
+    let m = mount_with_opts(
+        &[("tiny", 100), ("small", 16 * 1024)],
+        &["--device-passthrough-min", "0"],
+    );
     if !shared_on(&m, "small_kernel_served") {
         return;
     }

@@ -309,16 +309,14 @@ fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
         after.device.misses, before.device.misses,
         "a read after prefetch faulted"
     );
-    // With passthrough, every non-empty resident file is served by the kernel from shared
-    // device memory: the daemon then serves exactly the others (the empty one), all hits.
-    let kernel_opens = after.passthrough.device_opens - before.passthrough.device_opens;
-    let kernel_served: u64 = if kernel_opens == 0 {
-        0
-    } else {
-        let non_empty = files.iter().filter(|(_, len)| *len > 0).count() as u64;
-        assert_eq!(kernel_opens, non_empty, "{:?}", after.passthrough);
-        total as u64
-    };
+    // Files of at least 1 MiB (`--device-passthrough-min`) may be served by the kernel from
+    // shared device memory (passthrough): the daemon then serves exactly the others, all hits.
+    let kernel_served: u64 = files
+        .iter()
+        .filter(|_| after.passthrough.device_opens > before.passthrough.device_opens)
+        .filter(|(_, len)| *len as u64 >= 1 << 20)
+        .map(|(_, len)| *len as u64)
+        .sum();
     assert!(after.device.hits > before.device.hits || kernel_served == total as u64);
     assert_eq!(
         after.device.bytes_served - before.device.bytes_served,
