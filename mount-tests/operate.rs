@@ -279,7 +279,16 @@ fn resident(p: &Path) -> u64 {
 #[test]
 fn prefetch_r_makes_a_dataset_resident_and_device_reads_all_hit() {
     let mut files = Vec::new();
-    let m = Mounted::with(&["--device-capacity", "64MiB"], |s| files = dataset(s));
+    // The threshold below is this mount's, whatever the default.
+    let m = Mounted::with(
+        &[
+            "--device-capacity",
+            "64MiB",
+            "--device-passthrough-min",
+            "1M",
+        ],
+        |s| files = dataset(s),
+    );
     let total: usize = files.iter().map(|f| f.1).sum();
 
     let out = run_deadline(

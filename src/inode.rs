@@ -326,6 +326,17 @@ impl Inner {
     }
 }
 
+/// Shrinks `map` to twice its length when it uses under a quarter of its
+/// capacity (a hash map never shrinks by itself: after the kernel forgot a
+/// million inodes, their slots would stay). Returns whether it shrank.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    if map.capacity() <= 4 * map.len() + 4096 {
+        return false;
+    }
+    map.shrink_to(2 * map.len());
+    true
+}
+
 /// Returns the heap's free pages to the system: glibc keeps what many small
 /// frees (a forgotten table) gave back otherwise.
 fn release_free_memory() {
@@ -511,13 +522,9 @@ impl InodeTable {
         let mut inner = write(&self.inner);
         let gone = Self::forget_locked(&mut inner, id, n, view);
         // A table that shrank a lot gives its memory back (after unlocking).
-        let shrink = inner.live.capacity() > 4 * inner.live.len() + 4096;
-        if shrink {
-            let len = inner.live.len();
-            inner.live.shrink_to(2 * len);
-        }
+        let shrunk = shrink_if_sparse(&mut inner.live) | shrink_if_sparse(&mut inner.forgotten);
         drop(inner);
-        if shrink {
+        if shrunk {
             release_free_memory();
         }
         gone
@@ -593,6 +600,11 @@ impl InodeTable {
         }
         if sweep {
             inner.swept_len = inner.forgotten.len();
+        }
+        let shrunk = shrink_if_sparse(&mut inner.forgotten);
+        drop(inner);
+        if shrunk {
+            release_free_memory();
         }
     }
 

@@ -202,8 +202,20 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        self.unmount();
+        let status = self.unmount();
         // A test that killed the daemon may leave a dead mount behind.
         force_unmount(&self.mnt);
+        // A failing test's mount directory goes with it: keep what the daemon said.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- daemon log (last {} lines; exit status {status:?}) ---",
+                tail.len()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

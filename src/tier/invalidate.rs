@@ -20,7 +20,7 @@ use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::stats::{add, sub};
-use crate::tier::sync::{Arc, lock};
+use crate::tier::sync::{Arc, lock, thread};
 use crate::tier::types::{FileId, FolioId, InvalidationCause, PAGE_SIZE, SLOTS_PER_CHUNK};
 
 impl DeviceTier {
@@ -141,16 +141,29 @@ impl DeviceTier {
     /// Drops all of the file's device pages and forgets the file (its sequential-access
     /// state); in-flight fills are discarded. Returns device pages dropped.
     pub fn invalidate_file(&self, file: FileId, cause: InvalidationCause) -> u64 {
-        match self.refresh_if_exported(file, 0, u64::MAX, cause) {
-            ExportInvalidation::Kept => return 0,
-            // Keep the state, which holds the export.
-            ExportInvalidation::Updated => return self.drop_range(file, 0, u64::MAX, cause),
-            ExportInvalidation::None => {}
-        }
         let shard = self.shard(file);
-        let mut g = lock(&shard.files);
-        let Some(mut st) = g.remove(&file) else {
-            return 0;
+        let (mut g, mut st) = loop {
+            match self.refresh_if_exported(file, 0, u64::MAX, cause) {
+                ExportInvalidation::Kept => return 0,
+                // Keep the state, which holds the export.
+                ExportInvalidation::Updated => return self.drop_range(file, 0, u64::MAX, cause),
+                ExportInvalidation::None => {}
+            }
+            let mut g = lock(&shard.files);
+            match g.get(&file) {
+                None => return 0,
+                // A migration finished since the look above: its export has an open
+                // (a reader the kernel serves), so it must be refreshed, never forgotten
+                // with the state that holds it.
+                Some(st) if st.export.is_some() => {
+                    drop(g);
+                    thread::yield_now();
+                }
+                Some(_) => {
+                    let st = g.remove(&file).expect("looked up under the same lock");
+                    break (g, st);
+                }
+            }
         };
         if st.hint != Hint::Normal {
             let mut fresh = FileState::new(self.next_seq());

@@ -1550,3 +1550,41 @@ fn a_pinned_files_export_stays_under_pressure() {
     assert_eq!(t.stats().shared.files, 0);
     t.check_invariants();
 }
+
+/// A whole-file invalidation racing a migration never forgets an export that has an open:
+/// while a reader holds the export, the file's state keeps it (so later changes refresh the
+/// copy the kernel serves, and later opens join it). The invalidation that looked for an
+/// export just before the migration installed one must find it when it takes the shard.
+#[test]
+fn a_file_invalidation_racing_a_migration_keeps_the_open_export() {
+    let Some((t, vs, src)) = tier_with_resident_file(64 * 1024, 3, Hint::Normal) else {
+        return;
+    };
+    let size = 64 * 1024;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let invalidator = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                t.invalidate_file(1, InvalidationCause::Write);
+            }
+        })
+    };
+    let mut held = 0;
+    for _ in 0..20_000 {
+        t.prefetch(1, size, 0, size, vs.as_ref()).unwrap();
+        if let Ok(e) = t.export_open(1, size, &src) {
+            held += 1;
+            let now = t.export_of(1);
+            assert!(
+                now.as_ref().is_some_and(|n| Arc::ptr_eq(n, &e)),
+                "an open export left its file's state"
+            );
+            t.export_release(1, &e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    invalidator.join().unwrap();
+    assert!(held > 0, "no migration won against the invalidations");
+    t.check_invariants();
+}
