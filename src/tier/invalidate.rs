@@ -5,7 +5,11 @@
 //! as base pages in the same chunk (`splits` counts these). Returned counts are device pages:
 //!
 //! An exported file (its pages in shared memory, served by the kernel) is the exception: its
-//! copy is updated in place instead (`export.rs`).
+//! copy is updated in place instead (`export.rs`). A migration may install an export between
+//! an invalidation's look for one and its page-map work, copied from pages older than the
+//! change: the page-map work therefore checks again under the shard lock, and on finding an
+//! export it did not refresh starts over (refreshing it), never dropping or forgetting a
+//! state that holds one.
 //!
 //! Every invalidation bumps the file's [`InvalidationSeq`](crate::tier::InvalidationSeq) (from a tier-wide counter, so
 //! values never repeat): a fill that started before it is discarded when it tries to install
@@ -39,15 +43,33 @@ impl DeviceTier {
             return 0;
         }
         let end = offset.saturating_add(len);
-        if self.refresh_if_exported(file, offset, end, cause) == ExportInvalidation::Kept {
-            return 0;
+        loop {
+            let found = self.refresh_if_exported(file, offset, end, cause);
+            if found == ExportInvalidation::Kept {
+                return 0;
+            }
+            let refreshed = found == ExportInvalidation::Updated;
+            if let Some(n) = self.drop_range(file, offset, end, cause, refreshed) {
+                return n;
+            }
+            // A migration installed an export after the look above, from pages that may
+            // predate this change: refresh it like any open export.
+            thread::yield_now();
         }
-        self.drop_range(file, offset, end, cause)
     }
 
     /// The page-map part of [`DeviceTier::invalidate_range`] over `[offset, end)` (`end`
-    /// `u64::MAX`: to the end of the file); keeps the file's state.
-    fn drop_range(&self, file: FileId, offset: u64, end: u64, cause: InvalidationCause) -> u64 {
+    /// `u64::MAX`: to the end of the file); keeps the file's state. Unless `refreshed` (the
+    /// caller updated the file's export), finding an export does nothing and returns None:
+    /// it was installed since the caller looked, and its copy may miss the change.
+    fn drop_range(
+        &self,
+        file: FileId,
+        offset: u64,
+        end: u64,
+        cause: InvalidationCause,
+        refreshed: bool,
+    ) -> Option<u64> {
         let pages = PageRange {
             first: offset / PAGE_SIZE,
             end: if end == u64::MAX {
@@ -58,7 +80,12 @@ impl DeviceTier {
         };
         let shard = self.shard(file);
         let mut g = lock(&shard.files);
-        let Some(st) = g.get_mut(&file) else { return 0 };
+        let Some(st) = g.get_mut(&file) else {
+            return Some(0);
+        };
+        if st.export.is_some() && !refreshed {
+            return None;
+        }
         st.seq = self.next_seq();
         let mut dropped = Dropped::default();
         Self::drop_base_pages(st, file, pages, &mut dropped);
@@ -87,7 +114,7 @@ impl DeviceTier {
         add(&self.stats.splits, dropped.splits);
         add(&self.stats.invalidations[cause as usize], dropped.pages);
         drop(dropped.garbage);
-        dropped.pages
+        Some(dropped.pages)
     }
 
     /// Removes the base pages in `pages` from the page map (in-flight fills included: they
@@ -146,7 +173,10 @@ impl DeviceTier {
             match self.refresh_if_exported(file, 0, u64::MAX, cause) {
                 ExportInvalidation::Kept => return 0,
                 // Keep the state, which holds the export.
-                ExportInvalidation::Updated => return self.drop_range(file, 0, u64::MAX, cause),
+                ExportInvalidation::Updated => {
+                    // `refreshed`: never None.
+                    return self.drop_range(file, 0, u64::MAX, cause, true).unwrap_or(0);
+                }
                 ExportInvalidation::None => {}
             }
             let mut g = lock(&shard.files);

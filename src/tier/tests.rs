@@ -1588,3 +1588,55 @@ fn a_file_invalidation_racing_a_migration_keeps_the_open_export() {
     assert!(held > 0, "no migration won against the invalidations");
     t.check_invariants();
 }
+
+/// A host write racing a migration never leaves the new export with the old bytes: the write
+/// changed storage and then looked for an export before the migration (made from pages
+/// older than the write) installed one; its invalidation must then refresh that export
+/// instead of only dropping pages. Every read of a held export returns at least the version
+/// of the last write that completed before the read.
+#[test]
+fn a_write_racing_a_migration_leaves_no_stale_export() {
+    const SIZE: u64 = 64 * 1024;
+    let stamp = |v: u64| -> Vec<u8> { (0..SIZE / 8).flat_map(|_| v.to_le_bytes()).collect() };
+    let Some((t, vs, src)) = tier_with_resident_file(SIZE, 0, Hint::Normal) else {
+        return;
+    };
+    *vs.data.lock().unwrap() = stamp(0);
+    t.invalidate_file(1, InvalidationCause::Write);
+    let committed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (t, vs, committed, stop) = (t.clone(), vs.clone(), committed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                *vs.data.lock().unwrap() = stamp(v);
+                t.invalidate_range(1, 0, SIZE, InvalidationCause::Write);
+                committed.store(v, Ordering::SeqCst);
+            }
+        })
+    };
+    let (mut held, mut out) = (0, vec![0u8; SIZE as usize]);
+    for _ in 0..20_000 {
+        t.prefetch(1, SIZE, 0, SIZE, vs.as_ref()).unwrap();
+        let Ok(e) = t.export_open(1, SIZE, &src) else {
+            continue;
+        };
+        held += 1;
+        for _ in 0..3 {
+            let floor = committed.load(Ordering::SeqCst);
+            assert_eq!(t.read_exported(&e, 0, &mut out).unwrap(), SIZE as usize);
+            let v = u64::from_le_bytes(out[..8].try_into().unwrap());
+            assert!(
+                v >= floor,
+                "the export holds version {v}, {floor} was written"
+            );
+        }
+        t.export_release(1, &e);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(held > 0, "no migration won against the writes");
+    t.check_invariants();
+}
