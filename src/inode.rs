@@ -290,6 +290,8 @@ struct Inner {
     forgotten: HashMap<InodeId, Forgotten>,
     /// Size of `forgotten` after its last sweep ([`InodeTable::prune_forgotten`]).
     swept_len: usize,
+    /// Most live inodes since the heap was last trimmed ([`InodeTable::forget`]).
+    peak_since_trim: usize,
     next_stamp: u64,
     /// Devices with a slot of derived ids, in slot order.
     devs: Vec<u64>,
@@ -325,6 +327,10 @@ impl Inner {
         id
     }
 }
+
+/// Fewest live inodes since the last heap trim for a halving to trim again: below it, the
+/// frees left untrimmed hold at most a few hundred KiB (each may keep one page resident).
+const TRIM_MIN_PEAK: usize = 128;
 
 /// Shrinks `map` to twice its length when it uses under a quarter of its
 /// capacity (a hash map never shrinks by itself: after the kernel forgot a
@@ -506,6 +512,7 @@ impl InodeTable {
             coherence: FileState::new(remembered),
         });
         let replaced = inner.live.insert(id, inode.clone());
+        inner.peak_since_trim = inner.peak_since_trim.max(inner.live.len());
         // The replaced object's descriptor (if it held one) closes unlocked.
         drop(inner);
         drop(replaced);
@@ -521,10 +528,19 @@ impl InodeTable {
         }
         let mut inner = write(&self.inner);
         let gone = Self::forget_locked(&mut inner, id, n, view);
-        // A table that shrank a lot gives its memory back (after unlocking).
+        // A table that shrank a lot gives its memory back (after unlocking). The heap is
+        // trimmed each time the live inodes halve: the frees of many small entries leave
+        // free chunks whose pages stay resident until a trim, so trimming only when the
+        // map itself shrinks (not below a few thousand entries) kept megabytes.
         let shrunk = shrink_if_sparse(&mut inner.live) | shrink_if_sparse(&mut inner.forgotten);
+        let halved =
+            inner.peak_since_trim >= TRIM_MIN_PEAK && inner.live.len() <= inner.peak_since_trim / 2;
+        let trim = shrunk || halved;
+        if trim {
+            inner.peak_since_trim = inner.live.len();
+        }
         drop(inner);
-        if shrunk {
+        if trim {
             release_free_memory();
         }
         gone
