@@ -1114,7 +1114,7 @@ impl Pagetier {
         let export = self.device_export(inode.id, size, source, create);
         let chosen = self.io_modes.open(ino, false, export.is_some(), || {
             let export = export.as_ref().expect("allowed only with an export");
-            export.with_fd(register)?
+            export.registration(register)
         });
         if let Some(err) = &chosen.registration_failed {
             self.passthrough_failed(err);

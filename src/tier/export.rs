@@ -38,6 +38,11 @@
 //!   are nowhere else;
 //! - an export holds a descriptor of its copy only while it has opens (`shmem.rs`): an idle
 //!   one costs a name in shared memory and this struct, so small files can all be exported;
+//! - an export keeps the kernel's passthrough registration of its copy from its first
+//!   kernel-served open until it dies (`Export::registration`), idle ones too: a later open
+//!   names it again instead of reopening the copy and registering it anew (two ioctls per
+//!   open saved). The kernel then holds the copy's open file (a few hundred bytes of kernel
+//!   memory per idle export, no descriptor of the daemon's); dropping the export drops it;
 //! - `opens` counts the device-view opens holding the export; only an export with no open
 //!   (idle, listed in `idle_exports`) is ever dropped, and a dropped export is dead: it is in
 //!   no file state and holds no capacity.
@@ -49,6 +54,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
+use crate::iomode::BackingToken;
 use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
 use crate::tier::folio::{self, Folio};
@@ -67,6 +73,10 @@ use crate::tier::types::{
 pub struct Export {
     copy: DeviceCopy,
     state: Mutex<ExportState>,
+    /// The kernel's registration of the copy as a passthrough backing file: made at the
+    /// first kernel-served open, kept while the export lives (idle ones too), dropped when it
+    /// dies (module docs). A leaf lock.
+    registration: Mutex<Option<BackingToken>>,
 }
 
 struct ExportState {
@@ -92,9 +102,31 @@ impl Export {
         self.copy.is_held()
     }
 
-    /// Calls `f` with a descriptor of the copy (to register it as a passthrough backing file).
+    /// Calls `f` with a descriptor of the copy.
+    #[cfg(test)]
     pub fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
         self.copy.with_fd(f)
+    }
+
+    /// The copy's registration as a passthrough backing file: the export's own, or a new one
+    /// that `register` makes from a descriptor of the copy (then kept: module docs).
+    pub fn registration(
+        &self,
+        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingToken>,
+    ) -> io::Result<BackingToken> {
+        let mut kept = lock(&self.registration);
+        if let Some(token) = kept.as_ref() {
+            return Ok(token.clone());
+        }
+        let token = self.copy.with_fd(register)??;
+        *kept = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Whether the export keeps a registration of its copy.
+    #[cfg(test)]
+    pub fn is_registered(&self) -> bool {
+        lock(&self.registration).is_some()
     }
 }
 
@@ -296,6 +328,7 @@ impl DeviceTier {
                 idle_since: 0,
                 src: Some(src.clone()),
             }),
+            registration: Mutex::new(None),
         });
         let taken = self.swap_in_export(file, seq, slots, &export);
         let Some(taken) = taken else {
@@ -467,7 +500,7 @@ impl DeviceTier {
             if s.idle_since != stamp {
                 continue;
             }
-            if self.drop_locked(file, &mut s) {
+            if self.drop_locked(file, &export, &mut s) {
                 return true;
             }
         }
@@ -475,11 +508,13 @@ impl DeviceTier {
 
     /// Drops the export of `file` whose state `s` is locked, if no open holds it (an export
     /// with opens is pinned). Returns whether it was dropped.
-    fn drop_locked(&self, file: FileId, s: &mut ExportState) -> bool {
+    fn drop_locked(&self, file: FileId, export: &Export, s: &mut ExportState) -> bool {
         if s.opens > 0 || !s.alive {
             return false;
         }
         s.alive = false;
+        // No open names it any more, and no later open can join a dead export.
+        let registration = lock(&export.registration).take();
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
@@ -501,6 +536,7 @@ impl DeviceTier {
             }
         }
         self.exports_live.fetch_sub(1, Ordering::Relaxed);
+        drop(registration);
         add(&self.stats.dropped_exports, 1);
         add(
             &self.stats.evictions,
@@ -529,7 +565,7 @@ impl DeviceTier {
         if s.opens == 0 {
             // Idle: no reader to keep exact, so the export goes like any page would.
             let (huge, base) = Self::exported_residency(&export);
-            if self.drop_locked(file, &mut s) {
+            if self.drop_locked(file, &export, &mut s) {
                 add(&self.stats.invalidations[cause as usize], huge + base);
             }
             return ExportInvalidation::None;
