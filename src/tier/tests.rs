@@ -1507,6 +1507,48 @@ fn idle_exports_are_dropped_when_the_tier_needs_room() {
     t.check_invariants();
 }
 
+/// An export registers its copy once, keeps the registration while idle, and lets it go
+/// when it is dropped.
+#[test]
+fn an_exports_registration_is_made_once_and_dropped_with_it() {
+    let Some((t, _, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Normal) else {
+        return;
+    };
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let register = |_: std::os::fd::BorrowedFd<'_>| {
+        made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(std::sync::Arc::new(made.clone()) as crate::iomode::BackingToken)
+    };
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    let first = e.registration(register).unwrap();
+    t.export_release(1, &e);
+    drop(first);
+    assert!(e.is_registered(), "an idle export keeps its registration");
+    let e2 = t.export_open(1, 4 * MIB, &src).unwrap();
+    let again = e2.registration(register).unwrap();
+    assert_eq!(
+        made.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "registered once"
+    );
+    t.export_release(1, &e2);
+    drop(again);
+    // An 8 MiB file needs the idle export's room: it is dropped, and its registration too.
+    let other = VecSource::new(pattern(8 * MIB, 6));
+    t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
+    assert_eq!(t.stats().shared.dropped, 1);
+    assert!(
+        !e.is_registered(),
+        "a dropped export lets its registration go"
+    );
+    assert_eq!(
+        std::sync::Arc::strong_count(&made),
+        1,
+        "no token left alive"
+    );
+    t.check_invariants();
+}
+
 /// Reopening an idle export many times drops nothing and leaves the idle list bounded: only
 /// an export's newest release counts.
 #[test]
