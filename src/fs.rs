@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -213,10 +213,28 @@ struct HostCounters {
     write_bytes: AtomicU64,
 }
 
+/// The descriptor an open file's own calls (fstat, lseek, fsync, ftruncate, copies) use.
+enum OpenFile {
+    /// Host view: a descriptor opened with the open's own flags.
+    Own(OwnedFd),
+    /// Device view: the storage source's (`O_DIRECT` where STORAGE allows it), which serves
+    /// fstat and lseek as well as the fills; sharing it saves a dup and a close per open.
+    Source(Arc<StorageSource>),
+}
+
+impl AsFd for OpenFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            OpenFile::Own(fd) => fd.as_fd(),
+            OpenFile::Source(source) => source.fd.as_fd(),
+        }
+    }
+}
+
 enum HandleKind {
     /// An open regular file of either view.
     File {
-        file: OwnedFd,
+        file: OpenFile,
         /// Device view: what faults (and readahead) read storage through.
         source: Option<SharedSource>,
         view: View,
@@ -925,13 +943,16 @@ impl Pagetier {
             return Err(self.refuse(view));
         }
         let (file, source) = match view {
-            View::Host => (inode.reopen(Self::backing_flags(flags))?, None),
-            // One open serves both: the fill descriptor (O_DIRECT where STORAGE
-            // allows it) also answers the handle's fstat and lseek.
+            View::Host => (
+                OpenFile::Own(inode.reopen(Self::backing_flags(flags))?),
+                None,
+            ),
             View::Device => {
                 let source = StorageSource::open_fd(&inode)?;
-                let file = source.fd.try_clone().map_err(Errno::from)?;
-                (file, Some(source as SharedSource))
+                (
+                    OpenFile::Source(source.clone()),
+                    Some(source as SharedSource),
+                )
             }
         };
         let st = storage::stat(&file)?;
@@ -1042,7 +1063,7 @@ impl Pagetier {
         let fh = self.add_handle(
             Some(inode),
             HandleKind::File {
-                file,
+                file: OpenFile::Own(file),
                 source: None,
                 view,
                 append: flags & libc::O_APPEND != 0,
