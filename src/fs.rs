@@ -1264,7 +1264,7 @@ impl Pagetier {
             let out = &mut buf[..size as usize];
             let res = match (view, source) {
                 (View::Host, _) => {
-                    let r = storage::pread_full(file.as_fd(), out, offset);
+                    let r = storage::pread_clipped(file.as_fd(), out, offset);
                     if let Ok(n) = r {
                         self.host.reads.fetch_add(1, Ordering::Relaxed);
                         self.host.read_bytes.fetch_add(n as u64, Ordering::Relaxed);

@@ -349,6 +349,24 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result
     Ok(done)
 }
 
+/// [`pread_full`] of a file that may be truncated meanwhile: what was read is clipped to
+/// the size a regular file has *after* the read. A read racing an in-place truncate can
+/// copy bytes inside the old length that the truncate has already zeroed (ext4 zeroes the
+/// cut part of a large folio in place); the truncate sets the new size before it zeroes,
+/// so a size taken after the read covers every zero the read could have seen.
+pub fn pread_clipped(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let n = pread_full(fd, buf, offset)?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let st = rustix::fs::fstat(fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Ok(n);
+    }
+    let left = (st.st_size as u64).saturating_sub(offset);
+    Ok(n.min(usize::try_from(left).unwrap_or(usize::MAX)))
+}
+
 /// Writes all of `data` at `offset` (short writes are retried; an error after
 /// partial progress reports the progress, as write(2) does).
 pub fn pwrite_full(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> FsResult<usize> {
@@ -391,6 +409,23 @@ mod tests {
         let long = "x".repeat(256);
         assert_eq!(check_name(OsStr::new(&long)), Err(Errno::ENAMETOOLONG));
         assert!(check_name(OsStr::new(&"x".repeat(255))).is_ok());
+    }
+
+    /// Clipping keeps every byte of a file that is not being truncated, and leaves what is
+    /// not a regular file (whose size says nothing of what it reads) alone.
+    #[test]
+    fn clipped_reads_keep_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8 | 1).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let f = std::fs::File::open(dir.path().join("f")).unwrap();
+        let mut buf = vec![0; 16_384];
+        assert_eq!(pread_clipped(f.as_fd(), &mut buf, 0).unwrap(), 10_000);
+        assert_eq!(&buf[..10_000], &data[..]);
+        assert_eq!(pread_clipped(f.as_fd(), &mut buf, 9_000).unwrap(), 1_000);
+        assert_eq!(pread_clipped(f.as_fd(), &mut buf, 20_000).unwrap(), 0);
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        assert_eq!(pread_clipped(zero.as_fd(), &mut buf, 0).unwrap(), 16_384);
     }
 
     #[test]
