@@ -467,15 +467,20 @@ impl DeviceTier {
     }
 
     /// Estimated heap and table bytes of tier metadata: chunk table, shard tables, per-file
-    /// state, exports, and per resident folio its page-map entry (B-tree nodes about half full), its
+    /// state (by the maps' capacity), exports, the policy's fixed part (a frequency sketch),
+    /// and per resident folio its page-map entry (B-tree nodes about half full), its
     /// `Arc<Folio>` allocation and its eviction-policy entry. The arena itself is excluded.
     pub fn metadata_bytes(&self) -> u64 {
+        // The maps' capacity, not their length: a map keeps its slots after entries go.
         let files: u64 = self
             .shards
             .iter()
-            .map(|s| lock(&s.files).len() as u64)
+            .map(|s| lock(&s.files).capacity() as u64)
             .sum();
-        let per_policy = lock(&self.policy).bytes_per_entry();
+        let (per_policy, policy_fixed) = {
+            let p = lock(&self.policy);
+            (p.bytes_per_entry(), p.fixed_bytes())
+        };
         let folios = self.stats.resident_huge.load(Ordering::Relaxed)
             + self.stats.resident_base.load(Ordering::Relaxed);
         let per_map_entry = 2 * (size_of::<u64>() + size_of::<Entry>()) as u64 + 8;
@@ -490,6 +495,7 @@ impl DeviceTier {
             + self.exports_live.load(Ordering::Relaxed) * per_export
             + idle_entries * size_of::<(FileId, u64)>() as u64
             + folios * (per_map_entry + per_arc + per_policy)
+            + policy_fixed
     }
 }
 

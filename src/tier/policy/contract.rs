@@ -105,6 +105,11 @@ pub trait EvictionPolicy: Send {
     }
     /// Estimated heap bytes used per tracked folio.
     fn bytes_per_entry(&self) -> u64;
+    /// Heap bytes the policy holds whatever it tracks (a frequency sketch sized for the
+    /// most folios it ever tracked).
+    fn fixed_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// The files carrying [`Hint::Epoch`], and the admission rule they imply (module docs).

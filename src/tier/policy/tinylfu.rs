@@ -389,7 +389,12 @@ impl EvictionPolicy for TinyLfuPolicy {
         let node = (size_of::<FolioKey>() + size_of::<FolioId>() + 2 * size_of::<usize>())
             .next_multiple_of(16);
         let slot = (2 * size_of::<usize>() + 1) * 8 / 7;
-        (node + slot + COUNTERS_PER_ENTRY / 2) as u64
+        (node + slot) as u64
+    }
+
+    fn fixed_bytes(&self) -> u64 {
+        // The sketch keeps the size of the most folios ever tracked (it never shrinks).
+        self.sketch.nibbles.len() as u64
     }
 
     fn name(&self) -> &'static str {
@@ -420,6 +425,23 @@ mod tests {
             s.increment(&FolioKey::base(2, 1000 + i));
         }
         assert!(s.estimate(&k) <= MAX_COUNT / 2 + 1, "{}", s.estimate(&k));
+    }
+
+    /// The sketch is counted once, as a fixed part that stays after the folios go.
+    #[test]
+    fn the_sketch_is_counted_as_fixed_bytes() {
+        let mut p = TinyLfuPolicy::new();
+        let small = p.fixed_bytes();
+        assert_eq!(small, (MIN_COUNTERS / 2) as u64);
+        for i in 0..1000 {
+            p.insert(FolioKey::base(1, i), i);
+        }
+        let grown = p.fixed_bytes();
+        assert!(grown >= 1000 * COUNTERS_PER_ENTRY as u64 / 2, "{grown}");
+        for i in 0..1000 {
+            p.remove(&FolioKey::base(1, i), i);
+        }
+        assert_eq!(p.fixed_bytes(), grown, "the sketch never shrinks");
     }
 
     #[test]
