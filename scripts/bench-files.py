@@ -143,6 +143,8 @@ class Daemon:
                 snap["device"] = {k: dev.get(k) for k in (
                     "used_bytes", "capacity_bytes", "huge_pages", "base_pages", "hits", "misses",
                     "bytes_served", "bytes_faulted", "evictions", "metadata_bytes")}
+                # Exported copies live in the tier's private tmpfs, not in the daemon's RSS.
+                snap["device"]["shared_bytes"] = (st.get("shared") or {}).get("bytes") or 0
         return snap
 
 
@@ -404,19 +406,24 @@ def report_md(meta, records, memory_rows, a, names):
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in memory_rows:
         rss = lambda s: ((s or {}).get("memory") or {}).get("VmRSS")
+        anon = lambda s: ((s or {}).get("memory") or {}).get("RssAnon")
         dev = lambda s: (s or {}).get("device") or {}
+        # The arena's part of the tier: used bytes less the exported copies (tmpfs).
+        arena = lambda s: (dev(s).get("used_bytes") or 0) - (dev(s).get("shared_bytes") or 0)
         idle, aft, drop = rss(m["idle"]), rss(m["after_epochs"]), rss(m["after_drop_caches"])
         used_a = dev(m["after_epochs"]).get("used_bytes") or 0
-        used_d = dev(m["after_drop_caches"]).get("used_bytes") or 0
-        own_a = aft - used_a if aft is not None else None
-        own_d = drop - used_d if drop is not None else None
+        anon_a, anon_d = anon(m["after_epochs"]), anon(m["after_drop_caches"])
+        own_a = anon_a - arena(m["after_epochs"]) if anon_a is not None else None
+        own_d = anon_d - arena(m["after_drop_caches"]) if anon_d is not None else None
+        idle_anon = anon(m["idle"])
         ino_a = m["after_epochs"].get("inodes")
         ino_d = (m["after_drop_caches"] or {}).get("inodes")
         # the kernel may forget inodes during the epochs: divide by the most seen after any
         peak = max([r.get("inodes_after") or 0 for r in records
                     if r["system"] == m["system"] and r["readers"] == m["readers"]]
                    + [ino_a or 0])
-        per = f"{(own_a - idle) / peak:,.0f} B" if own_a is not None and idle and peak else ""
+        per = (f"{(own_a - idle_anon) / peak:,.0f} B"
+               if own_a is not None and idle_anon and peak else "")
         meta_bytes = dev(m["after_epochs"]).get("metadata_bytes")
         meta = f"{meta_bytes / used_a:.2%}" if meta_bytes and used_a else ""
         inodes = "" if ino_a is None else f"{peak} / {ino_a} / {'' if ino_d is None else ino_d}"
@@ -426,8 +433,9 @@ def report_md(meta, records, memory_rows, a, names):
                  f"{fmt_bytes(drop)} | {fmt_bytes(used_a) if m['after_epochs'].get('device') else ''} "
                  f"| {fmt_bytes(own_a)} | {fmt_bytes(own_d)} | {inodes} | {per} | {meta} | {logp} |")
     L.append("")
-    L.append("'own' = VmRSS − the tier's used bytes (the arena is anonymous memory of the daemon, "
-             "counted in its RSS when resident); 'own per inode' = (own after epochs − idle) / "
+    L.append("'own' = RssAnon − the arena's part of the tier's used bytes (the arena is anonymous "
+             "memory of the daemon, counted in its RSS when resident; exported copies live in a "
+             "private tmpfs and are not); 'own per inode' = (own after epochs − idle RssAnon) / "
              "the most inodes the mount tracked after any epoch (pagetier's `inodes`); 'tier metadata' = the stats' "
              "metadata_bytes / used_bytes (target ≤ 0.1%).")
     return "\n".join(L) + "\n"
