@@ -130,6 +130,55 @@ fn read_only_host_opens_are_served_by_the_kernel() {
     );
 }
 
+/// A host-view file's registration outlives its opens: later read-only opens name it again
+/// instead of registering anew, and once the file is unlinked behind the mount and the
+/// kernel forgets the inode, the registration (which holds the file's space) goes.
+#[test]
+fn a_released_registration_is_named_again_until_the_kernel_forgets_the_file() {
+    let data = pattern(MIB + 5, 3);
+    let m = mount_with_file(&[], &data);
+    if !passthrough_on(
+        &m,
+        "a_released_registration_is_named_again_until_the_kernel_forgets_the_file",
+    ) {
+        return;
+    }
+    let handles = m.stats().open_handles;
+    assert!(
+        fs::read(m.host("f")).unwrap() == data,
+        "host view != STORAGE"
+    );
+    wait_for_releases(&m, handles);
+    let s0 = m.stats();
+    assert_eq!(s0.passthrough.idle_registrations, 1, "{:?}", s0.passthrough);
+    for _ in 0..3 {
+        assert!(
+            fs::read(m.host("f")).unwrap() == data,
+            "host view != STORAGE"
+        );
+    }
+    wait_for_releases(&m, handles);
+    let s1 = m.stats();
+    assert_eq!(
+        s1.passthrough.idle_reuses,
+        s0.passthrough.idle_reuses + 3,
+        "each later open names the kept registration: {:?}",
+        s1.passthrough
+    );
+    assert_eq!(s1.passthrough.idle_registrations, 1);
+    assert_eq!(s1.passthrough.host_opens, s0.passthrough.host_opens + 3);
+    fs::remove_file(m.backing("f")).unwrap();
+    assert!(
+        wait_until(DEADLINE, || m.stats().passthrough.idle_registrations == 0),
+        "the registration of a file unlinked behind the mount stays: {:?}",
+        m.stats().passthrough
+    );
+    assert_eq!(
+        fs::read(m.host("f")).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOENT))
+    );
+}
+
 #[test]
 fn a_writer_beside_passthrough_readers_leaves_no_stale_device_read() {
     const SIZE: usize = 2 * MIB;

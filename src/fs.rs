@@ -431,6 +431,7 @@ impl Pagetier {
     /// passthrough mode keep it until their opens are released). Logged once.
     fn passthrough_failed(&self, err: &std::io::Error) {
         if self.passthrough_on.swap(false, Ordering::SeqCst) {
+            self.io_modes.drop_idle();
             tracing::info!(
                 error = %err,
                 "passthrough off: the kernel refused a backing file; host-view opens are \
@@ -551,6 +552,7 @@ impl Pagetier {
         // next open revalidates them. No readahead may add pages once it is
         // dropped.
         if self.inodes.forget(id, n, view).is_some() {
+            self.io_modes.forget(encode(id, View::Host));
             let has_pages = |id| self.tier.residency(id).resident_bytes > 0;
             self.inodes.prune_forgotten(id, |id| {
                 has_pages(id) || {
@@ -1383,7 +1385,10 @@ impl Pagetier {
             },
         ) = (&handle.inode, &handle.kind)
         {
-            self.io_modes.release(encode(inode.id, *view), *held);
+            // Host-view registrations stay idle for the next open (`iomode.rs`); the
+            // device view's belong to its exports.
+            self.io_modes
+                .release(encode(inode.id, *view), *held, *view == View::Host);
             if *held == Held::PassthroughWriter {
                 self.coherence.writer_behind_closed(inode);
             }
@@ -1895,6 +1900,8 @@ impl Pagetier {
             device_opens: self.device_passthrough_opens.load(Ordering::Relaxed),
             writer_opens: c.writer_opens.load(Ordering::Relaxed),
             registration_failures: c.registration_failures.load(Ordering::Relaxed),
+            idle_registrations: self.io_modes.idle_count() as u64,
+            idle_reuses: c.idle_reuses.load(Ordering::Relaxed),
             device_reads_behind: self.device_reads_behind.load(Ordering::Relaxed),
         }
     }

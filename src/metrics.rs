@@ -353,6 +353,12 @@ fn encode_passthrough(
         "Whether read-only host-view opens are served by the kernel (1: on)",
         u64::from(p.mode == crate::iomode::PassthroughMode::On),
     )?;
+    encode_gauge(
+        enc,
+        "pagetier_passthrough_idle_registrations",
+        "Host-view backing registrations kept idle for the next read-only open",
+        p.idle_registrations,
+    )?;
     for (key, help, v) in [
         (
             "host_opens",
@@ -373,6 +379,11 @@ fn encode_passthrough(
             "registration_failures",
             "Backing files the kernel refused to register",
             p.registration_failures,
+        ),
+        (
+            "idle_reuses",
+            "Host-view passthrough opens that named an idle registration again",
+            p.idle_reuses,
         ),
         (
             "device_reads_behind",
@@ -1030,7 +1041,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            60,
+            62,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();

@@ -67,6 +67,12 @@ pub struct PassthroughStats {
     /// Backing registrations the kernel refused (those opens were daemon-served, and
     /// passthrough went off).
     pub registration_failures: u64,
+    /// Host-view registrations kept idle now (no open; the next read-only open names one
+    /// again instead of registering), and the opens that did so since the mount.
+    #[serde(default)]
+    pub idle_registrations: u64,
+    #[serde(default)]
+    pub idle_reuses: u64,
     /// Device-view reads served straight from STORAGE because a passthrough writer of the
     /// file was open.
     pub device_reads_behind: u64,
@@ -270,6 +276,8 @@ mod tests {
         ("passthrough.device_opens", "number"),
         ("passthrough.device_reads_behind", "number"),
         ("passthrough.host_opens", "number"),
+        ("passthrough.idle_registrations", "number"),
+        ("passthrough.idle_reuses", "number"),
         ("passthrough.mode", "string"),
         ("passthrough.registration_failures", "number"),
         ("passthrough.writer_opens", "number"),
@@ -341,6 +349,8 @@ mod tests {
                 device_opens: 13,
                 writer_opens: 10,
                 registration_failures: 11,
+                idle_registrations: 14,
+                idle_reuses: 15,
                 device_reads_behind: 12,
             },
             KernelStats {
