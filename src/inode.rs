@@ -69,6 +69,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::coherence::{FileState, Remembered};
 use crate::errno::FsResult;
+use crate::heap::{release_free_memory, shrink_if_sparse};
 use crate::lock::{read, write};
 use crate::storage::FileHandle;
 
@@ -331,28 +332,6 @@ impl Inner {
 /// Fewest live inodes since the last heap trim for a halving to trim again: below it, the
 /// frees left untrimmed hold at most a few hundred KiB (each may keep one page resident).
 const TRIM_MIN_PEAK: usize = 128;
-
-/// Shrinks `map` to twice its length when it uses under a quarter of its
-/// capacity (a hash map never shrinks by itself: after the kernel forgot a
-/// million inodes, their slots would stay). Returns whether it shrank.
-fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
-    if map.capacity() <= 4 * map.len() + 4096 {
-        return false;
-    }
-    map.shrink_to(2 * map.len());
-    true
-}
-
-/// Returns the heap's free pages to the system: glibc keeps what many small
-/// frees (a forgotten table) gave back otherwise.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` takes no pointer; it only walks the allocator's
-    // own free lists, under the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// The table of inodes.
 pub struct InodeTable {

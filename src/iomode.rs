@@ -22,8 +22,11 @@
 //! daemon's and no mode: the kernel's mode counts open files only. It goes when the kernel
 //! forgets the inode ([`IoModes::forget`], which an unlink or a replace behind the mount
 //! leads to once the watcher invalidates the name), when passthrough goes off, or when more
-//! than [`MAX_IDLE_REGISTRATIONS`] are idle (least recently used first). The device view
-//! keeps none here: its registrations belong to its exports (`tier/export.rs`).
+//! than [`MAX_IDLE_REGISTRATIONS`] are idle (any one then: it only bounds kernel memory).
+//! The map of idle ones costs about 40 bytes each beside the registration's own 48, shrinks
+//! once mostly empty and gives the heap back, so the daemon falls back to its idle size
+//! after the kernel forgets. The device view keeps none here: its registrations belong to its
+//! exports (`tier/export.rs`).
 //!
 //! Invariants:
 //! - a mode is held from the open's reply until that open's RELEASE. The kernel leaves it
@@ -48,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::heap::{release_free_memory, shrink_if_sparse};
 use crate::lock::lock;
 
 /// The kernel's registration of a backing file (the adapter's `fuser::BackingId`, which this
@@ -111,6 +115,10 @@ enum IoMode {
 /// Most idle registrations kept (module docs): bounded like the device view's idle exports.
 pub const MAX_IDLE_REGISTRATIONS: usize = 1 << 20;
 
+/// Capacity of an emptied idle map worth giving back at once (a map that held a handful
+/// is not: trimming the heap on every forget would cost more than it returns).
+const EMPTIED_TRIM_MIN: usize = 1024;
+
 /// Passthrough opens since the mount (for stats).
 #[derive(Debug, Default)]
 pub struct IoModeCounters {
@@ -127,9 +135,8 @@ pub struct IoModeCounters {
 /// The modes and the idle registrations, under one lock.
 struct Table {
     modes: HashMap<u64, IoMode>,
-    /// Idle registrations of host-view inodes with no open, least recently released first
-    /// (unbounded as a cache: [`IoModes::idle_capacity`] bounds it without preallocating).
-    idle: lru::LruCache<u64, BackingToken>,
+    /// Idle registrations of host-view inodes with no open (at most `idle_capacity`).
+    idle: HashMap<u64, BackingToken>,
 }
 
 /// The mode of every FUSE inode with an open file.
@@ -155,7 +162,7 @@ impl IoModes {
         IoModes {
             table: Mutex::new(Table {
                 modes: HashMap::new(),
-                idle: lru::LruCache::unbounded(),
+                idle: HashMap::new(),
             }),
             idle_capacity,
             counters: IoModeCounters::default(),
@@ -194,7 +201,7 @@ impl IoModes {
                 }
             },
             Entry::Vacant(e) if !writable && passthrough_allowed => match idle
-                .pop(&ino)
+                .remove(&ino)
                 .inspect(|_| reused = true)
                 .map_or_else(register, Ok)
             {
@@ -274,10 +281,12 @@ impl IoModes {
             && self.idle_capacity > 0
             && let Some(IoMode::Passthrough { backing, .. }) = gone.take()
         {
-            idle.put(ino, backing);
-            if idle.len() > self.idle_capacity {
-                evicted = idle.pop_lru();
+            if idle.len() >= self.idle_capacity
+                && let Some(&any) = idle.keys().next()
+            {
+                evicted = idle.remove(&any);
             }
+            idle.insert(ino, backing);
         }
         drop(table);
         drop(gone);
@@ -286,14 +295,29 @@ impl IoModes {
 
     /// The kernel forgot FUSE inode `ino`: its idle registration goes (after the lock).
     pub fn forget(&self, ino: u64) {
-        let gone = lock(&self.table).idle.pop(&ino);
+        let mut table = lock(&self.table);
+        let Some(gone) = table.idle.remove(&ino) else {
+            return;
+        };
+        // The last one of many gives the map's slots back too (shrinking stops at a few
+        // thousand); either way the heap is trimmed after the frees.
+        let emptied = table.idle.is_empty() && table.idle.capacity() >= EMPTIED_TRIM_MIN;
+        if emptied {
+            table.idle.shrink_to(0);
+        }
+        let shrunk = shrink_if_sparse(&mut table.idle);
+        drop(table);
         drop(gone);
+        if shrunk || emptied {
+            release_free_memory();
+        }
     }
 
     /// Drops every idle registration (passthrough went off).
     pub fn drop_idle(&self) {
-        let gone = std::mem::replace(&mut lock(&self.table).idle, lru::LruCache::unbounded());
+        let gone = std::mem::take(&mut lock(&self.table).idle);
         drop(gone);
+        release_free_memory();
     }
 
     /// Idle registrations kept now.
@@ -441,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_registrations_are_bounded_least_recently_released_first() {
+    fn idle_registrations_are_bounded() {
         let m = IoModes::with_idle_capacity(2);
         let alive = Arc::new(AtomicUsize::new(0));
         for ino in [1, 2, 3] {
@@ -449,10 +473,12 @@ mod tests {
             m.release(ino, Held::PassthroughReader, true);
         }
         assert_eq!((m.idle_count(), alive.load(Ordering::SeqCst)), (2, 2));
-        // 1 went first: it registers again; 2 and 3 are named again.
-        m.open(1, false, true, registrar(&alive));
-        m.open(2, false, true, never);
+        // 3, the newest, is kept; one of 1 and 2 went.
         m.open(3, false, true, never);
+        let reuses = m.counters().idle_reuses.load(Ordering::Relaxed);
+        m.open(1, false, true, registrar(&alive));
+        m.open(2, false, true, registrar(&alive));
+        assert_eq!(m.counters().idle_reuses.load(Ordering::Relaxed), reuses + 1);
         let off = IoModes::with_idle_capacity(0);
         off.open(1, false, true, registrar(&alive));
         off.release(1, Held::PassthroughReader, true);

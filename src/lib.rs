@@ -14,6 +14,7 @@ mod creds;
 mod errno;
 mod fs;
 mod fuse;
+mod heap;
 mod inode;
 mod iomode;
 mod lock;

@@ -1,0 +1,27 @@
+//! Giving memory back: hash maps that shrink once mostly empty, and the allocator's free
+//! pages returned to the system. The daemon's tables grow with what the kernel holds (a
+//! million inodes in an epoch) and must fall back near idle once it forgets them.
+
+use std::collections::HashMap;
+
+/// Shrinks `map` to twice its length when it uses under a quarter of its capacity (a hash
+/// map never shrinks by itself: after the kernel forgot a million inodes, their slots would
+/// stay). Returns whether it shrank.
+pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    if map.capacity() <= 4 * map.len() + 4096 {
+        return false;
+    }
+    map.shrink_to(2 * map.len());
+    true
+}
+
+/// Returns the heap's free pages to the system: glibc keeps what many small frees (a
+/// forgotten table) gave back otherwise.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer; it only walks the allocator's own free lists,
+    // under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
