@@ -58,7 +58,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,18 +91,20 @@ pub struct FileState {
     seen: Mutex<Option<Fingerprint>>,
     /// Changes through the mount in progress; the watcher leaves the file to
     /// them (each revalidates before it changes anything).
-    changes_in_flight: AtomicU64,
+    changes_in_flight: AtomicU32,
     /// Writable opens the kernel serves itself (passthrough): their writes
     /// reach STORAGE without the daemon seeing them, so while one is held the
     /// device tier neither keeps nor installs pages of the file.
-    writers_behind: AtomicU64,
+    writers_behind: AtomicU32,
     /// Device-tier accesses (reads, prefetches) running that found no writer
     /// behind; a writer's open waits for them to drain before it drops the
     /// file's pages, so none installs a page after that.
-    tier_users: AtomicU64,
-    /// Wakes a writer's open waiting for `tier_users` to drain.
-    drained: (Mutex<()>, Condvar),
+    tier_users: AtomicU32,
 }
+
+/// Wakes a writer's open waiting for a file's `tier_users` to drain: one for all files (such
+/// opens are rare, and a waiter re-checks its own file), so no inode carries one.
+static DRAINED: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
 
 /// What survives of a [`FileState`] while the kernel has forgotten the inode
 /// (its device pages outlive the forget).
@@ -133,7 +135,7 @@ impl FileState {
     pub fn new(remembered: Option<Remembered>) -> Self {
         FileState {
             seen: Mutex::new(remembered.map(|r| r.0)),
-            changes_in_flight: AtomicU64::new(0),
+            changes_in_flight: AtomicU32::new(0),
             ..FileState::default()
         }
     }
@@ -177,8 +179,8 @@ impl Drop for TierUse<'_> {
         if state.tier_users.fetch_sub(1, Ordering::SeqCst) == 1
             && state.writers_behind.load(Ordering::SeqCst) > 0
         {
-            let _g = lock(&state.drained.0);
-            state.drained.1.notify_all();
+            let _g = lock(&DRAINED.0);
+            DRAINED.1.notify_all();
         }
     }
 }
@@ -655,11 +657,10 @@ impl Coherence {
     pub fn writer_behind_opened(&self, inode: &Inode) {
         let state = &inode.coherence;
         state.writers_behind.fetch_add(1, Ordering::SeqCst);
-        let mut g = lock(&state.drained.0);
+        let mut g = lock(&DRAINED.0);
         while state.tier_users.load(Ordering::SeqCst) > 0 {
             // The timeout only bounds a wake-up lost to the guard's unlocked fast path.
-            g = state
-                .drained
+            g = DRAINED
                 .1
                 .wait_timeout(g, Duration::from_millis(10))
                 .map_or_else(|e| e.into_inner().0, |(g, _)| g);

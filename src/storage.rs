@@ -102,12 +102,58 @@ struct RawHandle {
 /// A kernel file handle: names one object of one filesystem for as long as
 /// it exists (its generation is part of it), and reopens it without a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileHandle {
-    kind: i32,
-    bytes: Box<[u8]>,
+pub struct FileHandle(HandleRepr);
+
+/// Handles this long or shorter are kept inline, with no allocation: ext4's are 8 bytes,
+/// xfs's 8–16, tmpfs's 12 (btrfs's 20 go to the heap). Every known inode holds one.
+const INLINE_HANDLE: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HandleRepr {
+    /// `bytes[len..]` are zero.
+    Inline {
+        kind: i32,
+        len: u8,
+        bytes: [u8; INLINE_HANDLE],
+    },
+    Heap {
+        kind: i32,
+        bytes: Box<[u8]>,
+    },
 }
 
 impl FileHandle {
+    fn new(kind: i32, bytes: &[u8]) -> FileHandle {
+        FileHandle(match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_HANDLE => {
+                let mut inline = [0; INLINE_HANDLE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                HandleRepr::Inline {
+                    kind,
+                    len,
+                    bytes: inline,
+                }
+            }
+            _ => HandleRepr::Heap {
+                kind,
+                bytes: bytes.into(),
+            },
+        })
+    }
+
+    fn kind(&self) -> i32 {
+        match &self.0 {
+            HandleRepr::Inline { kind, .. } | HandleRepr::Heap { kind, .. } => *kind,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            HandleRepr::Inline { len, bytes, .. } => &bytes[..*len as usize],
+            HandleRepr::Heap { bytes, .. } => bytes,
+        }
+    }
+
     /// The handle of the object behind `fd` (any descriptor, `O_PATH` too)
     /// and the id of the mount it was reached through.
     pub fn of(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, i32)> {
@@ -135,10 +181,7 @@ impl FileHandle {
         }
         let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
         Ok((
-            FileHandle {
-                kind: raw.handle_type,
-                bytes: raw.f_handle[..len].into(),
-            },
+            FileHandle::new(raw.handle_type, &raw.f_handle[..len]),
             mount_id,
         ))
     }
@@ -154,12 +197,13 @@ impl FileHandle {
     /// three.
     pub fn open_as(&self, mount: BorrowedFd<'_>, flags: OFlags) -> io::Result<OwnedFd> {
         let flags = (flags | OFlags::CLOEXEC) - (OFlags::CREATE | OFlags::EXCL);
+        let bytes = self.bytes();
         let mut raw = RawHandle {
-            handle_bytes: self.bytes.len() as u32,
-            handle_type: self.kind,
+            handle_bytes: bytes.len() as u32,
+            handle_type: self.kind(),
             f_handle: [0; MAX_HANDLE_SZ],
         };
-        raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
+        raw.f_handle[..bytes.len()].copy_from_slice(bytes);
         // SAFETY: `raw` is a valid `struct file_handle` of `handle_bytes`
         // bytes that outlives the call, which only reads it.
         let r = unsafe {
@@ -182,10 +226,7 @@ impl FileHandle {
     /// A handle of made-up bytes (for tests of what holds handles).
     #[cfg(test)]
     pub fn from_parts(kind: i32, bytes: &[u8]) -> FileHandle {
-        FileHandle {
-            kind,
-            bytes: bytes.into(),
-        }
+        FileHandle::new(kind, bytes)
     }
 }
 
@@ -409,6 +450,26 @@ mod tests {
         let long = "x".repeat(256);
         assert_eq!(check_name(OsStr::new(&long)), Err(Errno::ENAMETOOLONG));
         assert!(check_name(OsStr::new(&"x".repeat(255))).is_ok());
+    }
+
+    /// Short handles are inline and long ones on the heap; both give back their bytes.
+    #[test]
+    fn handles_keep_their_bytes_inline_or_not() {
+        assert!(size_of::<FileHandle>() <= 24, "{}", size_of::<FileHandle>());
+        for len in [0, 8, 12, 16, 17, 20, MAX_HANDLE_SZ] {
+            let bytes: Vec<u8> = (0..len as u8).map(|b| b ^ 0x5a).collect();
+            let h = FileHandle::from_parts(7, &bytes);
+            assert_eq!((h.kind(), h.bytes()), (7, &bytes[..]), "{len} bytes");
+            assert_eq!(
+                matches!(h.0, HandleRepr::Inline { .. }),
+                len <= INLINE_HANDLE
+            );
+            assert_eq!(h.clone(), h);
+        }
+        assert_ne!(
+            FileHandle::from_parts(1, &[1, 2]),
+            FileHandle::from_parts(1, &[1, 2, 0])
+        );
     }
 
     /// Clipping keeps every byte of a file that is not being truncated, and leaves what is
