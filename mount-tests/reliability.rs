@@ -1881,7 +1881,7 @@ fn fio_mixed_host_writes_and_device_reads() {
         let file = format!("load{j}");
         text += &format!(
             "[write{j}]\nfilename={}\nrw=randwrite\nverify=crc32c\ndo_verify=1\n\
-             verify_fatal=1\nfsync=16\nrandseed={}\n",
+             verify_fatal=1\nverify_state_save=0\nfsync=16\nrandseed={}\n",
             m.host(&file).display(),
             1000 + j
         );

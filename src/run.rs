@@ -496,6 +496,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     // Creation modes arrive with the caller's umask already applied.
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
+    crate::heap::fix_mmap_threshold();
 
     let fs = open_filesystem(&args, &s, &storage)?;
     let config = fuse_config(&s, &storage);
