@@ -369,3 +369,72 @@ fn a_directory_of_100000_entries_lists_exactly_and_the_tools_walk_a_tree() {
         (started.elapsed() - listed).as_secs_f64()
     );
 }
+
+/// Reads `f0`..`f{n}` under `root` once, checking each file's bytes.
+fn read_all(root: &Path, n: usize) {
+    for i in 0..n {
+        let p = root.join(format!("f{i}"));
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            i.to_string(),
+            "{}",
+            p.display()
+        );
+    }
+}
+
+/// Worker parking (`--worker-parking auto`, the default): while one thread uses the mount
+/// a worker parks and one serves alone; four threads at once bring it back (it parks again
+/// afterwards, so `parks` grows); every byte read is right throughout and the unmount ends
+/// the daemon with a worker parked. With `off` nobody parks.
+#[test]
+fn a_worker_parks_for_one_caller_and_comes_back_for_several() {
+    const N: usize = 300;
+    let prepare = |s: &Path| {
+        for i in 0..N {
+            fs::write(s.join(format!("f{i}")), i.to_string()).unwrap();
+        }
+    };
+    let m = util::Guarded::new(Mounted::with(&["--threads", "2"], prepare));
+    let host = m.host("");
+    read_all(&host, N);
+    read_all(&host.join(".pagetier/device"), N);
+    let s = m.stats();
+    assert!(s.workers.parking, "{:?}", s.workers);
+    assert_eq!(s.workers.threads, 2);
+    assert!(
+        s.workers.parks >= 1,
+        "one caller parked no worker: {:?}",
+        s.workers
+    );
+    let before = s.workers.parks;
+    let readers: Vec<_> = (0..4)
+        .map(|t| {
+            let root = if t % 2 == 0 {
+                host.clone()
+            } else {
+                host.join(".pagetier/device")
+            };
+            std::thread::spawn(move || read_all(&root, N))
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    read_all(&host, N);
+    read_all(&host, N);
+    let after = m.stats().workers;
+    assert!(
+        after.parks > before,
+        "no worker parked again after the four callers, so none came back for them: {after:?}"
+    );
+    drop(m);
+
+    let m = util::Guarded::new(Mounted::with(
+        &["--threads", "2", "--worker-parking", "off"],
+        prepare,
+    ));
+    read_all(&m.host(""), N);
+    let w = m.stats().workers;
+    assert!(!w.parking && w.parks == 0, "{w:?}");
+}

@@ -183,6 +183,11 @@ pub struct MountArgs {
     /// and privileges allow; the default) or never (off).
     #[arg(long, value_enum)]
     pub passthrough: Option<AutoOff>,
+    /// Let a FUSE worker with nothing to do park while another reads and no request waits
+    /// in the kernel (auto: where the kernel's queue count is readable; the default), or
+    /// keep every worker reading (off).
+    #[arg(long, value_enum)]
+    pub worker_parking: Option<AutoOff>,
     /// With passthrough on: a device-view open of a wholly resident file at least this big
     /// is served by the kernel from shared device memory (default 0: any size).
     #[arg(long, value_name = "SIZE")]
@@ -252,6 +257,8 @@ pub struct MountSettings {
     pub huge_pages: bool,
     /// `--passthrough auto` (true) or `off`.
     pub passthrough: bool,
+    /// `--worker-parking auto` (true) or `off`.
+    pub worker_parking: bool,
     /// Smallest file whose device-view opens may be passthrough (bytes).
     pub device_passthrough_min: u64,
     /// Largest daemon-served request asked of the kernel (bytes).
@@ -454,6 +461,7 @@ pub fn settings(args: &MountArgs, cpus: usize) -> Result<MountSettings, String> 
         device_capacity: DEFAULT_CAPACITY,
         huge_pages: true,
         passthrough: true,
+        worker_parking: true,
         device_passthrough_min: DEFAULT_DEVICE_PASSTHROUGH_MIN,
         max_request: crate::fuse::MAX_IO,
         revalidate: Some(Duration::from_secs(DEFAULT_REVALIDATE)),
@@ -517,6 +525,11 @@ fn apply_options(s: &mut MountSettings, options: &[String]) -> Result<bool, Stri
             ("passthrough", Some(v)) => {
                 return Err(format!("-o passthrough={v}: expected auto or off"));
             }
+            ("worker_parking", Some("auto")) => s.worker_parking = true,
+            ("worker_parking", Some("off")) => s.worker_parking = false,
+            ("worker_parking", Some(v)) => {
+                return Err(format!("-o worker_parking={v}: expected auto or off"));
+            }
             ("max_request", Some(v)) => s.max_request = parse_max_request("-o max_request", v)?,
             ("revalidate", Some(v)) => s.revalidate = parse_revalidate("-o revalidate", v)?,
             ("cache_timeout", Some(v)) => {
@@ -568,6 +581,9 @@ fn apply_flags(s: &mut MountSettings, args: &MountArgs) -> Result<(), String> {
     }
     if let Some(p) = args.passthrough {
         s.passthrough = p == AutoOff::Auto;
+    }
+    if let Some(p) = args.worker_parking {
+        s.worker_parking = p == AutoOff::Auto;
     }
     if let Some(r) = &args.revalidate {
         s.revalidate = parse_revalidate("--revalidate", r)?;
@@ -727,6 +743,14 @@ mod tests {
         assert!(settings(&a, 2).unwrap().passthrough);
         a.passthrough = Some(AutoOff::Off);
         assert!(!settings(&a, 2).unwrap().passthrough);
+        a = args(&["worker_parking=off"]);
+        assert!(!settings(&a, 2).unwrap().worker_parking);
+        a.worker_parking = Some(AutoOff::Auto);
+        assert!(settings(&a, 2).unwrap().worker_parking);
+        assert!(
+            settings(&args(&[]), 2).unwrap().worker_parking,
+            "auto by default"
+        );
     }
 
     #[test]
@@ -739,6 +763,8 @@ mod tests {
             "huge_pages=maybe",
             "passthrough=on",
             "passthrough",
+            "worker_parking=on",
+            "worker_parking",
             "device_capacity=12XB",
             "control_dir=a/b",
             "log_level=loud",

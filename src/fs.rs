@@ -320,6 +320,8 @@ pub struct Pagetier {
     passthrough_on: AtomicBool,
     /// Limits the kernel agreed to at init.
     kernel_limits: Mutex<KernelLimits>,
+    /// The FUSE workers (`workers.rs`), for the stats; set once the session is made.
+    workers: std::sync::OnceLock<Arc<crate::workers::Workers>>,
     /// Device-view reads served straight from STORAGE while a passthrough writer was open.
     device_reads_behind: AtomicU64,
     /// Device-view opens served by the kernel from shared device memory.
@@ -386,6 +388,7 @@ impl Pagetier {
             io_modes: IoModes::new(),
             passthrough_on: AtomicBool::new(false),
             kernel_limits: Mutex::new(KernelLimits::default()),
+            workers: std::sync::OnceLock::new(),
             device_reads_behind: AtomicU64::new(0),
             device_passthrough_opens: AtomicU64::new(0),
         })
@@ -425,6 +428,11 @@ impl Pagetier {
     /// Records the limits the kernel agreed to at init.
     pub fn set_kernel_limits(&self, limits: KernelLimits) {
         *lock(&self.kernel_limits) = limits;
+    }
+
+    /// The session's FUSE workers, reported in the stats.
+    pub fn set_workers(&self, workers: Arc<crate::workers::Workers>) {
+        let _ = self.workers.set(workers);
     }
 
     /// A backing registration failed: no new passthrough from now on (inodes already in
@@ -1889,6 +1897,7 @@ impl Pagetier {
             self.passthrough_stats(),
             self.kernel_stats(),
         )
+        .with_workers(self.workers.get().map(|w| w.stats()).unwrap_or_default())
     }
 
     fn passthrough_stats(&self) -> PassthroughStats {

@@ -32,6 +32,7 @@ use crate::fs::{KernelLimits, OpenOut, Pagetier, SetAttr, TimeSpec};
 use crate::iomode::BackingToken;
 use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
 use crate::storage::Attr;
+use crate::workers::{Turn, Workers};
 
 /// How long the kernel may cache the control directory's names, which never change.
 const CONTROL_TTL: Duration = Duration::from_secs(86_400);
@@ -46,13 +47,26 @@ pub struct FuseAdapter {
     pub metrics: Option<Arc<RequestMetrics>>,
     /// Largest request asked of the kernel (`--max-request`; [`MAX_IO`] by default).
     pub max_io: u32,
+    /// The worker threads' turns (`workers.rs`): an idle worker may park after its reply.
+    pub workers: Arc<Workers>,
+}
+
+/// One request in a handler: timed (metrics on only), then the worker's turn ends. Fields
+/// drop in order, so the time is taken before the worker may park.
+pub struct InHandler<'a> {
+    _timer: Option<RequestTimer<'a>>,
+    _turn: Turn<'a>,
 }
 
 impl FuseAdapter {
-    /// Times one request on `ino` until the returned guard drops (metrics on only).
+    /// Starts one request on `ino`: the returned guard is the handler's first local, so it
+    /// drops after the reply went out.
     #[inline]
-    fn timed(&self, op: Op, ino: INodeNo) -> Option<RequestTimer<'_>> {
-        self.metrics.as_deref().map(|m| m.start(op, ino.0))
+    fn timed(&self, req: &Request, op: Op, ino: INodeNo) -> InHandler<'_> {
+        InHandler {
+            _timer: self.metrics.as_deref().map(|m| m.start(op, ino.0)),
+            _turn: self.workers.enter(req.pid()),
+        }
     }
 }
 
@@ -315,7 +329,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _t = self.timed(Op::Lookup, parent);
+        let _t = self.timed(_req, Op::Lookup, parent);
         let _s = debug_span!("lookup", view = view(parent), parent = parent.0, ?name).entered();
         let r = self.fs.lookup(parent.0, name);
         match (r, crate::inode::decode(parent.0)) {
@@ -330,12 +344,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _t = self.timed(Op::Forget, ino);
+        // No worker turn: fuser calls this once per inode of a BATCH_FORGET, and a worker
+        // must not park in the middle of one.
+        let _t = self.metrics.as_deref().map(|m| m.start(Op::Forget, ino.0));
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _t = self.timed(Op::Getattr, ino);
+        let _t = self.timed(_req, Op::Getattr, ino);
         let _s = debug_span!("getattr", view = view(ino), ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
@@ -361,7 +377,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _t = self.timed(Op::Setattr, ino);
+        let _t = self.timed(req, Op::Setattr, ino);
         let _s = debug_span!(
             "setattr",
             view = view(ino),
@@ -387,7 +403,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _t = self.timed(Op::Readlink, ino);
+        let _t = self.timed(_req, Op::Readlink, ino);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(failed(at(Op::Readlink, ino, None), e)),
@@ -404,7 +420,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _t = self.timed(Op::Mknod, parent);
+        let _t = self.timed(req, Op::Mknod, parent);
         let _s =
             debug_span!("mknod", view = view(parent), parent = parent.0, ?name, mode).entered();
         self.reply_entry(
@@ -424,7 +440,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _t = self.timed(Op::Mkdir, parent);
+        let _t = self.timed(req, Op::Mkdir, parent);
         let _s =
             debug_span!("mkdir", view = view(parent), parent = parent.0, ?name, mode).entered();
         self.reply_entry(
@@ -435,7 +451,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.timed(Op::Unlink, parent);
+        let _t = self.timed(req, Op::Unlink, parent);
         let _s = debug_span!("unlink", view = view(parent), parent = parent.0, ?name).entered();
         reply_empty(
             reply,
@@ -445,7 +461,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.timed(Op::Rmdir, parent);
+        let _t = self.timed(req, Op::Rmdir, parent);
         let _s = debug_span!("rmdir", view = view(parent), parent = parent.0, ?name).entered();
         reply_empty(
             reply,
@@ -462,7 +478,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _t = self.timed(Op::Symlink, parent);
+        let _t = self.timed(req, Op::Symlink, parent);
         let _s = debug_span!(
             "symlink",
             view = view(parent),
@@ -488,7 +504,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Rename, parent);
+        let _t = self.timed(req, Op::Rename, parent);
         let _s = debug_span!(
             "rename",
             view = view(parent),
@@ -520,7 +536,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _t = self.timed(Op::Link, ino);
+        let _t = self.timed(req, Op::Link, ino);
         let _s = debug_span!(
             "link",
             view = view(ino),
@@ -537,7 +553,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _t = self.timed(Op::Open, ino);
+        let _t = self.timed(_req, Op::Open, ino);
         let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
         let register = |fd: std::os::fd::BorrowedFd<'_>| {
             reply
@@ -564,7 +580,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _t = self.timed(Op::Read, ino);
+        let _t = self.timed(_req, Op::Read, ino);
         let _s = debug_span!(
             "read",
             view = view(ino),
@@ -592,7 +608,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _t = self.timed(Op::Write, ino);
+        let _t = self.timed(_req, Op::Write, ino);
         let _s = debug_span!(
             "write",
             view = view(ino),
@@ -616,7 +632,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Flush, ino);
+        let _t = self.timed(_req, Op::Flush, ino);
         // Writes are write-through: there is nothing to flush.
         reply.ok();
     }
@@ -631,7 +647,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Release, ino);
+        let _t = self.timed(_req, Op::Release, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -644,7 +660,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Fsync, ino);
+        let _t = self.timed(_req, Op::Fsync, ino);
         let _s = debug_span!("fsync", view = view(ino), ino = ino.0, fh = fh.0, datasync).entered();
         reply_empty(
             reply,
@@ -654,7 +670,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _t = self.timed(Op::Opendir, ino);
+        let _t = self.timed(_req, Op::Opendir, ino);
         let _s = debug_span!("opendir", view = view(ino), ino = ino.0).entered();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -670,7 +686,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _t = self.timed(Op::Readdir, ino);
+        let _t = self.timed(_req, Op::Readdir, ino);
         let _s = debug_span!("readdir", view = view(ino), ino = ino.0, fh = fh.0, offset).entered();
         let r = self.fs.readdir(ino.0, fh.0, offset, false, |it| {
             reply.add(
@@ -694,7 +710,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _t = self.timed(Op::Readdirplus, ino);
+        let _t = self.timed(_req, Op::Readdirplus, ino);
         let _s = debug_span!(
             "readdirplus",
             view = view(ino),
@@ -742,7 +758,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Releasedir, ino);
+        let _t = self.timed(_req, Op::Releasedir, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -755,7 +771,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Fsyncdir, ino);
+        let _t = self.timed(_req, Op::Fsyncdir, ino);
         reply_empty(
             reply,
             at(Op::Fsyncdir, ino, None),
@@ -764,7 +780,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let _t = self.timed(Op::Statfs, ino);
+        let _t = self.timed(_req, Op::Statfs, ino);
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -783,7 +799,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Setxattr, ino);
+        let _t = self.timed(req, Op::Setxattr, ino);
         let _s = debug_span!("setxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_empty(
             reply,
@@ -793,7 +809,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _t = self.timed(Op::Getxattr, ino);
+        let _t = self.timed(_req, Op::Getxattr, ino);
         let _s = debug_span!("getxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_xattr(
             reply,
@@ -804,7 +820,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _t = self.timed(Op::Listxattr, ino);
+        let _t = self.timed(req, Op::Listxattr, ino);
         reply_xattr(
             reply,
             at(Op::Listxattr, ino, None),
@@ -814,7 +830,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.timed(Op::Removexattr, ino);
+        let _t = self.timed(req, Op::Removexattr, ino);
         reply_empty(
             reply,
             at(Op::Removexattr, ino, Some(name)),
@@ -823,7 +839,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _t = self.timed(Op::Access, ino);
+        let _t = self.timed(req, Op::Access, ino);
         reply_empty(
             reply,
             at(Op::Access, ino, None),
@@ -841,7 +857,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _t = self.timed(Op::Create, parent);
+        let _t = self.timed(req, Op::Create, parent);
         let _s = debug_span!(
             "create",
             view = view(parent),
@@ -886,7 +902,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(Op::Fallocate, ino);
+        let _t = self.timed(_req, Op::Fallocate, ino);
         let _s = debug_span!(
             "fallocate",
             view = view(ino),
@@ -912,7 +928,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _t = self.timed(Op::Lseek, ino);
+        let _t = self.timed(_req, Op::Lseek, ino);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(failed(at(Op::Lseek, ino, None), e)),
@@ -932,7 +948,7 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _t = self.timed(Op::CopyFileRange, ino_in);
+        let _t = self.timed(_req, Op::CopyFileRange, ino_in);
         let _s = debug_span!(
             "copy_file_range",
             view = view(ino_in),
@@ -968,7 +984,7 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let _t = self.timed(Op::Ioctl, ino);
+        let _t = self.timed(_req, Op::Ioctl, ino);
         let _s = debug_span!("ioctl", view = view(ino), ino = ino.0, cmd).entered();
         reply.error(failed(at(Op::Ioctl, ino, None), Errno::ENOTTY));
     }
@@ -986,7 +1002,7 @@ impl Filesystem for FuseAdapter {
         _flags: PollFlags,
         reply: ReplyPoll,
     ) {
-        let _t = self.timed(Op::Poll, ino);
+        let _t = self.timed(_req, Op::Poll, ino);
         reply.error(failed(at(Op::Poll, ino, None), Errno::ENOSYS));
     }
 }

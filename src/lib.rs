@@ -29,6 +29,7 @@ pub mod tier;
 mod tools;
 mod top;
 mod watch;
+mod workers;
 
 pub use cli::{Cli, Command, MountArgs, normalize_args, settings};
 pub use iomode::PassthroughMode;

@@ -503,10 +503,16 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     let req_metrics = metrics_listener
         .is_some()
         .then(|| Arc::new(RequestMetrics::new()));
+    let workers = Arc::new(crate::workers::Workers::new(
+        s.threads.into(),
+        s.worker_parking,
+    ));
+    fs.set_workers(workers.clone());
     let adapter = FuseAdapter {
         fs: fs.clone(),
         metrics: req_metrics.clone(),
         max_io: s.max_request,
+        workers: workers.clone(),
     };
     // Signal handlers go in before the mount is live: a SIGTERM sent as soon
     // as the mount shows up waits in `signals` instead of killing us.
@@ -569,7 +575,13 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         life_rx,
     )?;
 
+    // Parked workers poll it for the connection's end (workers.rs).
+    match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
+        Ok(fd) => workers.watch(fd),
+        Err(e) => warn!(error = %e, "cannot watch /dev/fuse: no worker parks"),
+    }
     let res = session.run();
+    workers.shutdown();
     let _ = life_tx.send(Life::Ended);
     fs.flush_trace();
     sig_handle.close();

@@ -19,6 +19,7 @@ use crate::iomode::PassthroughMode;
 #[cfg(test)]
 use crate::tier::POLICY_NAMES;
 use crate::tier::{DeviceStats, InvalidationCounts, SharedStats, TierDiagnostics, TierStats};
+pub use crate::workers::WorkerStats;
 
 /// The version number the document carries (`"version"`).
 pub const STATS_VERSION: u32 = 1;
@@ -47,6 +48,9 @@ pub struct StatsDocument {
     /// Absent from the documents of mounts older than it (read as zeros).
     #[serde(default)]
     pub shared: SharedStats,
+    /// Absent from the documents of mounts older than it (read as zeros).
+    #[serde(default)]
+    pub workers: WorkerStats,
 }
 
 /// The `"passthrough"` object: opens the kernel serves itself (FUSE passthrough).
@@ -128,7 +132,14 @@ impl StatsDocument {
             passthrough,
             kernel,
             shared: tier.shared,
+            workers: WorkerStats::default(),
         }
+    }
+
+    /// The document with the FUSE workers' figures.
+    pub fn with_workers(mut self, workers: WorkerStats) -> StatsDocument {
+        self.workers = workers;
+        self
     }
 
     /// Device pages dropped, all causes summed.
@@ -211,6 +222,7 @@ pub(crate) fn zeroed() -> StatsDocument {
             enabled: true,
             ..SharedStats::default()
         },
+        workers: WorkerStats::default(),
     }
 }
 
@@ -294,6 +306,10 @@ mod tests {
         ("shared.updated_bytes", "number"),
         ("shared.updates", "number"),
         ("version", "number"),
+        ("workers.parked", "number"),
+        ("workers.parking", "bool"),
+        ("workers.parks", "number"),
+        ("workers.threads", "number"),
     ];
 
     /// `(key path, JSON type)` of every leaf of `v`, sorted.
