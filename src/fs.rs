@@ -1161,6 +1161,26 @@ impl Pagetier {
                     export: Some(export),
                 }
             }
+            // The inode is in passthrough mode through another device-view open, whose export
+            // this one could not take (that open's migration was still in flight): join the
+            // export now, or be served by the daemon beside the kernel-served opens (an
+            // uncached open is allowed beside them), holding the mode's count either way.
+            (Held::PassthroughReader, None) => match self.tier.export_join(inode.id, source) {
+                Some(export) => {
+                    self.device_passthrough_opens
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.tier.touch_exported(inode.id, size);
+                    DeviceIo {
+                        held: Some(chosen.held),
+                        backing: chosen.backing,
+                        export: Some(export),
+                    }
+                }
+                None => DeviceIo {
+                    held: Some(chosen.held),
+                    ..DeviceIo::default()
+                },
+            },
             (held, export) => {
                 if let Some(export) = export {
                     self.tier.export_release(inode.id, &export);

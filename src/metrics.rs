@@ -462,6 +462,24 @@ fn encode_passthrough(
         "pagetier_kernel_max_readahead",
         "Largest kernel readahead in bytes, as agreed at init",
         k.max_readahead,
+    )?;
+    let w = &doc.workers;
+    for (key, help, v) in [
+        ("threads", "FUSE worker threads", w.threads),
+        (
+            "parking",
+            "Whether idle FUSE workers park (1) or all keep reading (0)",
+            u64::from(w.parking),
+        ),
+        ("parked", "FUSE workers parked now", w.parked),
+    ] {
+        encode_gauge(enc, &format!("pagetier_workers_{key}"), help, v)?;
+    }
+    encode_counter(
+        enc,
+        "pagetier_workers_parks",
+        "Times a FUSE worker parked while one caller used the mount",
+        w.parks,
     )
 }
 
@@ -1016,6 +1034,7 @@ mod tests {
         let mut next = 10u64;
         let mut number = |section: &str, key: &str, x: &mut serde_json::Value| {
             if x.is_boolean() {
+                *x = true.into();
                 want.push((metric_of(section, key), "1".to_string()));
             } else if x.is_number() {
                 next += 1;
@@ -1041,7 +1060,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            62,
+            66,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();
