@@ -1150,6 +1150,14 @@ impl Pagetier {
         if let Some(err) = &chosen.registration_failed {
             self.passthrough_failed(err);
         }
+        // The inode may be in passthrough mode through another device-view open whose
+        // export this one could not take (that open's migration was still in flight): join
+        // the export now, or be served by the daemon beside the kernel-served opens (an
+        // uncached open is allowed beside them), holding the mode's count either way.
+        let export = match (chosen.held, export) {
+            (Held::PassthroughReader, None) => self.tier.export_join(inode.id, source),
+            (_, export) => export,
+        };
         match (chosen.held, export) {
             (Held::PassthroughReader, Some(export)) => {
                 self.device_passthrough_opens
@@ -1161,25 +1169,9 @@ impl Pagetier {
                     export: Some(export),
                 }
             }
-            // The inode is in passthrough mode through another device-view open, whose export
-            // this one could not take (that open's migration was still in flight): join the
-            // export now, or be served by the daemon beside the kernel-served opens (an
-            // uncached open is allowed beside them), holding the mode's count either way.
-            (Held::PassthroughReader, None) => match self.tier.export_join(inode.id, source) {
-                Some(export) => {
-                    self.device_passthrough_opens
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.tier.touch_exported(inode.id, size);
-                    DeviceIo {
-                        held: Some(chosen.held),
-                        backing: chosen.backing,
-                        export: Some(export),
-                    }
-                }
-                None => DeviceIo {
-                    held: Some(chosen.held),
-                    ..DeviceIo::default()
-                },
+            (Held::PassthroughReader, None) => DeviceIo {
+                held: Some(chosen.held),
+                ..DeviceIo::default()
             },
             (held, export) => {
                 if let Some(export) = export {

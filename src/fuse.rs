@@ -328,8 +328,8 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _t = self.timed(_req, Op::Lookup, parent);
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.timed(req, Op::Lookup, parent);
         let _s = debug_span!("lookup", view = view(parent), parent = parent.0, ?name).entered();
         let r = self.fs.lookup(parent.0, name);
         match (r, crate::inode::decode(parent.0)) {
@@ -350,8 +350,8 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _t = self.timed(_req, Op::Getattr, ino);
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.timed(req, Op::Getattr, ino);
         let _s = debug_span!("getattr", view = view(ino), ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl(a.ino), &fattr(&a)),
@@ -402,8 +402,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _t = self.timed(_req, Op::Readlink, ino);
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.timed(req, Op::Readlink, ino);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(failed(at(Op::Readlink, ino, None), e)),
@@ -552,8 +552,8 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _t = self.timed(_req, Op::Open, ino);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timed(req, Op::Open, ino);
         let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
         let register = |fd: std::os::fd::BorrowedFd<'_>| {
             reply
@@ -571,7 +571,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -580,7 +580,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _t = self.timed(_req, Op::Read, ino);
+        let _t = self.timed(req, Op::Read, ino);
         let _s = debug_span!(
             "read",
             view = view(ino),
@@ -598,7 +598,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -608,7 +608,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _t = self.timed(_req, Op::Write, ino);
+        let _t = self.timed(req, Op::Write, ino);
         let _s = debug_span!(
             "write",
             view = view(ino),
@@ -626,20 +626,20 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Flush, ino);
+        let _t = self.timed(req, Op::Flush, ino);
         // Writes are write-through: there is nothing to flush.
         reply.ok();
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -647,20 +647,20 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Release, ino);
+        let _t = self.timed(req, Op::Release, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Fsync, ino);
+        let _t = self.timed(req, Op::Fsync, ino);
         let _s = debug_span!("fsync", view = view(ino), ino = ino.0, fh = fh.0, datasync).entered();
         reply_empty(
             reply,
@@ -669,8 +669,8 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _t = self.timed(_req, Op::Opendir, ino);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timed(req, Op::Opendir, ino);
         let _s = debug_span!("opendir", view = view(ino), ino = ino.0).entered();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -680,13 +680,13 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _t = self.timed(_req, Op::Readdir, ino);
+        let _t = self.timed(req, Op::Readdir, ino);
         let _s = debug_span!("readdir", view = view(ino), ino = ino.0, fh = fh.0, offset).entered();
         let r = self.fs.readdir(ino.0, fh.0, offset, false, |it| {
             reply.add(
@@ -704,13 +704,13 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _t = self.timed(_req, Op::Readdirplus, ino);
+        let _t = self.timed(req, Op::Readdirplus, ino);
         let _s = debug_span!(
             "readdirplus",
             view = view(ino),
@@ -752,26 +752,26 @@ impl Filesystem for FuseAdapter {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Releasedir, ino);
+        let _t = self.timed(req, Op::Releasedir, ino);
         self.fs.release(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Fsyncdir, ino);
+        let _t = self.timed(req, Op::Fsyncdir, ino);
         reply_empty(
             reply,
             at(Op::Fsyncdir, ino, None),
@@ -779,8 +779,8 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let _t = self.timed(_req, Op::Statfs, ino);
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.timed(req, Op::Statfs, ino);
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -808,8 +808,8 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _t = self.timed(_req, Op::Getxattr, ino);
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.timed(req, Op::Getxattr, ino);
         let _s = debug_span!("getxattr", view = view(ino), ino = ino.0, ?name).entered();
         reply_xattr(
             reply,
@@ -894,7 +894,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -902,7 +902,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _t = self.timed(_req, Op::Fallocate, ino);
+        let _t = self.timed(req, Op::Fallocate, ino);
         let _s = debug_span!(
             "fallocate",
             view = view(ino),
@@ -921,14 +921,14 @@ impl Filesystem for FuseAdapter {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _t = self.timed(_req, Op::Lseek, ino);
+        let _t = self.timed(req, Op::Lseek, ino);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(failed(at(Op::Lseek, ino, None), e)),
@@ -937,7 +937,7 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -948,7 +948,7 @@ impl Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _t = self.timed(_req, Op::CopyFileRange, ino_in);
+        let _t = self.timed(req, Op::CopyFileRange, ino_in);
         let _s = debug_span!(
             "copy_file_range",
             view = view(ino_in),
@@ -975,7 +975,7 @@ impl Filesystem for FuseAdapter {
     /// `debug` like any expected failure (fuser's default would warn on each).
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -984,7 +984,7 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let _t = self.timed(_req, Op::Ioctl, ino);
+        let _t = self.timed(req, Op::Ioctl, ino);
         let _s = debug_span!("ioctl", view = view(ino), ino = ino.0, cmd).entered();
         reply.error(failed(at(Op::Ioctl, ino, None), Errno::ENOTTY));
     }
@@ -994,7 +994,7 @@ impl Filesystem for FuseAdapter {
     /// warn).
     fn poll(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _ph: PollNotifier,
@@ -1002,7 +1002,7 @@ impl Filesystem for FuseAdapter {
         _flags: PollFlags,
         reply: ReplyPoll,
     ) {
-        let _t = self.timed(_req, Op::Poll, ino);
+        let _t = self.timed(req, Op::Poll, ino);
         reply.error(failed(at(Op::Poll, ino, None), Errno::ENOSYS));
     }
 }
