@@ -183,9 +183,9 @@ pub struct MountArgs {
     /// and privileges allow; the default) or never (off).
     #[arg(long, value_enum)]
     pub passthrough: Option<AutoOff>,
-    /// Let a FUSE worker with nothing to do park while another reads and no request waits
-    /// in the kernel (auto: where the kernel's queue count is readable; the default), or
-    /// keep every worker reading (off).
+    /// Let a FUSE worker park after its reply while requests come from one caller at a time
+    /// and another worker reads (auto, the default; two callers, or a request 2 ms in a
+    /// handler, bring it back), or keep every worker reading (off).
     #[arg(long, value_enum)]
     pub worker_parking: Option<AutoOff>,
     /// With passthrough on: a device-view open of a wholly resident file at least this big

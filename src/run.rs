@@ -581,7 +581,6 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         Err(e) => warn!(error = %e, "cannot watch /dev/fuse: no worker parks"),
     }
     let res = session.run();
-    workers.shutdown();
     let _ = life_tx.send(Life::Ended);
     fs.flush_trace();
     sig_handle.close();

@@ -8,8 +8,7 @@
 //! two threads were 3–6% faster than one (docs/BENCH.md). So a worker that has just answered
 //! a request *parks* while another worker is reading and the requests come from one caller
 //! (the same thread id as the one before, for the last [`SEVERAL_WINDOW`] requests); a parked
-//! worker looks every
-//! [`POLL`] and goes back to reading when requests of two callers interleave, or when a
+//! worker looks every [`POLL`] and goes back to reading when requests of two callers interleave, or when a
 //! request has been in a handler a whole poll with none finishing (a slow storage read, or a
 //! handler that waits for another request: the 20 ms entry-notification case of
 //! `--threads 1` resolves within a poll here). The kernel stamps every request with its
@@ -22,8 +21,7 @@
 //!   once per inode of a batch, takes no turn);
 //! - every wait is bounded ([`POLL`], [`IDLE_POLL`] after a quiet second), and a parked
 //!   worker goes back to fuser's loop once the connection ends (`poll` of `/dev/fuse`
-//!   reports an error then) or [`Workers::shutdown`] is called, so an unmount ends every
-//!   worker.
+//!   reports an error then), so an unmount ends every worker.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -241,8 +239,9 @@ impl Workers {
         drop(g);
     }
 
-    /// The session ended (its loop returned): parked workers leave at once, none parks
-    /// again.
+    /// Ends the pool without a connection (tests): parked workers leave at once, none parks
+    /// again. A mount needs none: its parked workers see the connection's end.
+    #[cfg(test)]
     pub fn shutdown(&self) {
         self.ended.store(true, Ordering::Relaxed);
         let _g = lock(&self.park_lock);
