@@ -118,8 +118,11 @@ impl Remembered {
     pub fn matching_nothing() -> Self {
         Remembered(Fingerprint {
             size: u64::MAX,
-            mtime: (i64::MIN, -1),
-            ctime: (i64::MIN, -1),
+            // No file has a nanosecond count of a second or more.
+            mtime_sec: i64::MIN,
+            ctime_sec: i64::MIN,
+            mtime_nsec: u32::MAX,
+            ctime_nsec: u32::MAX,
         })
     }
 

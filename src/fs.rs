@@ -43,7 +43,7 @@ use crate::errno::{Errno, FsResult};
 use crate::inode::{
     CONTROL_ID, Inode, InodeId, InodeTable, ROOT_ID, STATS_ID, View, decode, encode,
 };
-use crate::iomode::{BackingToken, Held, IoModes, PassthroughMode};
+use crate::iomode::{BackingToken, Held, IoModes, PassthroughMode, Registration};
 use crate::lock::{lock, read, write};
 use crate::stats::{HostStats, KernelStats, NotificationStats, PassthroughStats, StatsDocument};
 use crate::storage::{self, Attr, RawEntry};
@@ -428,6 +428,11 @@ impl Pagetier {
     /// Records the limits the kernel agreed to at init.
     pub fn set_kernel_limits(&self, limits: KernelLimits) {
         *lock(&self.kernel_limits) = limits;
+    }
+
+    /// Lets host-view passthrough registrations stay idle between opens (`iomode.rs`).
+    pub fn set_idle_ids(&self, ids: Box<dyn crate::iomode::IdleIds>) {
+        self.io_modes.set_idle_ids(ids);
     }
 
     /// The session's FUSE workers, reported in the stats.
@@ -930,14 +935,14 @@ impl Pagetier {
         OFlags::from_bits_retain((flags & keep) as u32)
     }
 
-    /// Opens FUSE inode `ino`. A host-view open may be served by the kernel (passthrough,
-    /// `iomode.rs`): `register` registers its backing descriptor with the kernel when it is
-    /// the inode's first passthrough open.
+    /// Opens FUSE inode `ino`. An open may be served by the kernel (passthrough,
+    /// `iomode.rs`): `register` registers a backing descriptor with the kernel when it is
+    /// the inode's first passthrough open, or names the inode's idle registration again.
     pub fn open(
         &self,
         ino: u64,
         flags: i32,
-        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingToken>,
+        register: impl FnOnce(Registration<'_>) -> std::io::Result<BackingToken>,
     ) -> FsResult<(u64, OpenOut)> {
         let (id, view) = decode(ino).ok_or(Errno::EINVAL)?;
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY
@@ -970,8 +975,12 @@ impl Pagetier {
         let append = flags & libc::O_APPEND != 0;
         match view {
             View::Host => {
-                let (io, passthrough) =
-                    self.choose_io(&inode, ino, wants_write, || register(file.as_fd()));
+                let (io, passthrough) = self.choose_io(&inode, ino, wants_write, |idle| {
+                    register(match idle {
+                        Some(id) => Registration::Idle(id),
+                        None => Registration::New(file.as_fd()),
+                    })
+                });
                 let fh = self.add_handle(
                     Some(inode),
                     HandleKind::File {
@@ -1067,7 +1076,7 @@ impl Pagetier {
         let inode = self.node(decode(attr.ino).ok_or(Errno::EIO)?.0)?;
         self.coherence.created(&inode);
         // An existing file opened without O_EXCL may be in passthrough mode: join it.
-        let (io, passthrough) = self.choose_io(&inode, attr.ino, true, || {
+        let (io, passthrough) = self.choose_io(&inode, attr.ino, true, |_| {
             Err(std::io::Error::from_raw_os_error(libc::EINVAL))
         });
         let fh = self.add_handle(
@@ -1109,7 +1118,7 @@ impl Pagetier {
         inode: &Inode,
         ino: u64,
         writable: bool,
-        register: impl FnOnce() -> std::io::Result<BackingToken>,
+        register: impl FnOnce(Option<u32>) -> std::io::Result<BackingToken>,
     ) -> (Held, Option<BackingToken>) {
         let allowed = self.passthrough_on.load(Ordering::SeqCst) && inode.is_reg();
         let chosen = self.io_modes.open(ino, writable, allowed, register);
@@ -1135,7 +1144,7 @@ impl Pagetier {
         ino: u64,
         size: u64,
         source: &SharedSource,
-        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingToken>,
+        register: impl FnOnce(Registration<'_>) -> std::io::Result<BackingToken>,
     ) -> DeviceIo {
         if !self.passthrough_on.load(Ordering::SeqCst) || !inode.is_reg() {
             return DeviceIo::default();
@@ -1143,9 +1152,10 @@ impl Pagetier {
         let create =
             size >= self.cfg.device_passthrough_min && !self.coherence.has_writer_behind(inode);
         let export = self.device_export(inode.id, size, source, create);
-        let chosen = self.io_modes.open(ino, false, export.is_some(), || {
+        let chosen = self.io_modes.open(ino, false, export.is_some(), |idle| {
+            debug_assert!(idle.is_none(), "the device view keeps no idle registration");
             let export = export.as_ref().expect("allowed only with an export");
-            export.registration(register)
+            export.registration(|fd| register(Registration::New(fd)))
         });
         if let Some(err) = &chosen.registration_failed {
             self.passthrough_failed(err);
@@ -1914,11 +1924,15 @@ impl Pagetier {
 
     fn passthrough_stats(&self) -> PassthroughStats {
         let c = self.io_modes.counters();
+        // A device-view open counts in the table's `passthrough_opens` before it counts
+        // here: read this one first, so that opens made between the two loads cannot make
+        // the difference negative (a debug build panicked, a release build wrapped).
+        let device_opens = self.device_passthrough_opens.load(Ordering::SeqCst);
+        let all_opens = c.passthrough_opens.load(Ordering::SeqCst);
         PassthroughStats {
             mode: self.passthrough_mode(),
-            host_opens: c.passthrough_opens.load(Ordering::Relaxed)
-                - self.device_passthrough_opens.load(Ordering::Relaxed),
-            device_opens: self.device_passthrough_opens.load(Ordering::Relaxed),
+            host_opens: all_opens.saturating_sub(device_opens),
+            device_opens,
             writer_opens: c.writer_opens.load(Ordering::Relaxed),
             registration_failures: c.registration_failures.load(Ordering::Relaxed),
             idle_registrations: self.io_modes.idle_count() as u64,

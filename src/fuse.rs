@@ -13,6 +13,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use tracing::{debug, debug_span, info, warn};
 use crate::creds::Caller;
 use crate::errno::Errno;
 use crate::fs::{KernelLimits, OpenOut, Pagetier, SetAttr, TimeSpec};
-use crate::iomode::BackingToken;
+use crate::iomode::{BackingToken, IdleIds, Registration};
 use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
 use crate::storage::Attr;
 use crate::workers::{Turn, Workers};
@@ -187,6 +188,48 @@ fn backing_of(out: &OpenOut) -> Option<&BackingId> {
     let id = out.passthrough.as_ref()?.downcast_ref::<BackingId>();
     debug_assert!(id.is_some(), "a backing token that is no BackingId");
     id
+}
+
+/// Idle passthrough registrations as the kernel's ids (`iomode.rs`): this adapter's tokens
+/// are [`BackingId`]s, and an id handed over is closed with `FUSE_DEV_IOC_BACKING_CLOSE` on
+/// a duplicate of the session's `/dev/fuse`.
+pub struct KernelIdleIds {
+    device: OwnedFd,
+}
+
+impl KernelIdleIds {
+    pub fn new(device: OwnedFd) -> KernelIdleIds {
+        KernelIdleIds { device }
+    }
+}
+
+impl IdleIds for KernelIdleIds {
+    fn hand_over(&self, token: BackingToken) -> Result<u32, BackingToken> {
+        match token.downcast::<BackingId>() {
+            Ok(id) => Arc::try_unwrap(id)
+                .map(BackingId::into_raw)
+                .map_err(|id| id as BackingToken),
+            Err(token) => Err(token),
+        }
+    }
+
+    fn close(&self, id: u32) {
+        /// `_IOW(FUSE_DEV_IOC_MAGIC = 229, 2, uint32_t)` of `<linux/fuse.h>`.
+        const FUSE_DEV_IOC_BACKING_CLOSE: u32 = 0x4004_e502;
+        // SAFETY: an ioctl on our own open `/dev/fuse` descriptor that reads one `u32` from
+        // a live local for the duration of the call.
+        let rc = unsafe {
+            libc::ioctl(
+                self.device.as_raw_fd(),
+                FUSE_DEV_IOC_BACKING_CLOSE as _,
+                &id as *const u32,
+            )
+        };
+        if rc < 0 {
+            // After the connection ended the kernel has freed every id already.
+            debug!(id, error = %std::io::Error::last_os_error(), "closing an idle backing id");
+        }
+    }
 }
 
 /// Whether this process may register backing files (`CAP_SYS_ADMIN` in its effective set).
@@ -555,10 +598,18 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.timed(req, Op::Open, ino);
         let _s = debug_span!("open", view = view(ino), ino = ino.0, flags = flags.0).entered();
-        let register = |fd: std::os::fd::BorrowedFd<'_>| {
-            reply
+        let register = |r: Registration<'_>| match r {
+            Registration::New(fd) => reply
                 .open_backing(fd)
-                .map(|id| Arc::new(id) as BackingToken)
+                .map(|id| Arc::new(id) as BackingToken),
+            Registration::Idle(id) => {
+                // SAFETY: `id` is an idle registration of this inode on this connection,
+                // which the table took over from a `BackingId` (`KernelIdleIds::hand_over`)
+                // and has not closed; the new `BackingId` owns it from here (and closes it
+                // when dropped, unless it is handed over as idle again).
+                let backing = unsafe { reply.wrap_backing(id) };
+                Ok(Arc::new(backing) as BackingToken)
+            }
         };
         match self.fs.open(ino.0, flags.0, register) {
             Ok((fh, out)) => match backing_of(&out) {

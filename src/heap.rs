@@ -2,17 +2,30 @@
 //! pages returned to the system. The daemon's tables grow with what the kernel holds (a
 //! million inodes in an epoch) and must fall back near idle once it forgets them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Shrinks `map` to twice its length when it uses under a quarter of its capacity (a hash
 /// map never shrinks by itself: after the kernel forgot a million inodes, their slots would
 /// stay). Returns whether it shrank.
 pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
-    if map.capacity() <= 4 * map.len() + 4096 {
+    if !sparse(map.len(), map.capacity()) {
         return false;
     }
     map.shrink_to(2 * map.len());
     true
+}
+
+/// [`shrink_if_sparse`] for a set.
+pub fn shrink_set_if_sparse<T: std::hash::Hash + Eq>(set: &mut HashSet<T>) -> bool {
+    if !sparse(set.len(), set.capacity()) {
+        return false;
+    }
+    set.shrink_to(2 * set.len());
+    true
+}
+
+fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > 4 * len + 4096
 }
 
 /// Large allocations (128 KiB and up: the tables of a million inodes) get pages of their own

@@ -59,7 +59,9 @@
 //! Lock order: the table's `RwLock`, then an inode's coherence state (a
 //! leaf); never call out (or make a syscall) while holding either.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +71,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::coherence::{FileState, Remembered};
 use crate::errno::FsResult;
-use crate::heap::{release_free_memory, shrink_if_sparse};
+use crate::heap::{release_free_memory, shrink_if_sparse, shrink_set_if_sparse};
 use crate::lock::{read, write};
 use crate::storage::FileHandle;
 
@@ -132,12 +134,15 @@ pub struct InodeKey {
     pub ino: u64,
 }
 
-/// What a backing file looked like: used to tell whether it changed since.
+/// What a backing file looked like: used to tell whether it changed since. Seconds and
+/// nanoseconds apart, so that it packs into 32 bytes (every known inode holds one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
     pub size: u64,
-    pub mtime: (i64, i64),
-    pub ctime: (i64, i64),
+    pub mtime_sec: i64,
+    pub ctime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
 }
 
 /// The mount through which handles are opened (STORAGE's root's).
@@ -282,9 +287,36 @@ struct Forgotten {
     stamp: u64,
 }
 
+/// A live inode in the table's set, hashed and compared by its id: the set needs no key of
+/// its own (8 bytes a slot instead of 16; at a million inodes the table has two slots for
+/// each).
+#[derive(Debug, Clone)]
+struct Live(Arc<Inode>);
+
+impl PartialEq for Live {
+    fn eq(&self, other: &Live) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Live {}
+
+impl Hash for Live {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As the id itself hashes: lookups by id (`Borrow`) find it.
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<InodeId> for Live {
+    fn borrow(&self) -> &InodeId {
+        &self.0.id
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    live: HashMap<InodeId, Arc<Inode>>,
+    live: HashSet<Live>,
     /// What the mount last saw of forgotten files whose device pages may
     /// outlive the forget: restored when they come back, so that those pages
     /// are revalidated at the next open instead of trusted blindly.
@@ -351,18 +383,15 @@ impl InodeTable {
             devs: vec![root_key.dev],
             ..Default::default()
         };
-        inner.live.insert(
-            ROOT_ID,
-            Arc::new(Inode {
-                id: ROOT_ID,
-                key: root_key,
-                fmt: libc::S_IFDIR,
-                backing: Backing::Held(root_fd),
-                nlookup: AtomicU64::new(1),
-                device_nlookup: AtomicU64::new(0),
-                coherence: FileState::new(None),
-            }),
-        );
+        inner.live.insert(Live(Arc::new(Inode {
+            id: ROOT_ID,
+            key: root_key,
+            fmt: libc::S_IFDIR,
+            backing: Backing::Held(root_fd),
+            nlookup: AtomicU64::new(1),
+            device_nlookup: AtomicU64::new(0),
+            coherence: FileState::new(None),
+        })));
         InodeTable {
             inner: RwLock::new(inner),
             root_key,
@@ -402,7 +431,7 @@ impl InodeTable {
 
     /// The live inode `id`, if the kernel still references it.
     pub fn get(&self, id: InodeId) -> Option<Arc<Inode>> {
-        read(&self.inner).live.get(&id).cloned()
+        read(&self.inner).live.get(&id).map(|l| l.0.clone())
     }
 
     /// The id of `key` (module docs).
@@ -456,7 +485,7 @@ impl InodeTable {
         };
         let mut inner = write(&self.inner);
         let (mut nlookup, mut device_nlookup, mut remembered) = (1, device, None);
-        if let Some(inode) = inner.live.get(&id) {
+        if let Some(Live(inode)) = inner.live.get(&id) {
             // The same object, unless the inode number was reused by a new
             // object after the old one was deleted: then its type or its
             // handle (generation) differs.
@@ -490,7 +519,7 @@ impl InodeTable {
             device_nlookup: AtomicU64::new(device_nlookup),
             coherence: FileState::new(remembered),
         });
-        let replaced = inner.live.insert(id, inode.clone());
+        let replaced = inner.live.replace(Live(inode.clone()));
         inner.peak_since_trim = inner.peak_since_trim.max(inner.live.len());
         // The replaced object's descriptor (if it held one) closes unlocked.
         drop(inner);
@@ -511,7 +540,7 @@ impl InodeTable {
         // trimmed each time the live inodes halve: the frees of many small entries leave
         // free chunks whose pages stay resident until a trim, so trimming only when the
         // map itself shrinks (not below a few thousand entries) kept megabytes.
-        let shrunk = shrink_if_sparse(&mut inner.live) | shrink_if_sparse(&mut inner.forgotten);
+        let shrunk = shrink_set_if_sparse(&mut inner.live) | shrink_if_sparse(&mut inner.forgotten);
         let halved =
             inner.peak_since_trim >= TRIM_MIN_PEAK && inner.live.len() <= inner.peak_since_trim / 2;
         let trim = shrunk || halved;
@@ -526,7 +555,7 @@ impl InodeTable {
     }
 
     fn forget_locked(inner: &mut Inner, id: InodeId, n: u64, view: View) -> Option<Arc<Inode>> {
-        let inode = inner.live.get(&id)?;
+        let Live(inode) = inner.live.get(&id)?;
         if view == View::Device {
             let d = inode.device_nlookup.load(Ordering::SeqCst);
             inode
@@ -537,7 +566,7 @@ impl InodeTable {
         let left = prev.saturating_sub(n);
         inode.nlookup.store(left, Ordering::Relaxed);
         if left == 0 {
-            let gone = inner.live.remove(&id)?;
+            let Live(gone) = inner.live.take(&id)?;
             if let Some(remembered) = gone.coherence.remembered() {
                 let handle = gone.handle().cloned();
                 let stamp = inner.next_stamp;
@@ -643,6 +672,16 @@ mod tests {
             mount: t.handles.clone().expect("/ gives file handles"),
             pinned: OnceLock::new(),
         }
+    }
+
+    #[test]
+    fn a_known_inode_fits_its_memory_budget() {
+        // Every inode the kernel knows costs its `Arc` allocation and two set slots (at a
+        // million inodes): within a 176-byte glibc chunk and 8-byte slots, the daemon holds
+        // about 230 bytes per inode (docs/BENCH.md; the bound is 300).
+        let arc = size_of::<Inode>() + 2 * size_of::<usize>();
+        assert!(arc + 8 <= 176, "Arc<Inode> needs {arc} bytes");
+        assert_eq!(size_of::<Live>(), 8);
     }
 
     #[test]
@@ -842,8 +881,10 @@ mod tests {
         let id = t.id_of(key);
         let seen = Remembered::of_fingerprint(Fingerprint {
             size: 5,
-            mtime: (1, 2),
-            ctime: (3, 4),
+            mtime_sec: 1,
+            ctime_sec: 3,
+            mtime_nsec: 2,
+            ctime_nsec: 4,
         });
         let forgotten = |handle: &[u8]| Forgotten {
             remembered: seen,

@@ -23,10 +23,13 @@
 //! forgets the inode ([`IoModes::forget`], which an unlink or a replace behind the mount
 //! leads to once the watcher invalidates the name), when passthrough goes off, or when more
 //! than [`MAX_IDLE_REGISTRATIONS`] are idle (any one then: it only bounds kernel memory).
-//! The map of idle ones costs about 40 bytes each beside the registration's own 48, shrinks
-//! once mostly empty and gives the heap back, so the daemon falls back to its idle size
-//! after the kernel forgets. The device view keeps none here: its registrations belong to its
-//! exports (`tier/export.rs`).
+//! An idle registration is kept as the kernel's id of it alone ([`IdleIds`]: the adapter
+//! hands the id over and closes it when it goes): 16 bytes in the idle map, no allocation
+//! (as a token with its allocation it cost about 100 bytes per known inode, a third of the
+//! daemon's memory per inode at a million files). The map shrinks once mostly empty and
+//! gives the heap back, so the daemon falls back to its idle size after the kernel forgets.
+//! With no [`IdleIds`] set, none is kept. The device view keeps none here: its registrations
+//! belong to its exports (`tier/export.rs`).
 //!
 //! Invariants:
 //! - a mode is held from the open's reply until that open's RELEASE. The kernel leaves it
@@ -46,8 +49,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +80,15 @@ impl PassthroughMode {
             PassthroughMode::Off => "off",
         }
     }
+}
+
+/// What an open's `register` closure is asked for.
+#[derive(Debug)]
+pub enum Registration<'a> {
+    /// Register this descriptor as the inode's backing file.
+    New(std::os::fd::BorrowedFd<'a>),
+    /// A token for the inode's idle registration, the kernel's id `0` ([`IdleIds`]).
+    Idle(u32),
 }
 
 /// The mode one open took, to give back at its release.
@@ -132,17 +144,31 @@ pub struct IoModeCounters {
     pub registration_failures: AtomicU64,
 }
 
+/// Idle registrations as the kernel's ids (module docs): only the adapter knows what a
+/// [`BackingToken`] is, so it turns one into its id and closes ids. An open that names an
+/// idle id again gets a token for it from its `register` closure (`Some(id)`).
+pub trait IdleIds: Send + Sync {
+    /// The kernel's id of `token`, handed over: the registration stays until
+    /// [`IdleIds::close`]. The token comes back if another clone of it is alive.
+    fn hand_over(&self, token: BackingToken) -> Result<u32, BackingToken>;
+    /// Unregisters an id from [`IdleIds::hand_over`] (errors are the adapter's to log).
+    fn close(&self, id: u32);
+}
+
 /// The modes and the idle registrations, under one lock.
 struct Table {
     modes: HashMap<u64, IoMode>,
-    /// Idle registrations of host-view inodes with no open (at most `idle_capacity`).
-    idle: HashMap<u64, BackingToken>,
+    /// Idle registrations (the kernel's ids) of host-view inodes with no open (at most
+    /// `idle_capacity`).
+    idle: HashMap<u64, u32>,
 }
 
 /// The mode of every FUSE inode with an open file.
 pub struct IoModes {
     table: Mutex<Table>,
     idle_capacity: usize,
+    /// Set once the session exists; until then no registration is kept idle.
+    ids: OnceLock<Box<dyn IdleIds>>,
     counters: IoModeCounters,
 }
 
@@ -165,20 +191,36 @@ impl IoModes {
                 idle: HashMap::new(),
             }),
             idle_capacity,
+            ids: OnceLock::new(),
             counters: IoModeCounters::default(),
+        }
+    }
+
+    /// Lets idle registrations be kept, as ids (once; later calls are ignored).
+    pub fn set_idle_ids(&self, ids: Box<dyn IdleIds>) {
+        let _ = self.ids.set(ids);
+    }
+
+    /// Closes idle ids (after the table lock).
+    fn close_ids(&self, ids: impl IntoIterator<Item = u32>) {
+        if let Some(c) = self.ids.get() {
+            for id in ids {
+                c.close(id);
+            }
         }
     }
 
     /// Chooses and takes the mode of one open of FUSE inode `ino` (module docs).
     /// `passthrough_allowed`: a read-only open of an inode with no open may start
-    /// passthrough; `register` makes the backing registration for it. Never registers for a
-    /// writable open, and never fails: a failed registration leaves the open cached.
+    /// passthrough; `register` makes the backing registration for it (`None`), or a token
+    /// for the inode's idle registration (`Some(id)`, the kernel's id). Never registers for
+    /// a writable open, and never fails: a failed registration leaves the open cached.
     pub fn open(
         &self,
         ino: u64,
         writable: bool,
         passthrough_allowed: bool,
-        register: impl FnOnce() -> io::Result<BackingToken>,
+        register: impl FnOnce(Option<u32>) -> io::Result<BackingToken>,
     ) -> Chosen {
         let mut table = lock(&self.table);
         let Table { modes, idle } = &mut *table;
@@ -200,25 +242,23 @@ impl IoModes {
                     passthrough(writable, backing.clone())
                 }
             },
-            Entry::Vacant(e) if !writable && passthrough_allowed => match idle
-                .remove(&ino)
-                .inspect(|_| reused = true)
-                .map_or_else(register, Ok)
-            {
-                Ok(backing) => {
-                    e.insert(IoMode::Passthrough {
-                        opens: 1,
-                        writers: 0,
-                        backing: backing.clone(),
-                    });
-                    passthrough(false, backing)
+            Entry::Vacant(e) if !writable && passthrough_allowed => {
+                match register(idle.remove(&ino).inspect(|_| reused = true)) {
+                    Ok(backing) => {
+                        e.insert(IoMode::Passthrough {
+                            opens: 1,
+                            writers: 0,
+                            backing: backing.clone(),
+                        });
+                        passthrough(false, backing)
+                    }
+                    Err(err) => {
+                        e.insert(IoMode::Cached { opens: 1 });
+                        registration_failed = Some(err);
+                        cached()
+                    }
                 }
-                Err(err) => {
-                    e.insert(IoMode::Cached { opens: 1 });
-                    registration_failed = Some(err);
-                    cached()
-                }
-            },
+            }
             Entry::Vacant(e) => {
                 e.insert(IoMode::Cached { opens: 1 });
                 cached()
@@ -279,18 +319,27 @@ impl IoModes {
         let mut evicted = None;
         if keep_idle
             && self.idle_capacity > 0
+            && let Some(ids) = self.ids.get()
             && let Some(IoMode::Passthrough { backing, .. }) = gone.take()
         {
-            if idle.len() >= self.idle_capacity
-                && let Some(&any) = idle.keys().next()
-            {
-                evicted = idle.remove(&any);
+            match ids.hand_over(backing) {
+                Ok(id) => {
+                    if idle.len() >= self.idle_capacity
+                        && let Some(&any) = idle.keys().next()
+                    {
+                        evicted = idle.remove(&any);
+                    }
+                    // An inode holds at most one registration (the kernel's rule), so
+                    // nothing idle is replaced here.
+                    evicted = evicted.or(idle.insert(ino, id));
+                }
+                // Another clone is alive: it unregisters when it goes.
+                Err(token) => drop(token),
             }
-            idle.insert(ino, backing);
         }
         drop(table);
         drop(gone);
-        drop(evicted);
+        self.close_ids(evicted);
     }
 
     /// The kernel forgot FUSE inode `ino`: its idle registration goes (after the lock).
@@ -307,7 +356,7 @@ impl IoModes {
         }
         let shrunk = shrink_if_sparse(&mut table.idle);
         drop(table);
-        drop(gone);
+        self.close_ids([gone]);
         if shrunk || emptied {
             release_free_memory();
         }
@@ -316,7 +365,7 @@ impl IoModes {
     /// Drops every idle registration (passthrough went off).
     pub fn drop_idle(&self) {
         let gone = std::mem::take(&mut lock(&self.table).idle);
-        drop(gone);
+        self.close_ids(gone.into_values());
         release_free_memory();
     }
 
@@ -385,20 +434,62 @@ mod tests {
         }
     }
 
-    fn registrar(alive: &Arc<AtomicUsize>) -> impl FnOnce() -> io::Result<BackingToken> + '_ {
-        move || {
-            alive.fetch_add(1, Ordering::SeqCst);
-            Ok(Arc::new(Reg(alive.clone())) as BackingToken)
+    /// Idle registrations of every test table, by id (ids are unique in the process).
+    static PARKED: Mutex<Option<HashMap<u32, Reg>>> = Mutex::new(None);
+    static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+    /// The tests' [`IdleIds`]: a parked `Reg` stays alive until closed or named again.
+    struct TestIds;
+    impl IdleIds for TestIds {
+        fn hand_over(&self, token: BackingToken) -> Result<u32, BackingToken> {
+            let reg = token.downcast::<Reg>().expect("a test token");
+            let reg = Arc::try_unwrap(reg).map_err(|r| r as BackingToken)?;
+            let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+            lock(&PARKED).get_or_insert_default().insert(id, reg);
+            Ok(id)
+        }
+        fn close(&self, id: u32) {
+            let reg = lock(&PARKED).get_or_insert_default().remove(&id);
+            assert!(reg.is_some(), "closed an id twice or never parked");
         }
     }
 
-    fn never() -> io::Result<BackingToken> {
-        panic!("no registration expected")
+    /// A token for idle id `id` again.
+    fn named_again(id: u32) -> io::Result<BackingToken> {
+        let reg = lock(&PARKED).get_or_insert_default().remove(&id);
+        Ok(Arc::new(reg.expect("a parked id")) as BackingToken)
+    }
+
+    fn modes_with(idle_capacity: usize) -> IoModes {
+        let m = IoModes::with_idle_capacity(idle_capacity);
+        m.set_idle_ids(Box::new(TestIds));
+        m
+    }
+
+    fn modes() -> IoModes {
+        modes_with(MAX_IDLE_REGISTRATIONS)
+    }
+
+    fn registrar(
+        alive: &Arc<AtomicUsize>,
+    ) -> impl FnOnce(Option<u32>) -> io::Result<BackingToken> + '_ {
+        move |idle| match idle {
+            Some(id) => named_again(id),
+            None => {
+                alive.fetch_add(1, Ordering::SeqCst);
+                Ok(Arc::new(Reg(alive.clone())) as BackingToken)
+            }
+        }
+    }
+
+    /// Registers nothing new; names an idle registration again.
+    fn never(idle: Option<u32>) -> io::Result<BackingToken> {
+        named_again(idle.expect("no registration expected"))
     }
 
     #[test]
     fn readers_share_one_registration_until_the_last_release() {
-        let m = IoModes::new();
+        let m = modes();
         let alive = Arc::new(AtomicUsize::new(0));
         let a = m.open(3, false, true, registrar(&alive));
         let b = m.open(3, false, true, never);
@@ -429,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_kept_registration_is_named_again_until_forgotten() {
-        let m = IoModes::new();
+        let m = modes();
         let alive = Arc::new(AtomicUsize::new(0));
         let a = m.open(3, false, true, registrar(&alive));
         drop(a);
@@ -465,8 +556,26 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_stays_idle_only_as_an_id_handed_over() {
+        // No IdleIds (before the session): the last release unregisters.
+        let m = IoModes::new();
+        let alive = Arc::new(AtomicUsize::new(0));
+        m.open(3, false, true, registrar(&alive));
+        m.release(3, Held::PassthroughReader, true);
+        assert_eq!((m.idle_count(), alive.load(Ordering::SeqCst)), (0, 0));
+        // A token still held elsewhere is not handed over: it unregisters when that goes.
+        let m = modes();
+        let a = m.open(4, false, true, registrar(&alive));
+        m.release(4, Held::PassthroughReader, true);
+        assert_eq!(m.idle_count(), 0, "another clone was alive");
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        drop(a);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn idle_registrations_are_bounded() {
-        let m = IoModes::with_idle_capacity(2);
+        let m = modes_with(2);
         let alive = Arc::new(AtomicUsize::new(0));
         for ino in [1, 2, 3] {
             m.open(ino, false, true, registrar(&alive));
@@ -479,7 +588,7 @@ mod tests {
         m.open(1, false, true, registrar(&alive));
         m.open(2, false, true, registrar(&alive));
         assert_eq!(m.counters().idle_reuses.load(Ordering::Relaxed), reuses + 1);
-        let off = IoModes::with_idle_capacity(0);
+        let off = modes_with(0);
         off.open(1, false, true, registrar(&alive));
         off.release(1, Held::PassthroughReader, true);
         assert_eq!(off.idle_count(), 0, "capacity 0 keeps none");
@@ -487,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_writer_joins_passthrough_and_never_registers() {
-        let m = IoModes::new();
+        let m = modes();
         let alive = Arc::new(AtomicUsize::new(0));
         m.open(5, false, true, registrar(&alive));
         let w = m.open(5, true, true, never);
@@ -509,7 +618,7 @@ mod tests {
 
     #[test]
     fn a_cached_open_keeps_every_later_open_cached() {
-        let m = IoModes::new();
+        let m = modes();
         let w = m.open(7, true, true, never);
         assert_eq!(w.held, Held::Cached);
         assert!(w.backing.is_none());
@@ -533,7 +642,7 @@ mod tests {
 
     #[test]
     fn without_passthrough_every_open_is_cached() {
-        let m = IoModes::new();
+        let m = modes();
         assert_eq!(m.open(9, false, false, never).held, Held::Cached);
         assert_eq!(m.open(9, true, false, never).held, Held::Cached);
         assert_eq!(m.passthrough_opens(9), None);
@@ -541,8 +650,8 @@ mod tests {
 
     #[test]
     fn a_failed_registration_leaves_the_open_cached() {
-        let m = IoModes::new();
-        let c = m.open(11, false, true, || {
+        let m = modes();
+        let c = m.open(11, false, true, |_| {
             Err(io::Error::from_raw_os_error(libc::EPERM))
         });
         assert_eq!(c.held, Held::Cached);
@@ -560,16 +669,16 @@ mod tests {
 
     #[test]
     fn concurrent_first_readers_register_once() {
-        let m = Arc::new(IoModes::new());
+        let m = Arc::new(modes());
         let alive = Arc::new(AtomicUsize::new(0));
         let registered = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (m, alive, registered) = (m.clone(), alive.clone(), registered.clone());
                 std::thread::spawn(move || {
-                    let c = m.open(13, false, true, || {
+                    let c = m.open(13, false, true, |idle| {
                         registered.fetch_add(1, Ordering::SeqCst);
-                        registrar(&alive)()
+                        registrar(&alive)(idle)
                     });
                     assert_eq!(c.held, Held::PassthroughReader);
                 })

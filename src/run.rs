@@ -131,6 +131,31 @@ pub fn init_logging_with(cfg: &LogConfig) -> Result<Option<Arc<LogFile>>> {
     Ok(file)
 }
 
+/// Sends panics to the log too: a daemon's stderr is `/dev/null`, and a panicking request
+/// handler only shows as fuser's "Reply not sent" warning (the caller gets `EIO`).
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            %location,
+            "panic: {message}"
+        );
+        default(info);
+    }));
+}
+
 /// Is `path` (absolute, canonical) a mount point right now?
 fn mounted_at(path: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -497,6 +522,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
     crate::heap::fix_mmap_threshold();
+    log_panics();
 
     let fs = open_filesystem(&args, &s, &storage)?;
     let config = fuse_config(&s, &storage);
@@ -575,6 +601,11 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         life_rx,
     )?;
 
+    // Idle passthrough registrations are closed through it (iomode.rs).
+    match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
+        Ok(fd) => fs.set_idle_ids(Box::new(crate::fuse::KernelIdleIds::new(fd))),
+        Err(e) => warn!(error = %e, "cannot duplicate /dev/fuse: no registration stays idle"),
+    }
     // Parked workers poll it for the connection's end (workers.rs).
     match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
         Ok(fd) => workers.watch(fd),

@@ -254,8 +254,10 @@ pub fn key_of(st: &Stat) -> InodeKey {
 pub fn fingerprint(st: &Stat) -> Fingerprint {
     Fingerprint {
         size: st.st_size as u64,
-        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
-        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        mtime_sec: st.st_mtime,
+        ctime_sec: st.st_ctime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        ctime_nsec: st.st_ctime_nsec as u32,
     }
 }
 
