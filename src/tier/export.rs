@@ -36,12 +36,15 @@
 //!   capacity takes it anyway (`over_commits`) rather than serve a stale byte, and reopening
 //!   an idle one takes its pin budget back even past the budget (`over_commits`): its pages
 //!   are nowhere else;
-//! - an export holds a descriptor of its copy only while it has opens (`shmem.rs`): an idle
-//!   one costs a name in shared memory and this struct, so small files can all be exported.
-//!   Taking it only at the first in-place update instead (an `openat` and a `close` fewer
-//!   per open) let kernel-served readers see zero pages inside the kept part of a copy cut
-//!   by a truncate behind the mount (3 of 23 runs of the external-changes test, 0 of 58
-//!   with it held from the open); the cause is not understood, so it stays held;
+//! - an export holds a descriptor of its copy only from its first in-place update until its
+//!   last release (`shmem.rs`): an open takes none (the kernel reads through its own
+//!   registration, and most opens see no update, so holding one would cost an `openat` and
+//!   a `close` per open), and an idle one costs a name in shared memory and this struct, so
+//!   small files can all be exported. (Held from the open instead for a while: zero pages
+//!   past the cut of a copy truncated in place were blamed on this, but they are the
+//!   kernel's, as on any file with large folios — `truncate_inode_partial_folio` zeroes the
+//!   cut part of a large folio before it drops it, and a read that checked the size before
+//!   the cut copies the zeros; README, Coherence.)
 //! - an export keeps the kernel's passthrough registration of its copy from its first
 //!   kernel-served open until it dies (`Export::registration`), idle ones too: a later open
 //!   names it again instead of reopening the copy and registering it anew (two ioctls per
@@ -228,7 +231,7 @@ impl DeviceTier {
         if !s.alive {
             return false;
         }
-        self.take_open(e, &mut s);
+        self.take_open(&mut s);
         s.src.get_or_insert_with(|| src.clone());
         true
     }
@@ -406,9 +409,9 @@ impl DeviceTier {
         Some(taken)
     }
 
-    /// One more open of a live export `e` (taking it out of the idle ones if it was idle:
-    /// its copy is pinned again, past the budget if need be, and its descriptor held).
-    fn take_open(&self, e: &Export, s: &mut ExportState) {
+    /// One more open of a live export (taking it out of the idle ones if it was idle:
+    /// its copy is pinned again, past the budget if need be).
+    fn take_open(&self, s: &mut ExportState) {
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
@@ -417,10 +420,6 @@ impl DeviceTier {
                 add(&self.pinned_slots, s.lent);
                 add(&self.stats.over_commits, 1);
             }
-        }
-        if s.opens == 0 {
-            // Best effort: without it each use of the copy opens it by name.
-            let _ = e.copy.hold(true);
         }
         s.opens += 1;
     }
@@ -580,6 +579,9 @@ impl DeviceTier {
         ) {
             return ExportInvalidation::Kept;
         }
+        // Updates come in runs (a writer's requests): keep a descriptor until the last
+        // release rather than reopen the copy by name for each use. Best effort.
+        let _ = export.copy.hold(true);
         if let Err(e) = self.refresh(&export.copy, &mut s, offset, end) {
             tracing::error!(error = %e, file, "cannot update a device copy served by the kernel");
             add(&self.stats.update_failures, 1);

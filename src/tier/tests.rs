@@ -1463,11 +1463,18 @@ fn idle_exports_hold_no_descriptor_and_no_pin_budget() {
     let before = fds();
     for (f, src) in &files {
         let e = t.export_open(*f, size, src).unwrap();
-        assert!(e.holds_fd(), "an open export keeps its descriptor");
         t.export_release(*f, &e);
-        assert!(!e.holds_fd(), "an idle export lets it go");
+        assert!(!e.holds_fd(), "an idle export lets its descriptor go");
         let e = t.export_open(*f, size, src).unwrap();
-        assert!(e.holds_fd(), "reopening an idle export takes it again");
+        assert!(
+            !e.holds_fd(),
+            "reopening an idle export takes no descriptor"
+        );
+        t.invalidate_range(*f, 0, 1, InvalidationCause::Write);
+        assert!(
+            e.holds_fd(),
+            "an in-place update keeps one while the export is open"
+        );
         t.export_release(*f, &e);
         assert!(!e.holds_fd(), "an idle export lets it go");
     }
