@@ -87,7 +87,8 @@ impl PassthroughMode {
 pub enum Registration<'a> {
     /// Register this descriptor as the inode's backing file.
     New(std::os::fd::BorrowedFd<'a>),
-    /// A token for the inode's idle registration, the kernel's id `0` ([`IdleIds`]).
+    /// A token for the inode's idle registration, given as the kernel's id of it
+    /// ([`IdleIds`]).
     Idle(u32),
 }
 
@@ -316,7 +317,7 @@ impl IoModes {
             }
         };
         let mut gone = last.then(|| e.remove());
-        let mut evicted = None;
+        let (mut evicted, mut replaced, mut shared) = (None, None, None);
         if keep_idle
             && self.idle_capacity > 0
             && let Some(ids) = self.ids.get()
@@ -329,17 +330,16 @@ impl IoModes {
                     {
                         evicted = idle.remove(&any);
                     }
-                    // An inode holds at most one registration (the kernel's rule), so
-                    // nothing idle is replaced here.
-                    evicted = evicted.or(idle.insert(ino, id));
+                    // None: an inode with an open has no idle registration.
+                    replaced = idle.insert(ino, id);
                 }
                 // Another clone is alive: it unregisters when it goes.
-                Err(token) => drop(token),
+                Err(token) => shared = Some(token),
             }
         }
         drop(table);
-        drop(gone);
-        self.close_ids(evicted);
+        drop((gone, shared));
+        self.close_ids(evicted.into_iter().chain(replaced));
     }
 
     /// The kernel forgot FUSE inode `ino`: its idle registration goes (after the lock).
