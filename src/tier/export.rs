@@ -44,7 +44,7 @@
 //!   past the cut of a copy truncated in place were blamed on this, but they are the
 //!   kernel's, as on any file with large folios — `truncate_inode_partial_folio` zeroes the
 //!   cut part of a large folio before it drops it, and a read that checked the size before
-//!   the cut copies the zeros; README, Coherence.)
+//!   the cut copies the zeros; README, Passthrough.)
 //! - an export keeps the kernel's passthrough registration of its copy from its first
 //!   kernel-served open until it dies (`Export::registration`), idle ones too: a later open
 //!   names it again instead of reopening the copy and registering it anew (two ioctls per
