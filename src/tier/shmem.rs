@@ -11,9 +11,10 @@
 //!
 //! A [`DeviceCopy`] is one file in it, sized exactly like the file it copies (a passthrough
 //! read stops at the backing file's size), named by a counter and unlinked when the copy is
-//! dropped. It holds a descriptor only while [`DeviceCopy::hold`] says so (while readers have
-//! it open): a tier may keep a million idle copies of small files, far more than a process may
-//! hold descriptors, and reopens one by name (a few microseconds) when it is opened again.
+//! dropped. It holds a descriptor only while [`DeviceCopy::hold`] says so (from an open
+//! export's first in-place update to its last release, `export.rs`): a tier may keep a
+//! million copies of small files, far more than a process may hold descriptors, and any other
+//! use reopens one by name (a few microseconds).
 //!
 //! Invariants:
 //! - `size=` of the tmpfs is the tier's capacity plus one huge page: the tier's own counter
