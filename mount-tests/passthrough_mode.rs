@@ -179,6 +179,101 @@ fn a_released_registration_is_named_again_until_the_kernel_forgets_the_file() {
     );
 }
 
+/// An open that names a kept registration opens nothing in STORAGE until a call of its own
+/// needs a descriptor: `SEEK_DATA`/`SEEK_HOLE`, `fsync` and `copy_file_range` from it still
+/// answer as STORAGE does, also after the file's name is gone.
+#[test]
+fn an_open_naming_a_kept_registration_answers_its_own_calls() {
+    let data = pattern(MIB + 5, 9);
+    let m = Mounted::with(&[], {
+        let data = data.clone();
+        move |s| {
+            let f = File::create(s.join("f")).unwrap();
+            f.write_all_at(&data, 0).unwrap();
+            // A hole from 4 KiB past the data to 3 MiB, then data again.
+            f.write_all_at(&[7; 4096], 3 * MIB as u64).unwrap();
+            f.sync_all().unwrap();
+        }
+    });
+    if !passthrough_on(
+        &m,
+        "an_open_naming_a_kept_registration_answers_its_own_calls",
+    ) {
+        return;
+    }
+    let handles = m.stats().open_handles;
+    drop(File::open(m.host("f")).unwrap());
+    wait_for_releases(&m, handles);
+    let s0 = m.stats();
+    assert_eq!(s0.passthrough.idle_registrations, 1, "{:?}", s0.passthrough);
+
+    let daemon_fds = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid().expect("the daemon's pid")))
+            .unwrap()
+            .count()
+    };
+    let fds_before = daemon_fds();
+    let f = File::open(m.host("f")).unwrap();
+    let s1 = m.stats();
+    assert_eq!(
+        s1.passthrough.idle_reuses,
+        s0.passthrough.idle_reuses + 1,
+        "the open did not name the kept registration: {:?}",
+        s1.passthrough
+    );
+    assert_eq!(daemon_fds(), fds_before, "the open opened STORAGE");
+    let backing = File::open(m.backing("f")).unwrap();
+    for at in [
+        0,
+        4096,
+        2 * MIB as u64,
+        3 * MIB as u64,
+        3 * MIB as u64 + 4096,
+    ] {
+        for whence in [
+            rustix::fs::SeekFrom::Data(at),
+            rustix::fs::SeekFrom::Hole(at),
+        ] {
+            assert_eq!(
+                rustix::fs::seek(&f, whence).map_err(|e| e.raw_os_error()),
+                rustix::fs::seek(&backing, whence).map_err(|e| e.raw_os_error()),
+                "{whence:?}"
+            );
+        }
+    }
+    assert_eq!(
+        daemon_fds(),
+        fds_before + 1,
+        "SEEK_DATA and SEEK_HOLE opened STORAGE once"
+    );
+    f.sync_all().expect("fsync of a read-only open");
+    let dst = File::create(m.host("copy")).unwrap();
+    let (mut from, mut to) = (0u64, 0u64);
+    while from < data.len() as u64 {
+        let left = data.len() - from as usize;
+        let n = rustix::fs::copy_file_range(&f, Some(&mut from), &dst, Some(&mut to), left)
+            .expect("copy_file_range from it");
+        assert!(n > 0, "copy_file_range returned 0 at {from}");
+    }
+    drop(dst);
+    assert!(fs::read(m.backing("copy")).unwrap() == data, "the copy");
+    let mut got = vec![0u8; data.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == data, "the open's own reads");
+
+    // Its name removed through the mount, a second such open still answers.
+    let g = File::open(m.host("f")).unwrap();
+    fs::remove_file(m.host("f")).unwrap();
+    assert_eq!(
+        rustix::fs::seek(&g, rustix::fs::SeekFrom::Hole(0)).map_err(|e| e.raw_os_error()),
+        Ok(MIB as u64 + 4096)
+    );
+    g.sync_all().expect("fsync after the unlink");
+    let mut got = vec![0u8; 4096];
+    g.read_exact_at(&mut got, 3 * MIB as u64).unwrap();
+    assert!(got == [7; 4096], "read after the unlink");
+}
+
 #[test]
 fn a_writer_beside_passthrough_readers_leaves_no_stale_device_read() {
     const SIZE: usize = 2 * MIB;

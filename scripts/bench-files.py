@@ -174,8 +174,9 @@ class Daemon:
         return snap
 
 
-def mount_all(names, storage, mounts, a, pt_bin, ll_bin, data_bytes, outdir, tag):
-    """Mounts every FUSE system of `names` fresh; returns {name: Daemon} and {name: error}."""
+def mount_all(names, storage, mounts, a, pt_bin, ll_bin, page_bytes, outdir, tag):
+    """Mounts every FUSE system of `names` fresh; returns {name: Daemon} and {name: error}.
+    `page_bytes`: the data in whole 4 KiB pages (what a tier holding all of it uses)."""
     daemons, errors = {}, {}
     prlimit = ["prlimit", f"--nofile={a.nofile}:{a.nofile}", "--"] if a.nofile else []
     for n in names:
@@ -190,8 +191,10 @@ def mount_all(names, storage, mounts, a, pt_bin, ll_bin, data_bytes, outdir, tag
                 mnt = mounts.mount(n, prlimit + [ll_bin, "-o", f"source={storage},cache={cache}"])
                 daemons[n] = Daemon(n, mnt, mnt, pid_of_mount(mnt))
             else:
-                cap = (max(MiB, data_bytes // 2 // MiB * MiB) if n == "pt-dev-half"
-                       else a.device_capacity or max(1 << 30, -(-data_bytes * 5 // 4 // MiB) * MiB))
+                # The tier holds whole 4 KiB pages: a tree of small files takes up to half
+                # as much again as its bytes (a 4 KiB mean: 1.5x), so size it by pages.
+                cap = (max(MiB, page_bytes // 2 // MiB * MiB) if n == "pt-dev-half"
+                       else a.device_capacity or max(1 << 30, -(-page_bytes * 5 // 4 // MiB) * MiB))
                 pid_file = os.path.join(mounts.root, f"{n}.pid")
                 log_file = os.path.join(outdir, f"{n}.{tag}.log")
                 cmd = prlimit + [pt_bin, "mount", storage, "{mnt}", "--daemon", "--pid-file",
@@ -283,14 +286,23 @@ def device_delta(before, after):
     return d
 
 
-def drop_and_settle(daemons, seconds=15):
-    """echo 2 > drop_caches, then waits until every daemon's RSS and inode count stop moving."""
+def drop_caches(what):
+    """echo `what` > drop_caches (1 page cache, 2 dentries and inodes, 3 both) after a sync;
+    False (with a warning) where that is not allowed."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("2\n")
+            f.write(f"{what}\n")
     except OSError as e:
-        log(f"warning: cannot drop caches ({e}): the 'after drop_caches' figures are not that")
+        log(f"warning: cannot drop caches ({e})")
+        return False
+    return True
+
+
+def drop_and_settle(daemons, seconds=15):
+    """echo 2 > drop_caches, then waits until every daemon's RSS and inode count stop moving."""
+    if not drop_caches(2):
+        log("warning: the 'after drop_caches' figures are not that")
         return False
     prev, end = None, time.monotonic() + seconds
     while time.monotonic() < end:
@@ -303,12 +315,12 @@ def drop_and_settle(daemons, seconds=15):
     return True
 
 
-def one_pass(readers, a, names, files, dsname, storage, mounts, tools, data_bytes, outdir,
+def one_pass(readers, a, names, files, dsname, storage, mounts, tools, page_bytes, outdir,
              records, memory_rows, tmp):
     """All epochs at `readers` readers on fresh mounts: fills `records` and `memory_rows`."""
     pt_bin, ll_bin, reader = tools
     tag = f"r{readers}"
-    daemons, mount_errors = mount_all(names, storage, mounts, a, pt_bin, ll_bin, data_bytes,
+    daemons, mount_errors = mount_all(names, storage, mounts, a, pt_bin, ll_bin, page_bytes,
                                       outdir, tag)
     for n, err in mount_errors.items():
         records.append({"system": n, "readers": readers, "epoch": 0, "error": err})
@@ -374,9 +386,13 @@ def report_md(meta, records, memory_rows, a, names):
     L.append(f"Dataset: {a.files} files (`make-dataset --shape imagenet --mean-size {a.mean_size}`), "
              f"{meta['data_bytes'] / MiB:.0f} MiB, in `{meta['storage_fs']}`. Each epoch reads every "
              f"file once in a new random order (seeded; the same order for every system), split "
-             f"between R reader processes; open / read whole / close per file; systems in "
-             f"alternation per epoch; STORAGE's page cache warmed before every run; every FUSE "
-             f"system mounted fresh for each R (device view epoch 1 = empty tier).")
+             f"between R reader processes; open / read whole / close per file; " + (
+                 "systems one at a time (`--isolate`: each mounted alone for all its epochs, "
+                 "each on a fresh mount); " if getattr(a, "isolate", False) else
+                 "systems in alternation per epoch; ") +
+             "page cache dropped before the run, dentries and inodes before every pass; "
+             "STORAGE's page cache warmed before every run; every FUSE system mounted fresh for "
+             "each R (device view epoch 1 = empty tier).")
     L.append("")
     peers = [p for p in FUSE_PEERS if p in names]
     for readers in a.readers:
@@ -509,7 +525,13 @@ def parse_args():
     ap.add_argument("--epochs", type=int, help="epochs per reader count (default 3, quick 2)")
     ap.add_argument("--systems", help="comma-separated (default all; 'peers', 'pagetier')")
     ap.add_argument("--device-capacity", type=parse_size,
-                    help="pt-dev's tier (default 1.25 x the data, at least 1 GiB; pt-dev-half: half)")
+                    help="pt-dev's tier (default 1.25 x the data in whole 4 KiB pages, at least 1 "
+                    "GiB; pt-dev-half: half)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run the systems one at a time, each mounted alone for all its epochs "
+                    "(dentries and inodes dropped before each), instead of in alternation with "
+                    "all mounted: at a million files several mounts' inodes and page caches do not fit in RAM "
+                    "together, and the kernel reclaims one system's caches for another's")
     ap.add_argument("--pt-args", default="", help="more `pagetier mount` options, e.g. "
                     "'--huge-pages off --threads 4'")
     ap.add_argument("--nofile", type=int, help="RLIMIT_NOFILE (soft and hard) for every daemon "
@@ -583,6 +605,7 @@ def main():
     os.makedirs(storage, exist_ok=True)
     dsname, files = make_dataset(a, storage)
     data_bytes = sum(s for _, s in files)
+    page_bytes = sum(-(-s // 4096) * 4096 for _, s in files)
     meta = machine_info(a, storage, pt_bin, data_bytes)
     with open(os.path.join(outdir, "machine.json"), "w") as f:
         json.dump(meta, f, indent=2)
@@ -593,9 +616,16 @@ def main():
     records, memory_rows = [], []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-files-") as tmp:
+            # Other data's page cache out of the way once (reclaiming it would also reclaim
+            # the systems' inodes), then each pass starts without the previous one's dentries
+            # and inodes; STORAGE's page cache is warmed again before every run anyway.
+            drop_caches(3)
             for readers in a.readers:
-                one_pass(readers, a, names, files, dsname, storage, mounts,
-                         (pt_bin, ll_bin, reader), data_bytes, outdir, records, memory_rows, tmp)
+                for group in ([[n] for n in names] if a.isolate else [names]):
+                    drop_caches(2)
+                    one_pass(readers, a, group, files, dsname, storage, mounts,
+                             (pt_bin, ll_bin, reader), page_bytes, outdir, records, memory_rows,
+                             tmp)
     finally:
         mounts.unmount_all()
         with open(os.path.join(outdir, "results.json"), "w") as f:

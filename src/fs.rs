@@ -217,17 +217,35 @@ struct HostCounters {
 enum OpenFile {
     /// Host view: a descriptor opened with the open's own flags.
     Own(OwnedFd),
+    /// Host view, read-only and served by the kernel through the inode's registration named
+    /// again: no descriptor until one of the open's own calls needs it (an `lseek` with
+    /// `SEEK_DATA`, an `fsync`, a copy), then the object opened by its handle with the open's
+    /// flags, once. Such an open sends no `READ`; not opening STORAGE saves an open, an
+    /// `fstat` and a close per open of a file the kernel still knows.
+    Deferred {
+        flags: OFlags,
+        fd: std::sync::OnceLock<OwnedFd>,
+    },
     /// Device view: the storage source's (`O_DIRECT` where STORAGE allows it), which serves
     /// fstat and lseek as well as the fills; sharing it saves a dup and a close per open.
     Source(Arc<StorageSource>),
 }
 
-impl AsFd for OpenFile {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
+impl OpenFile {
+    /// The descriptor; a deferred one is opened now, by `inode`'s handle.
+    fn fd<'a>(&'a self, inode: Option<&Inode>) -> FsResult<BorrowedFd<'a>> {
+        Ok(match self {
             OpenFile::Own(fd) => fd.as_fd(),
             OpenFile::Source(source) => source.fd.as_fd(),
-        }
+            OpenFile::Deferred { flags, fd } => {
+                if let Some(fd) = fd.get() {
+                    return Ok(fd.as_fd());
+                }
+                let opened = inode.ok_or(Errno::EBADF)?.reopen(*flags)?;
+                // Two calls racing: the loser's descriptor is closed here.
+                fd.get_or_init(|| opened).as_fd()
+            }
+        })
     }
 }
 
@@ -647,7 +665,7 @@ impl Pagetier {
             let old = storage::stat(inode.fd()?)?.st_size as u64;
             match handle.as_deref().map(|h| &h.kind) {
                 Some(HandleKind::File { file, .. }) => {
-                    rustix::fs::ftruncate(file, size)?;
+                    rustix::fs::ftruncate(file.fd(Some(&inode))?, size)?;
                 }
                 _ => {
                     let path_fd = inode.fd()?;
@@ -957,6 +975,17 @@ impl Pagetier {
         if wants_write && (view == View::Device || self.cfg.read_only) {
             return Err(self.refuse(view));
         }
+        let mut register = Some(register);
+        let mut register = |r: Registration<'_>| {
+            let register = register.take().expect("an open registers at most once");
+            register(r)
+        };
+        if view == View::Host
+            && !wants_write
+            && let Some(opened) = self.open_host_registered(&inode, ino, flags, &mut register)
+        {
+            return opened;
+        }
         let (file, source) = match view {
             View::Host => (
                 OpenFile::Own(inode.reopen(Self::backing_flags(flags))?),
@@ -970,15 +999,16 @@ impl Pagetier {
                 )
             }
         };
-        let st = storage::stat(&file)?;
+        let st = storage::stat(file.fd(Some(&inode))?)?;
         let keep = self.coherence.revalidate(&inode, &st);
         let append = flags & libc::O_APPEND != 0;
         match view {
             View::Host => {
+                let fd = file.fd(Some(&inode))?;
                 let (io, passthrough) = self.choose_io(&inode, ino, wants_write, |idle| {
                     register(match idle {
                         Some(id) => Registration::Idle(id),
-                        None => Registration::New(file.as_fd()),
+                        None => Registration::New(fd),
                     })
                 });
                 let fh = self.add_handle(
@@ -1108,6 +1138,67 @@ impl Pagetier {
         let json = self.stats_document().to_file_bytes();
         let fh = self.add_handle(None, HandleKind::Stats(json));
         Ok((fh, OpenOut::read_only_uncached()))
+    }
+
+    /// A read-only host-view open that the kernel serves through a registration it already
+    /// has (the inode in passthrough mode, or its idle registration), or `None` (no mode
+    /// taken) when there is none. It opens nothing in STORAGE: the kernel reads the STORAGE
+    /// file it registered, so the open needs no descriptor of the daemon's
+    /// ([`OpenFile::Deferred`]) and has no cached data to keep or drop, hence no
+    /// revalidation either (a device-view open revalidates for the device tier). That saves
+    /// an open by handle, an `fstat` and a close per open of a file the kernel still knows.
+    fn open_host_registered(
+        &self,
+        inode: &Arc<Inode>,
+        ino: u64,
+        flags: i32,
+        register: &mut impl FnMut(Registration<'_>) -> std::io::Result<BackingToken>,
+    ) -> Option<FsResult<(u64, OpenOut)>> {
+        if !self.passthrough_on.load(Ordering::SeqCst) || !inode.is_reg() {
+            return None;
+        }
+        let chosen = self.io_modes.open_registered(ino, |idle| match idle {
+            Some(id) => register(Registration::Idle(id)),
+            None => unreachable!("open_registered names only an idle registration"),
+        })?;
+        if let Some(err) = &chosen.registration_failed {
+            self.passthrough_failed(err);
+        }
+        let oflags = Self::backing_flags(flags);
+        let file = match chosen.held {
+            Held::Cached => match inode.reopen(oflags) {
+                // Naming the registration failed: served by the daemon, from a descriptor.
+                Ok(fd) => OpenFile::Own(fd),
+                Err(e) => {
+                    self.io_modes.release(ino, Held::Cached, true);
+                    return Some(Err(e));
+                }
+            },
+            _ => OpenFile::Deferred {
+                flags: oflags,
+                fd: std::sync::OnceLock::new(),
+            },
+        };
+        let fh = self.add_handle(
+            Some(inode.clone()),
+            HandleKind::File {
+                file,
+                source: None,
+                view: View::Host,
+                append: flags & libc::O_APPEND != 0,
+                io: Some(chosen.held),
+                export: None,
+            },
+        );
+        Some(Ok((
+            fh,
+            OpenOut {
+                direct_io: false,
+                keep_cache: false,
+                no_flush: true,
+                passthrough: chosen.backing,
+            },
+        )))
     }
 
     /// Chooses and takes the I/O mode of a host-view open of `inode` (FUSE inode `ino`;
@@ -1250,7 +1341,7 @@ impl Pagetier {
             if !seen.insert(inode.id) {
                 continue;
             }
-            match storage::stat(file) {
+            match file.fd(Some(inode)).and_then(|fd| Ok(storage::stat(fd)?)) {
                 Ok(st) => {
                     self.coherence.revalidate(inode, &st);
                 }
@@ -1296,7 +1387,10 @@ impl Pagetier {
             let out = &mut buf[..size as usize];
             let res = match (view, source) {
                 (View::Host, _) => {
-                    let r = storage::pread_clipped(file.as_fd(), out, offset);
+                    let r = file
+                        .fd(handle.inode.as_deref())
+                        .map_err(|e| std::io::Error::from_raw_os_error(e.raw()))
+                        .and_then(|fd| storage::pread_clipped(fd, out, offset));
                     if let Ok(n) = r {
                         self.host.reads.fetch_add(1, Ordering::Relaxed);
                         self.host.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -1360,10 +1454,11 @@ impl Pagetier {
         storage::check_offset(offset)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
         let n = self.coherence.changing(inode, || {
-            let n = storage::pwrite_full(file.as_fd(), data, offset)?;
+            let fd = file.fd(Some(inode))?;
+            let n = storage::pwrite_full(fd, data, offset)?;
             // STORAGE has the bytes: now drop the device copies they replace.
             let from = if *append {
-                let size = storage::stat(file)?.st_size as u64;
+                let size = storage::stat(fd)?.st_size as u64;
                 offset.min(size.saturating_sub(n as u64))
             } else {
                 offset
@@ -1382,10 +1477,11 @@ impl Pagetier {
         let handle = self.handle(fh)?;
         match &handle.kind {
             HandleKind::File { file, .. } => {
+                let fd = file.fd(handle.inode.as_deref())?;
                 if datasync {
-                    rustix::fs::fdatasync(file)?;
+                    rustix::fs::fdatasync(fd)?;
                 } else {
-                    rustix::fs::fsync(file)?;
+                    rustix::fs::fsync(fd)?;
                 }
                 Ok(())
             }
@@ -1442,7 +1538,7 @@ impl Pagetier {
         let flags = rustix::fs::FallocateFlags::from_bits(mode as u32).ok_or(Errno::ENOTSUP)?;
         let inode = handle.inode.as_ref().ok_or(Errno::EBADF)?;
         self.coherence.changing(inode, || {
-            rustix::fs::fallocate(file, flags, offset, len)?;
+            rustix::fs::fallocate(file.fd(Some(inode))?, flags, offset, len)?;
             let changes_data = libc::FALLOC_FL_PUNCH_HOLE
                 | libc::FALLOC_FL_ZERO_RANGE
                 | libc::FALLOC_FL_COLLAPSE_RANGE
@@ -1471,7 +1567,7 @@ impl Pagetier {
             libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
             _ => return Err(Errno::EINVAL),
         };
-        Ok(rustix::fs::seek(file, pos)? as i64)
+        Ok(rustix::fs::seek(file.fd(handle.inode.as_deref())?, pos)? as i64)
     }
 
     pub fn copy_file_range(
@@ -1506,6 +1602,8 @@ impl Pagetier {
         let mut oout = offset_out;
         let len = len.min(u32::MAX as u64 & !4095) as usize;
         let inode = hout.inode.as_ref().ok_or(Errno::EBADF)?;
+        let fin = fin.fd(hin.inode.as_deref())?;
+        let fout = fout.fd(Some(inode))?;
         let n = self.coherence.changing(inode, || {
             let n = rustix::fs::copy_file_range(fin, Some(&mut oin), fout, Some(&mut oout), len)?;
             self.tier

@@ -17,7 +17,9 @@
 //! Idle registrations: the last release of a host-view inode in passthrough mode keeps its
 //! registration, idle, and the next read-only open of that inode names it again instead of
 //! registering a new one (two `ioctl`s, about 12% of the daemon's time in a small-file epoch,
-//! saved per open). An idle registration holds the STORAGE file open in the kernel (a few
+//! saved per open). [`IoModes::open_registered`] takes such an open only when the inode has a
+//! registration to name (its passthrough mode or an idle one), deciding under the table lock,
+//! so that the caller can skip opening the STORAGE file for it. An idle registration holds the STORAGE file open in the kernel (a few
 //! hundred bytes of kernel memory, and an unlinked file's space) but no descriptor of the
 //! daemon's and no mode: the kernel's mode counts open files only. It goes when the kernel
 //! forgets the inode ([`IoModes::forget`], which an unlink or a replace behind the mount
@@ -224,48 +226,37 @@ impl IoModes {
         register: impl FnOnce(Option<u32>) -> io::Result<BackingToken>,
     ) -> Chosen {
         let mut table = lock(&self.table);
-        let Table { modes, idle } = &mut *table;
-        let mut registration_failed = None;
-        let mut reused = false;
-        let chosen = match modes.entry(ino) {
-            Entry::Occupied(mut e) => match e.get_mut() {
-                IoMode::Cached { opens } => {
-                    *opens += 1;
-                    cached()
-                }
-                IoMode::Passthrough {
-                    opens,
-                    writers,
-                    backing,
-                } => {
-                    *opens += 1;
-                    *writers += u64::from(writable);
-                    passthrough(writable, backing.clone())
-                }
-            },
-            Entry::Vacant(e) if !writable && passthrough_allowed => {
-                match register(idle.remove(&ino).inspect(|_| reused = true)) {
-                    Ok(backing) => {
-                        e.insert(IoMode::Passthrough {
-                            opens: 1,
-                            writers: 0,
-                            backing: backing.clone(),
-                        });
-                        passthrough(false, backing)
-                    }
-                    Err(err) => {
-                        e.insert(IoMode::Cached { opens: 1 });
-                        registration_failed = Some(err);
-                        cached()
-                    }
-                }
-            }
-            Entry::Vacant(e) => {
-                e.insert(IoMode::Cached { opens: 1 });
-                cached()
-            }
-        };
+        let (chosen, reused) = choose(&mut table, ino, writable, passthrough_allowed, register);
         drop(table);
+        self.count(chosen, reused)
+    }
+
+    /// [`Self::open`] of a read-only open with passthrough allowed, taken only if it needs
+    /// no new registration: the inode is in passthrough mode (the open joins it) or keeps an
+    /// idle registration (`register` gets its id). `None`, with no mode taken, otherwise: the
+    /// caller then opens the file and calls [`Self::open`]. Decided and taken under one lock,
+    /// so the registration cannot go in between.
+    pub fn open_registered(
+        &self,
+        ino: u64,
+        register: impl FnOnce(Option<u32>) -> io::Result<BackingToken>,
+    ) -> Option<Chosen> {
+        let mut table = lock(&self.table);
+        let registered = match table.modes.get(&ino) {
+            Some(IoMode::Passthrough { .. }) => true,
+            Some(IoMode::Cached { .. }) => false,
+            None => table.idle.contains_key(&ino),
+        };
+        if !registered {
+            return None;
+        }
+        let (chosen, reused) = choose(&mut table, ino, false, true, register);
+        drop(table);
+        Some(self.count(chosen, reused))
+    }
+
+    /// Counts an open's choice.
+    fn count(&self, chosen: Chosen, reused: bool) -> Chosen {
         let c = &self.counters;
         if reused {
             c.idle_reuses.fetch_add(1, Ordering::Relaxed);
@@ -276,15 +267,12 @@ impl IoModes {
                 c.writer_opens.fetch_add(1, Ordering::Relaxed);
                 c.passthrough_opens.fetch_add(1, Ordering::Relaxed)
             }
-            Held::Cached if registration_failed.is_some() => {
+            Held::Cached if chosen.registration_failed.is_some() => {
                 c.registration_failures.fetch_add(1, Ordering::Relaxed)
             }
             Held::Cached => 0,
         };
-        Chosen {
-            registration_failed,
-            ..chosen
-        }
+        chosen
     }
 
     /// Gives back the mode `held` of one open of `ino` (at its RELEASE). The last
@@ -399,6 +387,60 @@ impl IoModes {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The choice of [`IoModes::open`] under the table lock: the mode taken, and whether it
+/// named an idle registration.
+fn choose(
+    table: &mut Table,
+    ino: u64,
+    writable: bool,
+    passthrough_allowed: bool,
+    register: impl FnOnce(Option<u32>) -> io::Result<BackingToken>,
+) -> (Chosen, bool) {
+    let Table { modes, idle } = table;
+    let mut reused = false;
+    let chosen = match modes.entry(ino) {
+        Entry::Occupied(mut e) => match e.get_mut() {
+            IoMode::Cached { opens } => {
+                *opens += 1;
+                cached()
+            }
+            IoMode::Passthrough {
+                opens,
+                writers,
+                backing,
+            } => {
+                *opens += 1;
+                *writers += u64::from(writable);
+                passthrough(writable, backing.clone())
+            }
+        },
+        Entry::Vacant(e) if !writable && passthrough_allowed => {
+            match register(idle.remove(&ino).inspect(|_| reused = true)) {
+                Ok(backing) => {
+                    e.insert(IoMode::Passthrough {
+                        opens: 1,
+                        writers: 0,
+                        backing: backing.clone(),
+                    });
+                    passthrough(false, backing)
+                }
+                Err(err) => {
+                    e.insert(IoMode::Cached { opens: 1 });
+                    Chosen {
+                        registration_failed: Some(err),
+                        ..cached()
+                    }
+                }
+            }
+        }
+        Entry::Vacant(e) => {
+            e.insert(IoMode::Cached { opens: 1 });
+            cached()
+        }
+    };
+    (chosen, reused)
 }
 
 fn cached() -> Chosen {
@@ -552,6 +594,46 @@ mod tests {
         m.open(5, false, true, registrar(&alive));
         m.release(5, Held::PassthroughReader, true);
         m.drop_idle();
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_open_without_a_new_registration_is_taken_only_when_one_exists() {
+        let m = modes();
+        let alive = Arc::new(AtomicUsize::new(0));
+        // No mode and nothing idle: nothing taken, nothing registered.
+        assert!(m.open_registered(3, never).is_none());
+        assert!(m.is_empty());
+        // In passthrough mode: joins it.
+        let a = m.open(3, false, true, registrar(&alive));
+        let b = m.open_registered(3, never).expect("joins the mode");
+        assert_eq!(b.held, Held::PassthroughReader);
+        assert!(Arc::ptr_eq(
+            a.backing.as_ref().unwrap(),
+            b.backing.as_ref().unwrap()
+        ));
+        drop((a, b));
+        m.release(3, Held::PassthroughReader, true);
+        m.release(3, Held::PassthroughReader, true);
+        assert_eq!(m.idle_count(), 1);
+        // Idle: named again, counted as a reuse.
+        let c = m
+            .open_registered(3, never)
+            .expect("names the idle registration");
+        assert_eq!(c.held, Held::PassthroughReader);
+        assert_eq!(m.idle_count(), 0);
+        assert_eq!(m.counters().idle_reuses.load(Ordering::Relaxed), 1);
+        assert_eq!(alive.load(Ordering::SeqCst), 1, "no new registration");
+        drop(c);
+        m.release(3, Held::PassthroughReader, true);
+        // A daemon-served open keeps the inode cached: nothing taken beside it.
+        let w = m.open(3, true, true, never);
+        assert_eq!(w.held, Held::Cached);
+        assert!(m.open_registered(3, never).is_none());
+        m.release(3, Held::Cached, true);
+        // Forgotten: nothing to name.
+        m.forget(3);
+        assert!(m.open_registered(3, never).is_none());
         assert_eq!(alive.load(Ordering::SeqCst), 0);
     }
 
