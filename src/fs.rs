@@ -665,7 +665,7 @@ impl Pagetier {
             let old = storage::stat(inode.fd()?)?.st_size as u64;
             match handle.as_deref().map(|h| &h.kind) {
                 Some(HandleKind::File { file, .. }) => {
-                    rustix::fs::ftruncate(file.fd(Some(&inode))?, size)?;
+                    rustix::fs::ftruncate(file.fd(Some(inode))?, size)?;
                 }
                 _ => {
                     let path_fd = inode.fd()?;
@@ -1341,7 +1341,7 @@ impl Pagetier {
             if !seen.insert(inode.id) {
                 continue;
             }
-            match file.fd(Some(inode)).and_then(|fd| Ok(storage::stat(fd)?)) {
+            match file.fd(Some(inode)).and_then(storage::stat) {
                 Ok(st) => {
                     self.coherence.revalidate(inode, &st);
                 }
