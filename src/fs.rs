@@ -69,6 +69,9 @@ pub struct FsConfig {
     pub device_passthrough_min: u64,
     /// How long the kernel may cache names and attributes.
     pub cache_timeout: CacheTimeout,
+    /// STORAGE is changed only by this machine (`storage::is_local_fs`), so the watcher can
+    /// see every change of it (false: a network or FUSE filesystem, or unknown).
+    pub storage_local: bool,
 }
 
 /// How long the kernel may cache names and attributes (`--cache-timeout`).
@@ -1142,7 +1145,7 @@ impl Pagetier {
 
     /// A read-only host-view open that the kernel serves through a registration it already
     /// has (the inode in passthrough mode, or its idle registration), or `None` (no mode
-    /// taken) when there is none. It opens nothing in STORAGE: the kernel reads the STORAGE
+    /// taken) when there is none or not every change of STORAGE is seen. It opens nothing in STORAGE: the kernel reads the STORAGE
     /// file it registered, so the open needs no descriptor of the daemon's
     /// ([`OpenFile::Deferred`]) and has no cached data to keep or drop, hence no
     /// revalidation either (a device-view open revalidates for the device tier). That saves
@@ -1154,7 +1157,17 @@ impl Pagetier {
         flags: i32,
         register: &mut impl FnMut(Registration<'_>) -> std::io::Result<BackingToken>,
     ) -> Option<FsResult<(u64, OpenOut)>> {
-        if !self.passthrough_on.load(Ordering::SeqCst) || !inode.is_reg() {
+        // Only while every change of STORAGE reaches the watcher, which then takes the name
+        // of a file replaced or removed behind the mount from the kernel (until it does, an
+        // open by handle reached the old object too, which the registration holds open).
+        // On shared storage another node's change is not reported: opening the STORAGE
+        // object is what finds it gone (`ESTALE`, and the kernel looks the name up again),
+        // so such an open goes the usual way.
+        if !self.passthrough_on.load(Ordering::SeqCst)
+            || !inode.is_reg()
+            || !self.cfg.storage_local
+            || !self.coherence.sees_all()
+        {
             return None;
         }
         let chosen = self.io_modes.open_registered(ino, |idle| match idle {

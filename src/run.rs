@@ -362,6 +362,7 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
     );
     let root_fd = crate::storage::open_root(storage)
         .with_context(|| format!("opening STORAGE {}", storage.display()))?;
+    let storage_local = crate::storage::is_local_fs(storage);
     let fs = Arc::new(
         Pagetier::new(
             FsConfig {
@@ -372,10 +373,9 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 device_passthrough_min: s.device_passthrough_min,
                 cache_timeout: match s.cache_timeout {
                     Some(d) => CacheTimeout::Fixed(d),
-                    None => CacheTimeout::Auto {
-                        storage_local: crate::storage::is_local_fs(storage),
-                    },
+                    None => CacheTimeout::Auto { storage_local },
                 },
+                storage_local,
             },
             root_fd,
             tier,
