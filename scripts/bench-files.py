@@ -530,8 +530,9 @@ def parse_args():
     ap.add_argument("--isolate", action="store_true",
                     help="run the systems one at a time, each mounted alone for all its epochs "
                     "(dentries and inodes dropped before each), instead of in alternation with "
-                    "all mounted: at a million files several mounts' inodes and page caches do not fit in RAM "
-                    "together, and the kernel reclaims one system's caches for another's")
+                    "all mounted: at a million files several mounts' inodes and page caches do "
+                    "not fit in RAM together, and the kernel reclaims one system's caches for "
+                    "another's")
     ap.add_argument("--pt-args", default="", help="more `pagetier mount` options, e.g. "
                     "'--huge-pages off --threads 4'")
     ap.add_argument("--nofile", type=int, help="RLIMIT_NOFILE (soft and hard) for every daemon "

@@ -19,9 +19,10 @@
 //! registering a new one (two `ioctl`s, about 12% of the daemon's time in a small-file epoch,
 //! saved per open). [`IoModes::open_registered`] takes such an open only when the inode has a
 //! registration to name (its passthrough mode or an idle one), deciding under the table lock,
-//! so that the caller can skip opening the STORAGE file for it. An idle registration holds the STORAGE file open in the kernel (a few
-//! hundred bytes of kernel memory, and an unlinked file's space) but no descriptor of the
-//! daemon's and no mode: the kernel's mode counts open files only. It goes when the kernel
+//! so that the caller can skip opening the STORAGE file for it. An idle registration holds
+//! the STORAGE file open in the kernel (a few hundred bytes of kernel memory, and an unlinked
+//! file's space) but no descriptor of the daemon's and no mode: the kernel's mode counts open
+//! files only. It goes when the kernel
 //! forgets the inode ([`IoModes::forget`], which an unlink or a replace behind the mount
 //! leads to once the watcher invalidates the name), when passthrough goes off, or when more
 //! than [`MAX_IDLE_REGISTRATIONS`] are idle (any one then: it only bounds kernel memory).
