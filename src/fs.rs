@@ -1014,29 +1014,7 @@ impl Pagetier {
                         None => Registration::New(fd),
                     })
                 });
-                let fh = self.add_handle(
-                    Some(inode),
-                    HandleKind::File {
-                        file,
-                        source: None,
-                        view,
-                        append,
-                        io: Some(io),
-                        export: None,
-                    },
-                );
-                Ok((
-                    fh,
-                    OpenOut {
-                        direct_io: false,
-                        // The kernel refuses a passthrough open that keeps the cache.
-                        keep_cache: keep && passthrough.is_none(),
-                        // A read-only descriptor cannot dirty a page, even through
-                        // mmap: its close has nothing to flush.
-                        no_flush: !wants_write,
-                        passthrough,
-                    },
-                ))
+                Ok(self.host_handle(inode, file, append, wants_write, io, keep, passthrough))
             }
             View::Device => {
                 let source = source.ok_or(Errno::EIO)?;
@@ -1192,26 +1170,52 @@ impl Pagetier {
                 fd: std::sync::OnceLock::new(),
             },
         };
+        let append = flags & libc::O_APPEND != 0;
+        Some(Ok(self.host_handle(
+            inode.clone(),
+            file,
+            append,
+            false,
+            chosen.held,
+            false,
+            chosen.backing,
+        )))
+    }
+
+    /// The handle of a host-view open that took mode `io`, and its reply.
+    // The open's facts, each from a different step of it: a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn host_handle(
+        &self,
+        inode: Arc<Inode>,
+        file: OpenFile,
+        append: bool,
+        writable: bool,
+        io: Held,
+        keep: bool,
+        passthrough: Option<BackingToken>,
+    ) -> (u64, OpenOut) {
         let fh = self.add_handle(
-            Some(inode.clone()),
+            Some(inode),
             HandleKind::File {
                 file,
                 source: None,
                 view: View::Host,
-                append: flags & libc::O_APPEND != 0,
-                io: Some(chosen.held),
+                append,
+                io: Some(io),
                 export: None,
             },
         );
-        Some(Ok((
-            fh,
-            OpenOut {
-                direct_io: false,
-                keep_cache: false,
-                no_flush: true,
-                passthrough: chosen.backing,
-            },
-        )))
+        let out = OpenOut {
+            direct_io: false,
+            // The kernel refuses a passthrough open that keeps the cache.
+            keep_cache: keep && passthrough.is_none(),
+            // A read-only descriptor cannot dirty a page, even through mmap: its close has
+            // nothing to flush.
+            no_flush: !writable,
+            passthrough,
+        };
+        (fh, out)
     }
 
     /// Chooses and takes the I/O mode of a host-view open of `inode` (FUSE inode `ino`;
