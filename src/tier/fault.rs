@@ -43,7 +43,7 @@ use crate::tier::hint::Hint;
 use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::stats::add;
-use crate::tier::sync::{Arc, MutexGuard, lock, wait};
+use crate::tier::sync::{Arc, MutexGuard, lock};
 use crate::tier::types::{
     BASE_EVICT_ROUNDS, FileId, FillSource, HUGE_EVICT_ROUNDS, HUGE_PAGE_SIZE, PAGE_SIZE,
     SLOTS_PER_CHUNK,
@@ -313,7 +313,7 @@ impl DeviceTier {
                     drop(g);
                     Self::serve_base_run(cur, &piece, &pins);
                 }
-                Found::Filling => drop(wait(&shard.filled, g)),
+                Found::Filling => drop(shard.wait_filled(g)),
                 Found::Miss => {
                     if self.fault(req, cur, g, &piece, src)? == Next::Stop {
                         break;

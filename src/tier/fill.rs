@@ -130,7 +130,7 @@ impl DeviceTier {
         } else {
             discard.extend(folios);
         }
-        shard.filled.notify_all();
+        shard.wake_filled();
         drop(g);
         if ok {
             add(&self.stats.discarded_fills, discard.len() as u64);

@@ -102,7 +102,7 @@ impl DeviceTier {
         if st.is_empty() {
             g.remove(&file);
         }
-        shard.filled.notify_all();
+        shard.wake_filled();
         drop(g);
         let gone_huge = dropped.gone.iter().filter(|(k, _)| k.is_huge()).count() as u64;
         sub(&self.stats.resident_huge, gone_huge);
@@ -200,7 +200,7 @@ impl DeviceTier {
             fresh.hint = st.hint;
             g.insert(file, fresh);
         }
-        shard.filled.notify_all();
+        shard.wake_filled();
         let pinned = std::mem::take(&mut st.pinned);
         let mut gone = Vec::new();
         let mut garbage = Vec::new();

@@ -83,7 +83,7 @@ use self::folio::Folio;
 use self::map::{Entry, FileState};
 use self::readahead::Readahead;
 use self::stats::{Counters, add};
-use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock};
+use self::sync::{Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, lock, wait};
 
 pub use self::export::{Export, NotExported};
 pub use self::fault::ResidentBytes;
@@ -111,6 +111,30 @@ struct Shard {
     files: Mutex<HashMap<FileId, FileState>>,
     /// Signalled whenever a `Filling` entry of this shard is installed or removed.
     filled: Condvar,
+    /// Threads waiting on `filled`; changed and read only under `files`' lock.
+    waiting: AtomicU64,
+}
+
+impl Shard {
+    /// Waits until a fill or an invalidation of this shard ends (`g`: this shard's lock).
+    fn wait_filled<'a>(
+        &self,
+        g: MutexGuard<'a, HashMap<FileId, FileState>>,
+    ) -> MutexGuard<'a, HashMap<FileId, FileState>> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let g = wait(&self.filled, g);
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        g
+    }
+
+    /// Wakes the threads waiting for a fill, if there are any; call holding this shard's
+    /// lock. Waking costs a system call even with nobody waiting, and a fill almost never
+    /// has a waiter: checking first takes that call off every miss.
+    fn wake_filled(&self) {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.filled.notify_all();
+        }
+    }
 }
 
 /// The device tier. `Send + Sync`; see the module docs for semantics.
@@ -195,6 +219,7 @@ impl DeviceTier {
             .map(|_| Shard {
                 files: Mutex::new(HashMap::new()),
                 filled: Condvar::new(),
+                waiting: AtomicU64::new(0),
             })
             .collect();
         let slots = capacity / PAGE_SIZE;
