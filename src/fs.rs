@@ -283,6 +283,14 @@ struct Handle {
     kind: HandleKind,
 }
 
+/// A released handle, gone from the handle table and from every mode and export it held:
+/// dropping it closes its descriptors. The adapter drops it after the reply, so that the
+/// `close` of STORAGE's file (about a fifth of a small file's daemon time, with the open)
+/// runs while the caller goes on instead of before it can.
+pub struct Released {
+    _handle: Option<Arc<Handle>>,
+}
+
 /// Reads a backing file for the device tier: `O_DIRECT` when the backing
 /// filesystem allows it, else buffered reads that drop what they cached. It
 /// owns its descriptor so that readahead can use it after the read returns.
@@ -1513,10 +1521,13 @@ impl Pagetier {
     }
 
     /// Releases handle `fh`: a host-view open gives back its I/O mode, and a passthrough
-    /// writer lets the device tier hold the file again (`coherence.rs`).
-    pub fn release(&self, fh: u64) {
+    /// writer lets the device tier hold the file again (`coherence.rs`). Everything the
+    /// next open may look at is done before this returns; only the handle's descriptors
+    /// stay open, until the returned [`Released`] is dropped.
+    #[must_use = "dropping the result closes the handle's descriptors"]
+    pub fn release(&self, fh: u64) -> Released {
         let Some(handle) = write(&self.handles).remove(&fh) else {
-            return;
+            return Released { _handle: None };
         };
         if let (
             Some(inode),
@@ -1539,6 +1550,9 @@ impl Pagetier {
             if let Some(export) = export {
                 self.tier.export_release(inode.id, export);
             }
+        }
+        Released {
+            _handle: Some(handle),
         }
     }
 

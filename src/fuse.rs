@@ -699,8 +699,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(req, Op::Release, ino);
-        self.fs.release(fh.0);
+        let released = self.fs.release(fh.0);
         reply.ok();
+        drop(released);
     }
 
     fn fsync(
@@ -810,8 +811,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(req, Op::Releasedir, ino);
-        self.fs.release(fh.0);
+        let released = self.fs.release(fh.0);
         reply.ok();
+        drop(released);
     }
 
     fn fsyncdir(
