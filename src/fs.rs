@@ -285,7 +285,7 @@ struct Handle {
 
 /// A released handle, gone from the handle table and from every mode and export it held:
 /// dropping it closes its descriptors. The adapter drops it after the reply, so that the
-/// `close` of STORAGE's file (about a fifth of a small file's daemon time, with the open)
+/// `close` of STORAGE's file (7–9% of the daemon's CPU in a device-view small-file epoch)
 /// runs while the caller goes on instead of before it can.
 pub struct Released {
     _handle: Option<Arc<Handle>>,

@@ -32,10 +32,8 @@
 //! # Fills
 //! How a fault reads storage and installs what it read, and why that is fresh: `fill.rs`.
 
-use std::collections::HashMap;
 use std::io;
 
-use crate::tier::DeviceTier;
 use crate::tier::arena::Need;
 use crate::tier::fill::{Fill, bypass_read};
 use crate::tier::folio::Folio;
@@ -43,11 +41,12 @@ use crate::tier::hint::Hint;
 use crate::tier::map::{Entry, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::stats::add;
-use crate::tier::sync::{Arc, MutexGuard, lock};
+use crate::tier::sync::{Arc, lock};
 use crate::tier::types::{
     BASE_EVICT_ROUNDS, FileId, FillSource, HUGE_EVICT_ROUNDS, HUGE_PAGE_SIZE, PAGE_SIZE,
     SLOTS_PER_CHUNK,
 };
+use crate::tier::{DeviceTier, ShardGuard};
 
 /// Per-call accounting of one read, prefetch or readahead job.
 #[derive(Default)]
@@ -197,8 +196,6 @@ pub(super) struct Outcome {
     /// `Some` if the request was served pinned (see [`FaultRequest::pin`]), else copied.
     pub(super) result: io::Result<Option<ResidentBytes>>,
 }
-
-type ShardGuard<'a> = MutexGuard<'a, HashMap<FileId, FileState>>;
 
 /// Bytes of a resident folio, pinned for one reply (see `DeviceTier::read`).
 pub struct ResidentBytes {

@@ -115,12 +115,12 @@ struct Shard {
     waiting: AtomicU64,
 }
 
+/// A shard's lock, held.
+type ShardGuard<'a> = MutexGuard<'a, HashMap<FileId, FileState>>;
+
 impl Shard {
     /// Waits until a fill or an invalidation of this shard ends (`g`: this shard's lock).
-    fn wait_filled<'a>(
-        &self,
-        g: MutexGuard<'a, HashMap<FileId, FileState>>,
-    ) -> MutexGuard<'a, HashMap<FileId, FileState>> {
+    fn wait_filled<'a>(&self, g: ShardGuard<'a>) -> ShardGuard<'a> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let g = wait(&self.filled, g);
         self.waiting.fetch_sub(1, Ordering::Relaxed);
