@@ -86,7 +86,7 @@ pub struct FsConfig {
 /// notification reports stays visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheTimeout {
-    Auto { storage_local: bool },
+    Auto,
     Fixed(Duration),
 }
 
@@ -103,14 +103,13 @@ impl CacheTimeout {
     /// `Auto`'s timeout otherwise.
     pub const SHORT: Duration = Duration::from_secs(1);
 
-    /// The timeout in force, given whether the watcher has seen every change so far.
-    pub fn now(self, watcher_sees_all: bool) -> Duration {
+    /// The timeout in force, given whether STORAGE is local ([`FsConfig::storage_local`])
+    /// and whether the watcher has seen every change so far.
+    pub fn now(self, storage_local: bool, watcher_sees_all: bool) -> Duration {
         match self {
             CacheTimeout::Fixed(d) => d,
-            CacheTimeout::Auto { storage_local } if storage_local && watcher_sees_all => {
-                CacheTimeout::LONG
-            }
-            CacheTimeout::Auto { .. } => CacheTimeout::SHORT,
+            CacheTimeout::Auto if storage_local && watcher_sees_all => CacheTimeout::LONG,
+            CacheTimeout::Auto => CacheTimeout::SHORT,
         }
     }
 }
@@ -497,7 +496,9 @@ impl Pagetier {
 
     /// How long the kernel may cache names and attributes now ([`CacheTimeout`]).
     pub fn cache_timeout(&self) -> Duration {
-        self.cfg.cache_timeout.now(self.coherence.sees_all())
+        self.cfg
+            .cache_timeout
+            .now(self.cfg.storage_local, self.coherence.sees_all())
     }
 
     /// The coherence protocol (the watcher answers STORAGE's events through it).
@@ -1131,8 +1132,8 @@ impl Pagetier {
 
     /// A read-only host-view open that the kernel serves through a registration it already
     /// has (the inode in passthrough mode, or its idle registration), or `None` (no mode
-    /// taken) when there is none or not every change of STORAGE is seen. It opens nothing in STORAGE: the kernel reads the STORAGE
-    /// file it registered, so the open needs no descriptor of the daemon's
+    /// taken) when there is none or not every change of STORAGE is seen. It opens nothing in
+    /// STORAGE: the kernel reads the STORAGE file it registered, so the open needs no descriptor of the daemon's
     /// ([`OpenFile::Deferred`]) and has no cached data to keep or drop, hence no
     /// revalidation either (a device-view open revalidates for the device tier). That saves
     /// an open by handle, an `fstat` and a close per open of a file the kernel still knows.
@@ -2127,14 +2128,12 @@ mod cache_timeout_tests {
 
     #[test]
     fn auto_is_long_only_for_a_local_storage_whose_every_change_is_watched() {
-        let auto = |local| CacheTimeout::Auto {
-            storage_local: local,
-        };
-        assert_eq!(auto(true).now(true), CacheTimeout::LONG);
-        assert_eq!(auto(true).now(false), CacheTimeout::SHORT, "a watch failed");
-        assert_eq!(auto(false).now(true), CacheTimeout::SHORT, "shared storage");
+        let auto = CacheTimeout::Auto;
+        assert_eq!(auto.now(true, true), CacheTimeout::LONG);
+        assert_eq!(auto.now(true, false), CacheTimeout::SHORT, "a watch failed");
+        assert_eq!(auto.now(false, true), CacheTimeout::SHORT, "shared storage");
         let fixed = CacheTimeout::Fixed(Duration::ZERO);
-        assert_eq!(fixed.now(true), Duration::ZERO);
-        assert_eq!(fixed.now(false), Duration::ZERO);
+        assert_eq!(fixed.now(true, true), Duration::ZERO);
+        assert_eq!(fixed.now(true, false), Duration::ZERO);
     }
 }

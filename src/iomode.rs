@@ -22,10 +22,10 @@
 //! so that the caller can skip opening the STORAGE file for it. An idle registration holds
 //! the STORAGE file open in the kernel (a few hundred bytes of kernel memory, and an unlinked
 //! file's space) but no descriptor of the daemon's and no mode: the kernel's mode counts open
-//! files only. It goes when the kernel
-//! forgets the inode ([`IoModes::forget`], which an unlink or a replace behind the mount
-//! leads to once the watcher invalidates the name), when passthrough goes off, or when more
-//! than [`MAX_IDLE_REGISTRATIONS`] are idle (any one then: it only bounds kernel memory).
+//! files only. It goes when the kernel forgets the inode ([`IoModes::forget`], which an
+//! unlink or a replace behind the mount leads to once the watcher invalidates the name), when
+//! passthrough goes off, or when more than [`MAX_IDLE_REGISTRATIONS`] are idle (any one then:
+//! it only bounds kernel memory).
 //! An idle registration is kept as the kernel's id of it alone ([`IdleIds`]: the adapter
 //! hands the id over and closes it when it goes): 16 bytes in the idle map, no allocation
 //! (as a token with its allocation it cost about 100 bytes per known inode, a third of the

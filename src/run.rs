@@ -373,7 +373,7 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 device_passthrough_min: s.device_passthrough_min,
                 cache_timeout: match s.cache_timeout {
                     Some(d) => CacheTimeout::Fixed(d),
-                    None => CacheTimeout::Auto { storage_local },
+                    None => CacheTimeout::Auto,
                 },
                 storage_local,
             },
