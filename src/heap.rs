@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 /// map never shrinks by itself: after the kernel forgot a million inodes, their slots would
 /// stay). Returns whether it shrank.
 pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
-    if !sparse(map.len(), map.capacity()) {
+    if !is_sparse(map.len(), map.capacity()) {
         return false;
     }
     map.shrink_to(2 * map.len());
@@ -17,14 +17,16 @@ pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> 
 
 /// [`shrink_if_sparse`] for a set.
 pub fn shrink_set_if_sparse<T: std::hash::Hash + Eq>(set: &mut HashSet<T>) -> bool {
-    if !sparse(set.len(), set.capacity()) {
+    if !is_sparse(set.len(), set.capacity()) {
         return false;
     }
     set.shrink_to(2 * set.len());
     true
 }
 
-fn sparse(len: usize, capacity: usize) -> bool {
+/// Whether a table of `capacity` slots holding `len` entries should give memory back: under a
+/// quarter used, and more than a few thousand slots spare.
+pub fn is_sparse(len: usize, capacity: usize) -> bool {
     capacity > 4 * len + 4096
 }
 

@@ -87,18 +87,17 @@ impl SharedMemory {
 
     /// A new, unnamed copy of `size` bytes (all holes).
     pub fn create(&self, size: u64) -> io::Result<DeviceCopy> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = CString::new(format!("{n:x}")).expect("no NUL in a hex number");
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
         let fd = rustix::fs::openat(
             &*self.root,
-            name.as_c_str(),
+            copy_name(number),
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
         let file = File::from(fd);
         let copy = DeviceCopy {
             dir: self.root.clone(),
-            name,
+            number,
             file: RwLock::new(Some(Arc::new(file))),
         };
         copy.set_len(size)?;
@@ -112,11 +111,18 @@ impl SharedMemory {
     }
 }
 
+/// The name of copy `number` in the tmpfs: the number in hex.
+fn copy_name(number: u64) -> CString {
+    CString::new(format!("{number:x}")).expect("no NUL in a hex number")
+}
+
 /// One file's device copy in [`SharedMemory`].
 pub struct DeviceCopy {
-    /// The tmpfs root, and the copy's name in it.
+    /// The tmpfs root, and the number that names the copy in it ([`copy_name`]): a number,
+    /// not the name, because a tier may keep a million copies and a name is one more
+    /// allocation each.
     dir: Arc<OwnedFd>,
-    name: CString,
+    number: u64,
     /// The copy's descriptor while held ([`DeviceCopy::hold`]).
     file: RwLock<Option<Arc<File>>>,
 }
@@ -126,7 +132,7 @@ impl Drop for DeviceCopy {
         // The memory goes when the last descriptor and mapping of it (readers') go too.
         if let Err(e) = rustix::fs::unlinkat(
             &*self.dir,
-            self.name.as_c_str(),
+            copy_name(self.number),
             rustix::fs::AtFlags::empty(),
         ) {
             tracing::warn!(error = %e, "cannot remove a device copy from shared memory");
@@ -146,7 +152,7 @@ impl DeviceCopy {
     fn open(&self) -> io::Result<Arc<File>> {
         let fd = rustix::fs::openat(
             &*self.dir,
-            self.name.as_c_str(),
+            copy_name(self.number),
             OFlags::RDWR | OFlags::CLOEXEC,
             Mode::empty(),
         )?;

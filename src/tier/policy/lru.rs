@@ -2,22 +2,21 @@
 //! that a page of an epoch file never displaces a page of an epoch file (`Hint::Epoch`, see
 //! the policy overview in `mod.rs`).
 
-use lru::LruCache;
-
 use crate::tier::hint::Hint;
 use crate::tier::policy::contract::{EpochFiles, EvictionPolicy, FolioKey};
+use crate::tier::policy::recency::RecencyList;
 use crate::tier::types::{FileId, FolioId};
 
 /// Least-recently-used, on the `lru` crate.
 pub struct LruPolicy {
-    lru: LruCache<FolioKey, FolioId>,
+    lru: RecencyList,
     epoch: EpochFiles,
 }
 
 impl LruPolicy {
     pub fn new() -> LruPolicy {
         LruPolicy {
-            lru: LruCache::unbounded(),
+            lru: RecencyList::new(),
             epoch: EpochFiles::default(),
         }
     }

@@ -57,6 +57,7 @@
 
 mod contract;
 mod lru;
+mod recency;
 mod s3fifo;
 mod tinylfu;
 

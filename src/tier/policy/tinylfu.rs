@@ -28,10 +28,9 @@
 //! tier reports a sequential pass through a folio once, whatever the read size).
 //! Deterministic: the hash is a fixed mix of the key, no per-process seed.
 
-use lru::LruCache;
-
 use crate::tier::hint::Hint;
 use crate::tier::policy::contract::{EpochFiles, EvictionPolicy, FolioKey};
+use crate::tier::policy::recency::RecencyList;
 use crate::tier::types::{FileId, FolioId};
 
 /// A window leaver displaces main's LRU folio only if its frequency estimate exceeds the
@@ -158,7 +157,7 @@ impl Default for FrequencySketch {
 /// Folios in one region, in LRU order, with their total weight (a huge folio weighs
 /// `huge_weight` slots, a base folio one).
 struct Region {
-    lru: LruCache<FolioKey, FolioId>,
+    lru: RecencyList,
     weight: u64,
     huge_weight: u64,
 }
@@ -166,7 +165,7 @@ struct Region {
 impl Region {
     fn new() -> Region {
         Region {
-            lru: LruCache::unbounded(),
+            lru: RecencyList::new(),
             weight: 0,
             huge_weight: 1,
         }
