@@ -402,6 +402,7 @@ impl DeviceTier {
         // Fills that started before the swap must not install into the export's map.
         st.seq = self.next_seq();
         st.export = Some(export.clone());
+        st.drop_empty_pages();
         self.exports_live.fetch_add(1, Ordering::Relaxed);
         drop(g);
         sub(&self.stats.resident_huge, huge);

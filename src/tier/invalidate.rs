@@ -20,7 +20,7 @@ use crate::tier::DeviceTier;
 use crate::tier::export::ExportInvalidation;
 use crate::tier::folio::Folio;
 use crate::tier::hint::Hint;
-use crate::tier::map::{Entry, FileState};
+use crate::tier::map::{Entry, FileState, Pages};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::stats::{add, sub};
@@ -101,6 +101,8 @@ impl DeviceTier {
         }
         if st.is_empty() {
             g.remove(&file);
+        } else {
+            st.drop_empty_pages();
         }
         shard.wake_filled();
         drop(g);
@@ -201,18 +203,15 @@ impl DeviceTier {
             g.insert(file, fresh);
         }
         shard.wake_filled();
-        let pinned = std::mem::take(&mut st.pinned);
+        let Pages {
+            pinned, huge, base, ..
+        } = st.take_pages();
         let mut gone = Vec::new();
         let mut garbage = Vec::new();
-        for (k, e) in st
-            .huge
+        for (k, e) in huge
             .into_iter()
             .map(|(e, x)| (FolioKey::huge(file, e), x))
-            .chain(
-                st.base
-                    .into_iter()
-                    .map(|(p, x)| (FolioKey::base(file, p), x)),
-            )
+            .chain(base.into_iter().map(|(p, x)| (FolioKey::base(file, p), x)))
         {
             if let Entry::Ready(f) = e {
                 gone.push((k, f.id()));

@@ -85,12 +85,24 @@ pub enum Entry {
 
 pub struct FileState {
     pub seq: InvalidationSeq,
+    /// The file's hint (`user.pagetier.hint`).
+    pub hint: Hint,
+    /// The file's pages moved into shared memory for the kernel to serve (`export.rs`).
+    pub export: Option<Arc<Export>>,
+    /// The page map and the read state, boxed and absent while empty: a tier of a million
+    /// exported small files keeps a million states whose page maps are empty, and a state is
+    /// then 32 bytes instead of 112. Reached through `Deref` (an absent box reads as
+    /// [`NO_PAGES`]) and `DerefMut` (which makes the box).
+    pages: Option<Box<Pages>>,
+}
+
+/// The page-map part of a [`FileState`].
+#[derive(Default)]
+pub struct Pages {
     /// End offset of the previous device read (sequential-access detection).
     pub last_end: u64,
     pub huge: BTreeMap<u64, Entry>,
     pub base: BTreeMap<u64, Entry>,
-    /// The file's hint (`user.pagetier.hint`).
-    pub hint: Hint,
     /// Ready folios kept out of the eviction policy (see module docs).
     pub pinned: KeySet,
     /// Readahead frontier: the end of what readahead has been issued for (0: none).
@@ -100,24 +112,65 @@ pub struct FileState {
     /// Folios installed by readahead and not read yet (see module docs): their first hit
     /// must reach the policy, which keeps them apart until then.
     pub unread: KeySet,
-    /// The file's pages moved into shared memory for the kernel to serve (`export.rs`).
-    pub export: Option<Arc<Export>>,
+}
+
+/// What a state without a page map reads as.
+static NO_PAGES: Pages = Pages {
+    last_end: 0,
+    huge: BTreeMap::new(),
+    base: BTreeMap::new(),
+    pinned: KeySet(None),
+    ra_next: 0,
+    ra_window: 0,
+    unread: KeySet(None),
+};
+
+impl std::ops::Deref for FileState {
+    type Target = Pages;
+
+    fn deref(&self) -> &Pages {
+        self.pages.as_deref().unwrap_or(&NO_PAGES)
+    }
+}
+
+impl std::ops::DerefMut for FileState {
+    fn deref_mut(&mut self) -> &mut Pages {
+        self.pages.get_or_insert_with(Box::default)
+    }
 }
 
 impl FileState {
     pub fn new(seq: InvalidationSeq) -> FileState {
         FileState {
             seq,
-            last_end: 0,
-            huge: BTreeMap::new(),
-            base: BTreeMap::new(),
             hint: Hint::Normal,
-            pinned: KeySet::default(),
-            ra_next: 0,
-            ra_window: 0,
-            unread: KeySet::default(),
             export: None,
+            pages: None,
         }
+    }
+
+    /// Takes the page map and the read state out (empty ones if there were none).
+    pub fn take_pages(&mut self) -> Pages {
+        self.pages.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Drops the box of an empty page map: one with no page, fill or key, and either no read
+    /// state or an export (whose reads go to the kernel, so its read state means nothing).
+    pub fn drop_empty_pages(&mut self) {
+        let Some(p) = self.pages.as_deref() else {
+            return;
+        };
+        let empty =
+            p.huge.is_empty() && p.base.is_empty() && p.pinned.is_empty() && p.unread.is_empty();
+        let no_read_state = p.last_end == 0 && p.ra_next == 0 && p.ra_window == 0;
+        if empty && (no_read_state || self.export.is_some()) {
+            self.pages = None;
+        }
+    }
+
+    /// Whether the state holds a page-map box (for the metadata estimate).
+    pub fn has_pages_box(&self) -> bool {
+        self.pages.is_some()
     }
 
     pub fn get(&self, key: &FolioKey) -> Option<&Entry> {
@@ -196,7 +249,7 @@ mod tests {
     #[test]
     fn a_file_state_is_small_and_key_sets_behave_as_sets() {
         assert!(
-            size_of::<FileState>() <= 112,
+            size_of::<FileState>() <= 32,
             "{} bytes",
             size_of::<FileState>()
         );
@@ -215,6 +268,34 @@ mod tests {
         assert!(s.is_empty(), "the last removal frees the set");
     }
     use crate::tier::arena::Arena;
+
+    /// Reading a state without pages makes no box; writing makes one; an emptied map gives
+    /// it back when nothing (no read state, or an export) needs it.
+    #[test]
+    fn the_page_map_box_exists_only_while_needed() {
+        let a = Arena::new(1).unwrap();
+        let mut st = FileState::new(1);
+        assert!(st.get(&FolioKey::base(1, 0)).is_none() && st.base.is_empty());
+        assert_eq!((st.last_end, st.resident_counts()), (0, (0, 0)));
+        assert!(!st.has_pages_box(), "reads need no box");
+        let f = Arc::new(a.alloc_base(1, None).pop().unwrap());
+        st.insert(FolioKey::base(1, 0), Entry::Ready(f));
+        st.last_end = 4096;
+        assert!(st.has_pages_box());
+        assert!(st.remove(&FolioKey::base(1, 0)).is_some());
+        st.drop_empty_pages();
+        assert!(st.has_pages_box(), "the read state is kept");
+        st.last_end = 0;
+        st.drop_empty_pages();
+        assert!(!st.has_pages_box());
+        st.unread.insert(FolioKey::base(1, 3));
+        st.drop_empty_pages();
+        assert!(st.has_pages_box(), "a key is kept");
+        st.unread.clear();
+        st.ra_window = 1 << 20;
+        assert!(st.take_pages().ra_window == 1 << 20 && !st.has_pages_box());
+        assert_eq!(st.take_pages().ra_window, 0, "taken from none: empty");
+    }
 
     #[test]
     fn home_chunk_only_for_home_slots() {

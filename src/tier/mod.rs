@@ -497,11 +497,17 @@ impl DeviceTier {
     /// `Arc<Folio>` allocation and its eviction-policy entry. The arena itself is excluded.
     pub fn metadata_bytes(&self) -> u64 {
         // The maps' capacity, not their length: a map keeps its slots after entries go.
-        let files: u64 = self
+        // And the states that hold a page-map box (a walk of the states: stats are read
+        // seldom, and a shard's lock is held for one walk of its own states only).
+        let (files, page_boxes) = self
             .shards
             .iter()
-            .map(|s| lock(&s.files).capacity() as u64)
-            .sum();
+            .map(|s| {
+                let g = lock(&s.files);
+                let boxes = g.values().filter(|st| st.has_pages_box()).count();
+                (g.capacity() as u64, boxes as u64)
+            })
+            .fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
         let (per_policy, policy_fixed) = {
             let p = lock(&self.policy);
             (p.bytes_per_entry(), p.fixed_bytes())
@@ -511,12 +517,14 @@ impl DeviceTier {
         let per_map_entry = 2 * (size_of::<u64>() + size_of::<Entry>()) as u64 + 8;
         let per_arc = (2 * size_of::<usize>() + size_of::<Folio>()).next_multiple_of(16) as u64;
         let per_file = ((size_of::<(FileId, FileState)>() + 1) * 8 / 7) as u64;
+        let per_page_box = size_of::<map::Pages>().next_multiple_of(16) as u64;
         // An export: its `Arc` allocation (copy name included) and its idle-list entries.
         let per_export = (2 * size_of::<usize>() + size_of::<export::Export>() + 16) as u64;
         let idle_entries = lock(&self.idle_exports).len() as u64;
         self.arena.metadata_bytes()
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
             + files * per_file
+            + page_boxes * per_page_box
             + self.exports_live.load(Ordering::Relaxed) * per_export
             + idle_entries * size_of::<(FileId, u64)>() as u64
             + folios * (per_map_entry + per_arc + per_policy)
