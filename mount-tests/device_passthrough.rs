@@ -279,6 +279,67 @@ fn small_resident_files_are_kernel_served_with_min_0() {
     assert_eq!(m.stats().shared.dropped, 1);
 }
 
+/// A device-view open of a small file that is not resident yet prefetches it whole and is
+/// served by the kernel from that first open (`--device-open-prefetch`, 256 KiB by default):
+/// one storage read, no daemon read. A bigger file, or one with the `random` hint, is
+/// daemon-served; with `--device-open-prefetch 0` so is a small one.
+#[test]
+fn a_small_cold_file_is_kernel_served_from_its_first_open() {
+    let files = [
+        ("small", 100 * 1024),
+        ("edge", 256 * 1024),
+        ("big", 256 * 1024 + 1),
+        ("rand", 8192),
+    ];
+    let m = mount_with_opts(&files, &[]);
+    if !shared_on(&m, "first_open") {
+        return;
+    }
+    rustix::fs::setxattr(
+        m.host("rand").as_path(),
+        "user.pagetier.hint",
+        b"random",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    for (f, kernel) in [
+        ("small", true),
+        ("edge", true),
+        ("big", false),
+        ("rand", false),
+    ] {
+        let want = fs::read(m.backing(f)).unwrap();
+        let s0 = m.stats();
+        assert_eq!(fs::read(m.device().join(f)).unwrap(), want, "{f}");
+        let s1 = m.stats();
+        let opens = s1.passthrough.device_opens - s0.passthrough.device_opens;
+        let reads = s1.device.reads - s0.device.reads;
+        let exports = s1.shared.exports - s0.shared.exports;
+        if kernel {
+            assert_eq!(
+                (opens, reads, exports),
+                (1, 0, 1),
+                "{f}: prefetched, kernel-served"
+            );
+        } else {
+            assert_eq!(opens, 0, "{f}: daemon-served");
+            assert!(reads > 0, "{f}: read by the daemon");
+        }
+    }
+    drop(m);
+
+    let m = mount_with_opts(&files[..1], &["--device-open-prefetch", "0"]);
+    let want = fs::read(m.backing("small")).unwrap();
+    let s0 = m.stats();
+    assert_eq!(fs::read(m.device().join("small")).unwrap(), want);
+    let s1 = m.stats();
+    assert_eq!(
+        s1.passthrough.device_opens, s0.passthrough.device_opens,
+        "--device-open-prefetch 0: a cold open is daemon-served"
+    );
+    assert!(s1.device.reads > s0.device.reads);
+}
+
 #[test]
 fn small_or_partly_resident_files_stay_daemon_served() {
     let m = mount_with_opts(

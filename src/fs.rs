@@ -67,6 +67,10 @@ pub struct FsConfig {
     /// With passthrough on, a device-view open of a wholly resident file of at least this
     /// many bytes is served by the kernel from shared device memory (`tier/export.rs`).
     pub device_passthrough_min: u64,
+    /// A device-view open of a file not yet wholly resident and at most this many bytes
+    /// prefetches it whole and is then served like a resident one (`--device-open-prefetch`;
+    /// 0: only under the `sequential` or `pin` hint).
+    pub device_open_prefetch: u64,
     /// How long the kernel may cache names and attributes.
     pub cache_timeout: CacheTimeout,
     /// STORAGE is changed only by this machine (`storage::is_local_fs`), so the watcher can
@@ -1328,15 +1332,28 @@ impl Pagetier {
         }
         match self.tier.export_open(id, size, source) {
             Ok(e) => Some(e),
-            Err(NotExported::NotWhole)
-                if matches!(self.tier.hint(id), Hint::Sequential | Hint::Pin) =>
-            {
+            Err(NotExported::NotWhole) if self.prefetch_at_open(id, size) => {
                 self.tier
                     .prefetch(id, size, 0, size, source.as_ref())
                     .ok()?;
                 self.tier.export_open(id, size, source).ok()
             }
             Err(_) => None,
+        }
+    }
+
+    /// Whether a device-view open of `id` (`size` bytes, not wholly resident) prefetches the
+    /// file before it exports it: under the `sequential` or `pin` hint, and for a small file
+    /// (`--device-open-prefetch`) unless its hint is `random`. A reader of a small file reads
+    /// it whole; prefetched at open, its bytes come in one storage read instead of a read
+    /// round trip each, its later opens are kernel-served from the first epoch on, and its
+    /// page-map state lives for the length of the open instead of until a second open
+    /// migrates it (a million such states freed in another order fragment the heap).
+    fn prefetch_at_open(&self, id: u64, size: u64) -> bool {
+        match self.tier.hint(id) {
+            Hint::Sequential | Hint::Pin => true,
+            Hint::Random => false,
+            Hint::Normal | Hint::Epoch => size <= self.cfg.device_open_prefetch,
         }
     }
 

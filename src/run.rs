@@ -371,6 +371,7 @@ fn open_filesystem(args: &MountArgs, s: &MountSettings, storage: &Path) -> Resul
                 trace: args.trace.clone(),
                 passthrough: s.passthrough,
                 device_passthrough_min: s.device_passthrough_min,
+                device_open_prefetch: s.device_open_prefetch,
                 cache_timeout: match s.cache_timeout {
                     Some(d) => CacheTimeout::Fixed(d),
                     None => CacheTimeout::Auto,

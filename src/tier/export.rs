@@ -583,25 +583,33 @@ impl DeviceTier {
         // Updates come in runs (a writer's requests): keep a descriptor until the last
         // release rather than reopen the copy by name for each use. Best effort.
         let _ = export.copy.hold(true);
-        if let Err(e) = self.refresh(&export.copy, &mut s, offset, end) {
+        if let Err(e) = self.refresh(&export.copy, &mut s, offset, end, cause) {
             tracing::error!(error = %e, file, "cannot update a device copy served by the kernel");
             add(&self.stats.update_failures, 1);
         }
         ExportInvalidation::Updated
     }
 
-    /// Makes `[offset, end)` of the copy (and its size) equal the file's in storage.
+    /// Makes `[offset, end)` of the copy (and its size) equal the file's in storage. A
+    /// truncate copies nothing past the copy's old end: what it added is a hole in storage
+    /// and zeros in the grown copy alike (a `truncate -s 1T` of an exported file reads no
+    /// terabyte of zeros; a write out there is invalidated as a write).
     fn refresh(
         &self,
         copy: &DeviceCopy,
         s: &mut ExportState,
         offset: u64,
         end: u64,
+        cause: InvalidationCause,
     ) -> io::Result<()> {
         let src = s
             .src
             .clone()
             .ok_or_else(|| io::Error::other("an open export has no source"))?;
+        let end = match cause {
+            InvalidationCause::Truncate => end.min(copy.len()?.max(offset)),
+            _ => end,
+        };
         let mut tries = 0;
         loop {
             let size = src.size()?;

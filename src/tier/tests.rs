@@ -1340,6 +1340,43 @@ fn a_fault_inside_one_huge_page_is_served_pinned() {
 /// (size included), the last release leaves it idle (a reopen migrates nothing), and an
 /// eviction drops it. Needs CAP_SYS_ADMIN for the private tmpfs; without it there is
 /// nothing to check.
+/// A truncate that grows an exported file copies no byte past the copy's old end: storage
+/// has a hole there and the grown copy zeros (a `truncate -s 1T` must not read a terabyte).
+/// The partial last page is copied again; the copy's size follows.
+#[test]
+fn a_truncate_up_of_an_exported_file_copies_only_the_old_tail() {
+    let t = tier(8, false);
+    if let Err(e) = t.enable_shared_memory() {
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        return;
+    }
+    let size = 10_000;
+    let vs = Arc::new(VecSource::new(pattern(size, 5)));
+    let src: SharedSource = vs.clone();
+    t.prefetch(1, size, 0, size, vs.as_ref()).unwrap();
+    let e = t.export_open(1, size, &src).unwrap();
+    let grown = 6 * MIB;
+    vs.data.lock().unwrap().resize(grown as usize, 0);
+    t.invalidate_range(1, size & !4095, u64::MAX, InvalidationCause::Truncate);
+    let s = t.stats();
+    assert_eq!(s.shared.updated_bytes, PAGE_SIZE, "only the old last page");
+    assert_eq!(s.shared.bytes, grown);
+    let mut out = vec![1u8; 4096];
+    let n = t
+        .read(1, grown - 4096, &mut out, &src, || Ok(grown))
+        .unwrap()
+        .into_copied(&mut out);
+    assert_eq!((n, out.iter().all(|&b| b == 0)), (4096, true));
+    let mut head = vec![0u8; size as usize];
+    let n = t
+        .read(1, 0, &mut head, &src, || Ok(grown))
+        .unwrap()
+        .into_copied(&mut head);
+    assert_eq!(&head[..n], &vs.data.lock().unwrap()[..size as usize]);
+    t.export_release(1, &e);
+    t.check_invariants();
+}
+
 #[test]
 fn an_export_moves_the_file_whole_updates_in_place_and_drops_when_idle() {
     let t = tier(8, true);
