@@ -1350,6 +1350,9 @@ impl Pagetier {
     /// page-map state lives for the length of the open instead of until a second open
     /// migrates it (a million such states freed in another order fragment the heap).
     fn prefetch_at_open(&self, id: u64, size: u64) -> bool {
+        if size == 0 {
+            return false; // nothing to prefetch, and an empty file is never exported
+        }
         match self.tier.hint(id) {
             Hint::Sequential | Hint::Pin => true,
             Hint::Random => false,
