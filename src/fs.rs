@@ -1255,7 +1255,7 @@ impl Pagetier {
     /// Chooses the I/O mode of a device-view open of `inode` (FUSE inode `ino`, `size`
     /// bytes now): served by the kernel from shared device memory when passthrough is on,
     /// the file is at least `--device-passthrough-min` and wholly resident (made so first
-    /// with the `sequential` or `pin` hint), no passthrough writer writes it behind the
+    /// when [`Self::prefetch_at_open`] says so), no passthrough writer writes it behind the
     /// daemon, and the inode has no daemon-served open; else daemon-served. An inode already
     /// in passthrough mode is joined whatever its size. Returns the mode held (with the
     /// registration to name) and the export the open holds.
@@ -1318,8 +1318,8 @@ impl Pagetier {
     }
 
     /// Takes an open of the file's export: joins a live one, or (with `create`) migrates the
-    /// wholly resident file into shared memory, prefetching it first under the `sequential`
-    /// or `pin` hint.
+    /// wholly resident file into shared memory, prefetching it first where
+    /// [`Self::prefetch_at_open`] says so.
     fn device_export(
         &self,
         id: u64,
