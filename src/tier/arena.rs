@@ -224,22 +224,13 @@ impl Arena {
         let loc = folio.disown();
         let (off, len) = self.range(loc);
         let slots = (len as u64) / PAGE_SIZE;
-        {
-            let mut a = lock(&self.alloc);
-            match loc.slot {
-                None => {
-                    a.chunks[loc.chunk as usize] = ChunkState::Free;
-                    a.free.push(loc.chunk);
-                }
-                Some(s) => {
-                    a.free_slot(loc.chunk, s);
-                    a.used_slots += 1;
-                }
-            }
-            a.lent_slots += slots;
-        }
-        // SAFETY: the range belonged to `folio` alone, which was consumed above; nothing
-        // references its bytes any more, and a later owner writes before it reads.
+        // The memory goes back to the kernel *before* the slots go back to the free lists:
+        // once free, a fill on another thread may take a slot and write a page into it, and
+        // a `MADV_DONTNEED` after that would zero the new page under its owner (whole pages
+        // of zeros read through the device view, under pressure).
+        // SAFETY: the range belonged to `folio` alone, which was consumed above, and it is
+        // not yet in the free lists: nothing references its bytes, and nothing can until
+        // the lock below frees it; a later owner writes before it reads.
         let freed = unsafe {
             self.mem
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len)
@@ -247,6 +238,18 @@ impl Arena {
         if let Err(e) = freed {
             tracing::debug!(error = %e, "madvise(MADV_DONTNEED) on lent arena memory failed");
         }
+        let mut a = lock(&self.alloc);
+        match loc.slot {
+            None => {
+                a.chunks[loc.chunk as usize] = ChunkState::Free;
+                a.free.push(loc.chunk);
+            }
+            Some(s) => {
+                a.free_slot(loc.chunk, s);
+                a.used_slots += 1;
+            }
+        }
+        a.lent_slots += slots;
         slots
     }
 
