@@ -2,7 +2,8 @@
 # The whole check, as CI runs it (.ci/run): setup, format, lints, every test (mount tests
 # included: they need root or a usable /dev/fuse and are never skipped), then fio's
 # write-and-verify through a real pagetier mount, the stale-read check of kernel-served
-# device-view opens (scripts/stale-check), then the cross-node checks on a loopback
+# device-view opens (scripts/stale-check), every byte through both views with the tier under
+# pressure (scripts/verify-files), then the cross-node checks on a loopback
 # GlusterFS volume (scripts/cluster). Runs every step even after a failure,
 # prints a table of steps and a final "steps: N passed, N failed" line; exits non-zero
 # if any step failed.
@@ -177,6 +178,24 @@ stale_check() {
   return "$rc"
 }
 
+# Every byte right through both views with the tier under pressure (scripts/verify-files over
+# 20,000 small files and a 48 MiB tier: pages evicted and exports dropped while files
+# migrate; it caught freed arena memory released after another fill had taken it, zero pages
+# through the device view). About 20 s; with --long 100,000 files and a 256 MiB tier.
+pressure_verify() {
+  local bin=$repo/target/debug/pagetier work rc=0
+  fuse_ready || return 1
+  [[ -x $bin ]] || cargo build --locked || return 1
+  local -a what=(--files 20000 --device-capacity 48MiB --rewrites 200)
+  ((long)) && what=(--files 100000 --device-capacity 256MiB --rewrites 1000)
+  work=$(mktemp -d "${TMPDIR:-/tmp}/pagetier-pressure.XXXXXX") || return 1
+  pt_t 900 scripts/verify-files --bin "$bin" --workdir "$work" --mean-size 4096 --readers 4 \
+    "${what[@]}" 2>&1 | grep -v 'content differs' | tail -n 3
+  rc=${PIPESTATUS[0]}
+  rm -rf "$work"
+  return "$rc"
+}
+
 # The cross-node checks on a loopback GlusterFS volume with pagetier on two nodes
 # (scripts/cluster, scripts/cluster-test): 60 changes, or 60 s of them with --long.
 cluster_tests() {
@@ -196,6 +215,7 @@ step shuttle shuttle_tests
 step passthrough-off passthrough_off_tests
 step fio-verify fio_verify
 step stale-check stale_check
+step pressure-verify pressure_verify
 step cluster cluster_tests
 
 printf '\n== summary%s\n' "$( ((long)) && echo ' (--long)')"
