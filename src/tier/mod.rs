@@ -518,8 +518,9 @@ impl DeviceTier {
         let per_arc = (2 * size_of::<usize>() + size_of::<Folio>()).next_multiple_of(16) as u64;
         let per_file = ((size_of::<(FileId, FileState)>() + 1) * 8 / 7) as u64;
         let per_page_box = size_of::<map::Pages>().next_multiple_of(16) as u64;
-        // An export: its `Arc` allocation (copy name included) and its idle-list entries.
-        let per_export = (2 * size_of::<usize>() + size_of::<export::Export>() + 16) as u64;
+        // An export: its `Arc` allocation (a copy is named by its number, no allocation of its
+        // own) and its idle-list entries.
+        let per_export = (2 * size_of::<usize>() + size_of::<export::Export>()) as u64;
         let idle_entries = lock(&self.idle_exports).len() as u64;
         self.arena.metadata_bytes()
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
