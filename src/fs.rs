@@ -463,7 +463,8 @@ impl Pagetier {
     }
 
     /// Lets host-view passthrough registrations stay idle between opens (`iomode.rs`).
-    pub fn set_idle_ids(&self, ids: Box<dyn crate::iomode::IdleIds>) {
+    pub fn set_idle_ids(&self, ids: std::sync::Arc<dyn crate::iomode::IdleIds>) {
+        self.tier.set_idle_ids(ids.clone());
         self.io_modes.set_idle_ids(ids);
     }
 
@@ -1276,7 +1277,7 @@ impl Pagetier {
         let chosen = self.io_modes.open(ino, false, export.is_some(), |idle| {
             debug_assert!(idle.is_none(), "the device view keeps no idle registration");
             let export = export.as_ref().expect("allowed only with an export");
-            export.registration(|fd| register(Registration::New(fd)))
+            export.registration(register)
         });
         if let Some(err) = &chosen.registration_failed {
             self.passthrough_failed(err);

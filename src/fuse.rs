@@ -604,9 +604,9 @@ impl Filesystem for FuseAdapter {
                 .map(|id| Arc::new(id) as BackingToken),
             Registration::Idle(id) => {
                 // SAFETY: `id` is an idle registration of this inode on this connection,
-                // which the table took over from a `BackingId` (`KernelIdleIds::hand_over`)
-                // and has not closed; the new `BackingId` owns it from here (and closes it
-                // when dropped, unless it is handed over as idle again).
+                // which the mode table or the inode's export took over from a `BackingId`
+                // (`KernelIdleIds::hand_over`) and has not closed; the new `BackingId` owns
+                // it from here (and closes it when dropped, unless handed over again).
                 let backing = unsafe { reply.wrap_backing(id) };
                 Ok(Arc::new(backing) as BackingToken)
             }

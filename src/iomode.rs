@@ -172,7 +172,7 @@ pub struct IoModes {
     table: Mutex<Table>,
     idle_capacity: usize,
     /// Set once the session exists; until then no registration is kept idle.
-    ids: OnceLock<Box<dyn IdleIds>>,
+    ids: OnceLock<Arc<dyn IdleIds>>,
     counters: IoModeCounters,
 }
 
@@ -201,7 +201,7 @@ impl IoModes {
     }
 
     /// Lets idle registrations be kept, as ids (once; later calls are ignored).
-    pub fn set_idle_ids(&self, ids: Box<dyn IdleIds>) {
+    pub fn set_idle_ids(&self, ids: Arc<dyn IdleIds>) {
         let _ = self.ids.set(ids);
     }
 
@@ -505,7 +505,7 @@ mod tests {
 
     fn modes_with(idle_capacity: usize) -> IoModes {
         let m = IoModes::with_idle_capacity(idle_capacity);
-        m.set_idle_ids(Box::new(TestIds));
+        m.set_idle_ids(Arc::new(TestIds));
         m
     }
 

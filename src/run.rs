@@ -604,7 +604,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
 
     // Idle passthrough registrations are closed through it (iomode.rs).
     match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
-        Ok(fd) => fs.set_idle_ids(Box::new(crate::fuse::KernelIdleIds::new(fd))),
+        Ok(fd) => fs.set_idle_ids(std::sync::Arc::new(crate::fuse::KernelIdleIds::new(fd))),
         Err(e) => warn!(error = %e, "cannot duplicate /dev/fuse: no registration stays idle"),
     }
     // Parked workers poll it for the connection's end (workers.rs).

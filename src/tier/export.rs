@@ -49,7 +49,10 @@
 //!   kernel-served open until it dies (`Export::registration`), idle ones too: a later open
 //!   names it again instead of reopening the copy and registering it anew (two ioctls per
 //!   open saved). The kernel then holds the copy's open file (a few hundred bytes of kernel
-//!   memory per idle export, no descriptor of the daemon's); dropping the export drops it;
+//!   memory per idle export, no descriptor of the daemon's); dropping the export drops it.
+//!   An idle export keeps it as the kernel's id alone, handed over to the tier's `IdleIds`
+//!   at its last release (when no open holds a clone of the token), like the host view's
+//!   idle registrations (`iomode.rs`), and closes that id when dropped;
 //! - `opens` counts the device-view opens holding the export; only an export with no open
 //!   (idle, listed in `idle_exports`) is ever dropped, and a dropped export is dead: it is in
 //!   no file state and holds no capacity.
@@ -59,9 +62,10 @@
 //! shard lock; the idle list is a leaf, never held while taking either.
 
 use std::io;
+#[cfg(test)]
 use std::os::fd::BorrowedFd;
 
-use crate::iomode::BackingToken;
+use crate::iomode::{BackingToken, IdleIds, Registration};
 use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
 use crate::tier::folio::{self, Folio};
@@ -81,9 +85,20 @@ pub struct Export {
     copy: DeviceCopy,
     state: Mutex<ExportState>,
     /// The kernel's registration of the copy as a passthrough backing file: made at the
-    /// first kernel-served open, kept while the export lives (idle ones too), dropped when it
-    /// dies (module docs). A leaf lock.
-    registration: Mutex<Option<BackingToken>>,
+    /// first kernel-served open, kept while the export lives (idle ones too, as the kernel's
+    /// id alone), dropped when it dies (module docs). A leaf lock.
+    registration: Mutex<Kept>,
+}
+
+/// How an export keeps the kernel's registration of its copy.
+enum Kept {
+    None,
+    /// While opens may name it (a token allocation of the adapter's).
+    Token(BackingToken),
+    /// While idle: the kernel's id, handed over to the tier's [`IdleIds`] (no allocation; at
+    /// a million idle exports the tokens were a tenth of the daemon's memory). The next
+    /// open names it again ([`Registration::Idle`]); a drop closes it.
+    Parked(u32),
 }
 
 struct ExportState {
@@ -115,25 +130,43 @@ impl Export {
         self.copy.with_fd(f)
     }
 
-    /// The copy's registration as a passthrough backing file: the export's own, or a new one
-    /// that `register` makes from a descriptor of the copy (then kept: module docs).
+    /// The copy's registration as a passthrough backing file: the export's own (named again
+    /// by `register` from its id if it was parked), or a new one that `register` makes from a
+    /// descriptor of the copy (then kept: module docs).
     pub fn registration(
         &self,
-        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingToken>,
+        register: impl FnOnce(Registration<'_>) -> io::Result<BackingToken>,
     ) -> io::Result<BackingToken> {
         let mut kept = lock(&self.registration);
-        if let Some(token) = kept.as_ref() {
-            return Ok(token.clone());
-        }
-        let token = self.copy.with_fd(register)??;
-        *kept = Some(token.clone());
+        let token = match &*kept {
+            Kept::Token(token) => return Ok(token.clone()),
+            Kept::Parked(id) => register(Registration::Idle(*id))?,
+            Kept::None => self.copy.with_fd(|fd| register(Registration::New(fd)))??,
+        };
+        *kept = Kept::Token(token.clone());
         Ok(token)
     }
 
-    /// Whether the export keeps a registration of its copy.
+    /// Hands the registration over to `ids` as the kernel's id, if no open holds a clone of
+    /// it (the export's last open was released).
+    fn park_registration(&self, ids: &dyn IdleIds) {
+        let mut kept = lock(&self.registration);
+        if let Kept::Token(token) = std::mem::replace(&mut *kept, Kept::None) {
+            *kept = match ids.hand_over(token) {
+                Ok(id) => Kept::Parked(id),
+                Err(token) => Kept::Token(token),
+            };
+        }
+    }
+
+    /// Whether the export keeps a registration of its copy: `Some(true)` as an id alone.
     #[cfg(test)]
-    pub fn is_registered(&self) -> bool {
-        lock(&self.registration).is_some()
+    pub fn registration_kept(&self) -> Option<bool> {
+        match &*lock(&self.registration) {
+            Kept::None => None,
+            Kept::Token(_) => Some(false),
+            Kept::Parked(_) => Some(true),
+        }
     }
 }
 
@@ -148,9 +181,39 @@ impl std::fmt::Debug for Export {
 pub const MAX_IDLE_EXPORTS: usize = 1 << 20;
 
 /// Entries the idle list may hold with `idle` exports idle before its stale entries (of
-/// exports reopened or dropped since) are weeded out.
+/// exports reopened or dropped since) are weeded out: a quarter more than the idle ones
+/// (each weeding then pays for a quarter of new entries), so that the list costs about 15
+/// bytes per idle export.
 pub(super) fn stale_bound(idle: u64) -> usize {
-    2 * idle as usize + 4096
+    idle as usize + idle as usize / 4 + 4096
+}
+
+/// An entry of the idle list: an export of `file` that lost its last open at the release
+/// stamped `stamp` (the low 32 bits of its `idle_since`). 12 bytes, not 16: at a million
+/// idle exports the list is the tier's largest table after the files' states. Two releases
+/// of one export whose stamps agree in the low bits (2^32 stamps apart, with the older entry
+/// still listed) make the older entry look current: the export may then be dropped a little
+/// early, which only changes the order of evictions.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, packed(4))]
+pub(super) struct IdleEntry {
+    file: FileId,
+    stamp: u32,
+}
+
+impl IdleEntry {
+    fn new(file: FileId, idle_since: u64) -> IdleEntry {
+        IdleEntry {
+            file,
+            stamp: idle_since as u32,
+        }
+    }
+
+    /// Whether this entry is the one of a release stamped `idle_since` (0: not idle, which
+    /// no entry is of).
+    fn stamped(&self, idle_since: u64) -> bool {
+        idle_since != 0 && self.stamp == idle_since as u32
+    }
 }
 
 /// Pages of a `size`-byte file.
@@ -335,7 +398,7 @@ impl DeviceTier {
                 idle_since: 0,
                 src: Some(src.clone()),
             }),
-            registration: Mutex::new(None),
+            registration: Mutex::new(Kept::None),
         });
         let taken = self.swap_in_export(file, seq, slots, &export);
         let Some(taken) = taken else {
@@ -435,6 +498,9 @@ impl DeviceTier {
         }
         s.src = None;
         let _ = export.copy.hold(false);
+        if let Some(ids) = self.idle_ids.get() {
+            export.park_registration(ids.as_ref());
+        }
         // A file with the `pin` hint keeps its export: like its pinned pages, it is never
         // evicted to make room, only dropped by a change or an explicit eviction.
         if self.hint(file) == Hint::Pin {
@@ -448,7 +514,13 @@ impl DeviceTier {
         add(&self.exports_idle, 1);
         let listed = {
             let mut q = lock(&self.idle_exports);
-            q.push_back((file, stamp));
+            // Grown by a quarter, not doubled: the list is weeded at a quarter over the idle
+            // exports (`stale_bound`), so room past that would never be used.
+            if q.len() == q.capacity() {
+                let more = q.len() / 4 + 1024;
+                q.reserve_exact(more);
+            }
+            q.push_back(IdleEntry::new(file, stamp));
             q.len()
         };
         if listed > stale_bound(self.exports_idle.load(Ordering::Relaxed)) {
@@ -459,39 +531,39 @@ impl DeviceTier {
         }
     }
 
-    /// Whether an idle-list entry `(file, stamp)` is still current: its export is idle since
-    /// that release (an export busy right now keeps its entry).
-    fn idle_entry_current(&self, file: FileId, stamp: u64) -> bool {
-        let Some(export) = self.export_of(file) else {
+    /// Whether an idle-list entry is still current: its export is idle since that release
+    /// (an export busy right now keeps its entry).
+    fn idle_entry_current(&self, entry: IdleEntry) -> bool {
+        let Some(export) = self.export_of(entry.file) else {
             return false;
         };
         match export.state.try_lock() {
-            Ok(s) => s.opens == 0 && s.alive && s.idle_since == stamp,
+            Ok(s) => s.opens == 0 && s.alive && entry.stamped(s.idle_since),
             Err(_) => true,
         }
     }
 
     /// Rebuilds the idle list without the entries of exports reopened or dropped since (each
-    /// release adds one; only the newest of an idle export counts).
+    /// release adds one; only the newest of an idle export counts), in place: the list is
+    /// taken out (the checks take shard and export locks, which come before it), weeded,
+    /// and put back in front of the entries released meanwhile, with a quarter of room.
     fn forget_stale_idle_entries(&self) {
-        let entries: Vec<(FileId, u64)> = lock(&self.idle_exports).drain(..).collect();
-        let kept: Vec<(FileId, u64)> = entries
-            .into_iter()
-            .filter(|&(file, stamp)| self.idle_entry_current(file, stamp))
-            .collect();
+        let mut kept = Vec::from(std::mem::take(&mut *lock(&self.idle_exports)));
+        kept.retain(|&e| self.idle_entry_current(e));
         let mut q = lock(&self.idle_exports);
-        for e in kept.into_iter().rev() {
-            q.push_front(e);
-        }
+        kept.extend(q.drain(..));
+        kept.shrink_to(kept.len() + kept.len() / 4 + 1024);
+        *q = kept.into();
     }
 
     /// Drops the oldest idle export, if any: its pages leave the tier (an eviction).
     /// Returns whether one was dropped.
     pub(super) fn drop_idle_export(&self) -> bool {
         loop {
-            let Some((file, stamp)) = lock(&self.idle_exports).pop_front() else {
+            let Some(entry) = lock(&self.idle_exports).pop_front() else {
                 return false;
             };
+            let file = entry.file;
             let Some(export) = self.export_of(file) else {
                 continue;
             };
@@ -501,7 +573,7 @@ impl DeviceTier {
                 continue;
             };
             // An older entry of an export reopened (and maybe idle again) since: stale.
-            if s.idle_since != stamp {
+            if !entry.stamped(s.idle_since) {
                 continue;
             }
             if self.drop_locked(file, &export, &mut s) {
@@ -518,7 +590,7 @@ impl DeviceTier {
         }
         s.alive = false;
         // No open names it any more, and no later open can join a dead export.
-        let registration = lock(&export.registration).take();
+        let registration = std::mem::replace(&mut *lock(&export.registration), Kept::None);
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
@@ -540,7 +612,15 @@ impl DeviceTier {
             }
         }
         self.exports_live.fetch_sub(1, Ordering::Relaxed);
-        drop(registration);
+        match registration {
+            Kept::Parked(id) => {
+                if let Some(ids) = self.idle_ids.get() {
+                    ids.close(id);
+                }
+            }
+            Kept::Token(token) => drop(token),
+            Kept::None => {}
+        }
         add(&self.stats.dropped_exports, 1);
         add(
             &self.stats.evictions,

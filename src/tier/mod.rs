@@ -158,12 +158,15 @@ pub struct DeviceTier {
     exports_live: AtomicU64,
     /// Files whose export lost its last open, oldest first (may name exports reopened or
     /// gone since: checked when popped). A leaf lock.
-    idle_exports: Mutex<std::collections::VecDeque<(FileId, u64)>>,
+    idle_exports: Mutex<std::collections::VecDeque<export::IdleEntry>>,
     /// Exports alive with no open (at most `MAX_IDLE_EXPORTS` after a release).
     exports_idle: AtomicU64,
     /// Capacity lent to idle exports' copies (slots): part of the arena's lent slots, but not
     /// of the pin budget (an idle export can be dropped at any time).
     idle_lent: AtomicU64,
+    /// Where idle exports' registrations are parked as the kernel's ids (`export.rs`), once
+    /// the session exists; until then they keep their tokens.
+    idle_ids: std::sync::OnceLock<std::sync::Arc<dyn crate::iomode::IdleIds>>,
 }
 
 impl std::fmt::Debug for DeviceTier {
@@ -254,7 +257,14 @@ impl DeviceTier {
             idle_exports: Mutex::new(std::collections::VecDeque::new()),
             exports_idle: AtomicU64::new(0),
             idle_lent: AtomicU64::new(0),
+            idle_ids: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets idle exports keep their registrations as the kernel's ids alone (`export.rs`;
+    /// once, later calls are ignored).
+    pub fn set_idle_ids(&self, ids: std::sync::Arc<dyn crate::iomode::IdleIds>) {
+        let _ = self.idle_ids.set(ids);
     }
 
     /// Sets up shared device memory (a private tmpfs the size of the capacity, `shmem.rs`),
@@ -521,13 +531,13 @@ impl DeviceTier {
         // An export: its `Arc` allocation (a copy is named by its number, no allocation of its
         // own) and its idle-list entries.
         let per_export = (2 * size_of::<usize>() + size_of::<export::Export>()) as u64;
-        let idle_entries = lock(&self.idle_exports).len() as u64;
+        let idle_entries = lock(&self.idle_exports).capacity() as u64;
         self.arena.metadata_bytes()
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
             + files * per_file
             + page_boxes * per_page_box
             + self.exports_live.load(Ordering::Relaxed) * per_export
-            + idle_entries * size_of::<(FileId, u64)>() as u64
+            + idle_entries * size_of::<export::IdleEntry>() as u64
             + folios * (per_map_entry + per_arc + per_policy)
             + policy_fixed
     }

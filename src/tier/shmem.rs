@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
@@ -98,7 +98,7 @@ impl SharedMemory {
         let copy = DeviceCopy {
             dir: self.root.clone(),
             number,
-            file: RwLock::new(Some(Arc::new(file))),
+            file: Mutex::new(Some(Arc::new(file))),
         };
         copy.set_len(size)?;
         Ok(copy)
@@ -124,7 +124,7 @@ pub struct DeviceCopy {
     dir: Arc<OwnedFd>,
     number: u64,
     /// The copy's descriptor while held ([`DeviceCopy::hold`]).
-    file: RwLock<Option<Arc<File>>>,
+    file: Mutex<Option<Arc<File>>>,
 }
 
 impl Drop for DeviceCopy {
@@ -143,7 +143,7 @@ impl Drop for DeviceCopy {
 impl DeviceCopy {
     /// The copy's descriptor: the held one, or a new one (closed when dropped).
     fn file(&self) -> io::Result<Arc<File>> {
-        if let Some(f) = crate::lock::read(&self.file).as_ref() {
+        if let Some(f) = crate::lock::lock(&self.file).as_ref() {
             return Ok(f.clone());
         }
         self.open()
@@ -161,7 +161,7 @@ impl DeviceCopy {
 
     /// Keeps a descriptor from now on (`true`) or lets it go (`false`).
     pub fn hold(&self, held: bool) -> io::Result<()> {
-        let mut g = crate::lock::write(&self.file);
+        let mut g = crate::lock::lock(&self.file);
         match (held, g.is_some()) {
             (true, false) => *g = Some(self.open()?),
             (false, true) => *g = None,
@@ -173,7 +173,7 @@ impl DeviceCopy {
     /// Whether a descriptor is held.
     #[cfg(test)]
     pub fn is_held(&self) -> bool {
-        crate::lock::read(&self.file).is_some()
+        crate::lock::lock(&self.file).is_some()
     }
 
     /// Calls `f` with a descriptor of the copy (to register it as a passthrough backing file).

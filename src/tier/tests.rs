@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering as O};
 use proptest::prelude::*;
 
 use super::*;
+use crate::iomode::Registration;
 use crate::tier::types::RA_INITIAL_WINDOW;
 
 const MIB: u64 = 1 << 20;
@@ -1565,7 +1566,8 @@ fn an_exports_registration_is_made_once_and_dropped_with_it() {
         return;
     };
     let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let register = |_: std::os::fd::BorrowedFd<'_>| {
+    let register = |r: Registration<'_>| {
+        assert!(matches!(r, Registration::New(_)), "no ids: nothing parked");
         made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(std::sync::Arc::new(made.clone()) as crate::iomode::BackingToken)
     };
@@ -1573,7 +1575,11 @@ fn an_exports_registration_is_made_once_and_dropped_with_it() {
     let first = e.registration(register).unwrap();
     t.export_release(1, &e);
     drop(first);
-    assert!(e.is_registered(), "an idle export keeps its registration");
+    assert_eq!(
+        e.registration_kept(),
+        Some(false),
+        "an idle export keeps its registration (as a token, with no ids to park it)"
+    );
     let e2 = t.export_open(1, 4 * MIB, &src).unwrap();
     let again = e2.registration(register).unwrap();
     assert_eq!(
@@ -1587,8 +1593,9 @@ fn an_exports_registration_is_made_once_and_dropped_with_it() {
     let other = VecSource::new(pattern(8 * MIB, 6));
     t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
     assert_eq!(t.stats().shared.dropped, 1);
-    assert!(
-        !e.is_registered(),
+    assert_eq!(
+        e.registration_kept(),
+        None,
         "a dropped export lets its registration go"
     );
     assert_eq!(
@@ -1596,6 +1603,89 @@ fn an_exports_registration_is_made_once_and_dropped_with_it() {
         1,
         "no token left alive"
     );
+    t.check_invariants();
+}
+
+/// Stands for the kernel's ids of registrations: a token handed over is kept by id until
+/// named again or closed.
+#[derive(Default)]
+struct ParkedIds {
+    parked: StdMutex<std::collections::HashMap<u32, crate::iomode::BackingToken>>,
+    next: std::sync::atomic::AtomicU32,
+    closed: std::sync::atomic::AtomicU32,
+}
+
+impl crate::iomode::IdleIds for ParkedIds {
+    fn hand_over(
+        &self,
+        token: crate::iomode::BackingToken,
+    ) -> Result<u32, crate::iomode::BackingToken> {
+        if std::sync::Arc::strong_count(&token) > 1 {
+            return Err(token);
+        }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        lock(&self.parked).insert(id, token);
+        Ok(id)
+    }
+
+    fn close(&self, id: u32) {
+        assert!(lock(&self.parked).remove(&id).is_some(), "closed once");
+        self.closed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// With ids to park them in, an idle export keeps its registration as the kernel's id alone
+/// (never while an open holds a clone of the token), the next open names that id again, and
+/// a drop closes it.
+#[test]
+fn an_idle_exports_registration_is_parked_as_an_id() {
+    let Some((t, _, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Normal) else {
+        return;
+    };
+    let ids = std::sync::Arc::new(ParkedIds::default());
+    t.set_idle_ids(ids.clone());
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    let register = |r: Registration<'_>| match r {
+        Registration::New(_) => {
+            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(std::sync::Arc::new(()) as crate::iomode::BackingToken)
+        }
+        Registration::Idle(id) => Ok(lock(&ids.parked).remove(&id).expect("a parked id")),
+    };
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    let held = e.registration(register).unwrap();
+    // Released while another clone (an open's, in the mode table) is alive: kept as it is.
+    t.export_release(1, &e);
+    assert_eq!(e.registration_kept(), Some(false), "a held token stays one");
+    drop(held);
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    assert_eq!(e.registration_kept(), Some(true), "idle: parked as an id");
+    assert_eq!(lock(&ids.parked).len(), 1);
+    // Reopened: the id is named again, nothing registered anew.
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    let again = e.registration(register).unwrap();
+    assert_eq!(e.registration_kept(), Some(false));
+    assert!(
+        lock(&ids.parked).is_empty(),
+        "the id went back into a token"
+    );
+    assert_eq!(
+        made.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "registered once"
+    );
+    drop(again);
+    t.export_release(1, &e);
+    assert_eq!(e.registration_kept(), Some(true));
+    // An 8 MiB file needs the idle export's room: it is dropped, and its id closed.
+    let other = VecSource::new(pattern(8 * MIB, 6));
+    t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
+    assert_eq!(t.stats().shared.dropped, 1);
+    assert_eq!(e.registration_kept(), None);
+    assert_eq!(ids.closed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(lock(&ids.parked).is_empty());
     t.check_invariants();
 }
 
