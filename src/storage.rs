@@ -101,14 +101,14 @@ struct RawHandle {
 
 /// A kernel file handle: names one object of one filesystem for as long as
 /// it exists (its generation is part of it), and reopens it without a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FileHandle(HandleRepr);
 
 /// Handles this long or shorter are kept inline, with no allocation: ext4's are 8 bytes,
 /// xfs's 8–16, tmpfs's 12 (btrfs's 20 go to the heap). Every known inode holds one.
 const INLINE_HANDLE: usize = 16;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum HandleRepr {
     /// `bytes[len..]` are zero.
     Inline {
