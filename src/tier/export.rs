@@ -62,6 +62,7 @@
 //! shard lock; the idle list is a leaf, never held while taking either.
 
 use std::io;
+use std::num::NonZeroU32;
 #[cfg(test)]
 use std::os::fd::BorrowedFd;
 
@@ -90,27 +91,38 @@ pub struct Export {
     registration: Mutex<Kept>,
 }
 
-/// How an export keeps the kernel's registration of its copy.
+/// How an export keeps the kernel's registration of its copy. 16 bytes: "none" is an
+/// absent id, not a third variant (the kernel's ids start at 1).
 enum Kept {
-    None,
     /// While opens may name it (a token allocation of the adapter's).
     Token(BackingToken),
     /// While idle: the kernel's id, handed over to the tier's [`IdleIds`] (no allocation; at
     /// a million idle exports the tokens were a tenth of the daemon's memory). The next
-    /// open names it again ([`Registration::Idle`]); a drop closes it.
-    Parked(u32),
+    /// open names it again ([`Registration::Idle`]); a drop closes it. `None`: no
+    /// registration.
+    Parked(Option<NonZeroU32>),
 }
 
+const NOT_REGISTERED: Kept = Kept::Parked(None);
+
+// Every exported file keeps one `Export` (in an `Arc`: 16 bytes more) and, while idle, an
+// idle-list entry: at 104 bytes the allocation takes glibc's 128-byte chunk, not its 144.
+// (Shuttle's locks, in its concurrency tests, are larger.)
+#[cfg(not(feature = "shuttle"))]
+const _: () = assert!(size_of::<Export>() <= 104);
+const _: () = assert!(size_of::<IdleEntry>() == 12);
+
 struct ExportState {
-    opens: u64,
+    opens: u32,
     /// False once dropped: an invalidation that waited for the lock takes the usual path.
     alive: bool,
     /// Slots of capacity lent to the copy (and taken from the pin budget).
     lent: u64,
     /// While idle (and listed: not a `pin` file): the stamp of the release that made it
-    /// idle (its entry in the tier's idle list carries the same stamp; older entries of it
-    /// are stale), counted in `exports_idle`. 0 otherwise.
-    idle_since: u64,
+    /// idle, never 0 (its entry in the tier's idle list carries the same stamp; older
+    /// entries of it are stale), counted in `exports_idle`. 0 otherwise. The low 32 bits of a
+    /// tier sequence number ([`IdleEntry`]), so that the state and its lock fit 48 bytes.
+    idle_since: u32,
     /// Reads the file from storage for in-place updates: the source of an open holding the
     /// export, none while idle (an idle export holds no storage descriptor, so an unlinked
     /// file's space is freed; a change to it drops it instead).
@@ -140,8 +152,8 @@ impl Export {
         let mut kept = lock(&self.registration);
         let token = match &*kept {
             Kept::Token(token) => return Ok(token.clone()),
-            Kept::Parked(id) => register(Registration::Idle(*id))?,
-            Kept::None => self.copy.with_fd(|fd| register(Registration::New(fd)))??,
+            Kept::Parked(Some(id)) => register(Registration::Idle(id.get()))?,
+            Kept::Parked(None) => self.copy.with_fd(|fd| register(Registration::New(fd)))??,
         };
         *kept = Kept::Token(token.clone());
         Ok(token)
@@ -151,9 +163,12 @@ impl Export {
     /// it (the export's last open was released).
     fn park_registration(&self, ids: &dyn IdleIds) {
         let mut kept = lock(&self.registration);
-        if let Kept::Token(token) = std::mem::replace(&mut *kept, Kept::None) {
+        if let Kept::Token(token) = std::mem::replace(&mut *kept, NOT_REGISTERED) {
             *kept = match ids.hand_over(token) {
-                Ok(id) => Kept::Parked(id),
+                Ok(id) => {
+                    debug_assert_ne!(id, 0, "the kernel's ids start at 1");
+                    Kept::Parked(NonZeroU32::new(id))
+                }
                 Err(token) => Kept::Token(token),
             };
         }
@@ -163,9 +178,9 @@ impl Export {
     #[cfg(test)]
     pub fn registration_kept(&self) -> Option<bool> {
         match &*lock(&self.registration) {
-            Kept::None => None,
+            Kept::Parked(None) => None,
             Kept::Token(_) => Some(false),
-            Kept::Parked(_) => Some(true),
+            Kept::Parked(Some(_)) => Some(true),
         }
     }
 }
@@ -189,11 +204,11 @@ pub(super) fn stale_bound(idle: u64) -> usize {
 }
 
 /// An entry of the idle list: an export of `file` that lost its last open at the release
-/// stamped `stamp` (the low 32 bits of its `idle_since`). 12 bytes, not 16: at a million
-/// idle exports the list is the tier's largest table after the files' states. Two releases
-/// of one export whose stamps agree in the low bits (2^32 stamps apart, with the older entry
-/// still listed) make the older entry look current: the export may then be dropped a little
-/// early, which only changes the order of evictions.
+/// stamped `stamp` (its `idle_since`: the low 32 bits of a tier sequence number). 12 bytes,
+/// not 16: at a million idle exports the list is the tier's largest table after the files'
+/// states. Two releases of one export whose stamps agree (2^32 sequence numbers apart, with
+/// the older entry still listed) make the older entry look current: the export may then be
+/// dropped a little early, which only changes the order of evictions.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, packed(4))]
 pub(super) struct IdleEntry {
@@ -202,17 +217,17 @@ pub(super) struct IdleEntry {
 }
 
 impl IdleEntry {
-    fn new(file: FileId, idle_since: u64) -> IdleEntry {
+    fn new(file: FileId, idle_since: u32) -> IdleEntry {
         IdleEntry {
             file,
-            stamp: idle_since as u32,
+            stamp: idle_since,
         }
     }
 
     /// Whether this entry is the one of a release stamped `idle_since` (0: not idle, which
     /// no entry is of).
-    fn stamped(&self, idle_since: u64) -> bool {
-        idle_since != 0 && self.stamp == idle_since as u32
+    fn stamped(&self, idle_since: u32) -> bool {
+        idle_since != 0 && self.stamp == idle_since
     }
 }
 
@@ -398,7 +413,7 @@ impl DeviceTier {
                 idle_since: 0,
                 src: Some(src.clone()),
             }),
-            registration: Mutex::new(Kept::None),
+            registration: Mutex::new(NOT_REGISTERED),
         });
         let taken = self.swap_in_export(file, seq, slots, &export);
         let Some(taken) = taken else {
@@ -506,7 +521,7 @@ impl DeviceTier {
         if self.hint(file) == Hint::Pin {
             return;
         }
-        s.idle_since = self.next_seq();
+        s.idle_since = (self.next_seq() as u32).max(1);
         let stamp = s.idle_since;
         sub(&self.pinned_slots, s.lent);
         add(&self.idle_lent, s.lent);
@@ -590,7 +605,7 @@ impl DeviceTier {
         }
         s.alive = false;
         // No open names it any more, and no later open can join a dead export.
-        let registration = std::mem::replace(&mut *lock(&export.registration), Kept::None);
+        let registration = std::mem::replace(&mut *lock(&export.registration), NOT_REGISTERED);
         if s.idle_since != 0 {
             s.idle_since = 0;
             sub(&self.exports_idle, 1);
@@ -613,13 +628,13 @@ impl DeviceTier {
         }
         self.exports_live.fetch_sub(1, Ordering::Relaxed);
         match registration {
-            Kept::Parked(id) => {
+            Kept::Parked(Some(id)) => {
                 if let Some(ids) = self.idle_ids.get() {
-                    ids.close(id);
+                    ids.close(id.get());
                 }
             }
             Kept::Token(token) => drop(token),
-            Kept::None => {}
+            Kept::Parked(None) => {}
         }
         add(&self.stats.dropped_exports, 1);
         add(

@@ -1624,12 +1624,15 @@ impl crate::iomode::IdleIds for ParkedIds {
             return Err(token);
         }
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        lock(&self.parked).insert(id, token);
+        self.parked.lock().unwrap().insert(id, token);
         Ok(id)
     }
 
     fn close(&self, id: u32) {
-        assert!(lock(&self.parked).remove(&id).is_some(), "closed once");
+        assert!(
+            self.parked.lock().unwrap().remove(&id).is_some(),
+            "closed once"
+        );
         self.closed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -1651,7 +1654,7 @@ fn an_idle_exports_registration_is_parked_as_an_id() {
             made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(std::sync::Arc::new(()) as crate::iomode::BackingToken)
         }
-        Registration::Idle(id) => Ok(lock(&ids.parked).remove(&id).expect("a parked id")),
+        Registration::Idle(id) => Ok(ids.parked.lock().unwrap().remove(&id).expect("a parked id")),
     };
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     let held = e.registration(register).unwrap();
@@ -1662,13 +1665,13 @@ fn an_idle_exports_registration_is_parked_as_an_id() {
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     t.export_release(1, &e);
     assert_eq!(e.registration_kept(), Some(true), "idle: parked as an id");
-    assert_eq!(lock(&ids.parked).len(), 1);
+    assert_eq!(ids.parked.lock().unwrap().len(), 1);
     // Reopened: the id is named again, nothing registered anew.
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     let again = e.registration(register).unwrap();
     assert_eq!(e.registration_kept(), Some(false));
     assert!(
-        lock(&ids.parked).is_empty(),
+        ids.parked.lock().unwrap().is_empty(),
         "the id went back into a token"
     );
     assert_eq!(
@@ -1685,7 +1688,7 @@ fn an_idle_exports_registration_is_parked_as_an_id() {
     assert_eq!(t.stats().shared.dropped, 1);
     assert_eq!(e.registration_kept(), None);
     assert_eq!(ids.closed.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert!(lock(&ids.parked).is_empty());
+    assert!(ids.parked.lock().unwrap().is_empty());
     t.check_invariants();
 }
 
