@@ -116,14 +116,12 @@ impl Remembered {
     /// inode number): it matches no file, so the next open or change drops
     /// whatever the caches hold of the id.
     pub fn matching_nothing() -> Self {
-        Remembered(Fingerprint {
-            size: u64::MAX,
-            // No file has a nanosecond count of a second or more.
-            mtime_sec: i64::MIN,
-            ctime_sec: i64::MIN,
-            mtime_nsec: u32::MAX,
-            ctime_nsec: u32::MAX,
-        })
+        // No file has a nanosecond count of a second or more.
+        Remembered(Fingerprint::new(
+            u64::MAX,
+            (i64::MIN, u32::MAX),
+            (i64::MIN, u32::MAX),
+        ))
     }
 
     /// What was seen of a file, made up (for the inode table's tests).

@@ -252,13 +252,11 @@ pub fn key_of(st: &Stat) -> InodeKey {
 
 /// The change fingerprint of a stat result.
 pub fn fingerprint(st: &Stat) -> Fingerprint {
-    Fingerprint {
-        size: st.st_size as u64,
-        mtime_sec: st.st_mtime,
-        ctime_sec: st.st_ctime,
-        mtime_nsec: st.st_mtime_nsec as u32,
-        ctime_nsec: st.st_ctime_nsec as u32,
-    }
+    Fingerprint::new(
+        st.st_size as u64,
+        (st.st_mtime, st.st_mtime_nsec as u32),
+        (st.st_ctime, st.st_ctime_nsec as u32),
+    )
 }
 
 /// `S_IFMT` bits of a stat result.
