@@ -21,7 +21,7 @@ impl DeviceTier {
                         matches!(st.get(k), Some(Entry::Ready(_))),
                         "pinned key {k:?} is not resident"
                     );
-                    assert_eq!(st.hint, Hint::Pin, "pinned folio of an unpinned file");
+                    assert_eq!(st.hint(), Hint::Pin, "pinned folio of an unpinned file");
                     pinned += 1;
                     pinned_slots += slots_of(k);
                 }

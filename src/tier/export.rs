@@ -371,7 +371,7 @@ impl DeviceTier {
                 return Err(NotExported::Raced);
             }
             let own_pinned: u64 = st.pinned.iter().map(slots_of).sum();
-            (st.seq, folios, own_pinned)
+            (st.seq(), folios, own_pinned)
         };
         // `size` came from a stat before the snapshot: a change between the two (a truncate
         // up, a write past the end) bumped no sequence this snapshot could see, so the size
@@ -444,7 +444,7 @@ impl DeviceTier {
             m.values().all(|e| matches!(e, Entry::Ready(_)))
         };
         let held: u64 = st.huge.len() as u64 * 512 + st.base.len() as u64;
-        if st.seq != seq || st.export.is_some() || held != slots || !ready(&st.huge) {
+        if st.seq() != seq || st.export.is_some() || held != slots || !ready(&st.huge) {
             return None;
         }
         if !ready(&st.base) {
@@ -478,7 +478,7 @@ impl DeviceTier {
         drop(policy);
         st.unread.clear();
         // Fills that started before the swap must not install into the export's map.
-        st.seq = self.next_seq();
+        st.set_seq(self.next_seq());
         st.export = Some(export.clone());
         st.drop_empty_pages();
         self.exports_live.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +620,7 @@ impl DeviceTier {
             let mut g = lock(&self.shard(file).files);
             if let Some(st) = g.get_mut(&file) {
                 st.export = None;
-                st.seq = self.next_seq();
+                st.set_seq(self.next_seq());
                 if st.is_empty() {
                     g.remove(&file);
                 }

@@ -426,7 +426,7 @@ impl DeviceTier {
         let st = self.state(&mut g, req.file);
         let want_huge = self.cfg.huge_pages
             && req.access.sequential
-            && st.hint != Hint::Random
+            && st.hint() != Hint::Random
             && piece.ext_start + HUGE_PAGE_SIZE <= req.file_size
             && !cur.rounds.huge_given_up
             && st.base_in_extent(piece.ext).next().is_none();
@@ -466,7 +466,7 @@ impl DeviceTier {
         let mut fill = Fill {
             tier: self,
             file: req.file,
-            seq: st.seq,
+            seq: st.seq(),
             keys,
             folios,
             speculative: req.mode == Mode::Readahead,

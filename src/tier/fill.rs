@@ -94,7 +94,7 @@ impl DeviceTier {
         let mut discard = Vec::new();
         let mut installed = Vec::new();
         if let Some(st) = g.get_mut(&fill.file) {
-            let valid = ok && st.seq == fill.seq;
+            let valid = ok && st.seq() == fill.seq;
             for (key, folio) in keys.into_iter().zip(folios) {
                 let ours = matches!(st.get(&key), Some(Entry::Filling(id)) if *id == folio.id());
                 if ours && valid {

@@ -86,7 +86,7 @@ impl DeviceTier {
         if st.export.is_some() && !refreshed {
             return None;
         }
-        st.seq = self.next_seq();
+        st.set_seq(self.next_seq());
         let mut dropped = Dropped::default();
         Self::drop_base_pages(st, file, pages, &mut dropped);
         self.drop_huge_pages(st, file, pages, &mut dropped);
@@ -197,9 +197,9 @@ impl DeviceTier {
                 }
             }
         };
-        if st.hint != Hint::Normal {
+        if st.hint() != Hint::Normal {
             let mut fresh = FileState::new(self.next_seq());
-            fresh.hint = st.hint;
+            fresh.set_hint(st.hint());
             g.insert(file, fresh);
         }
         shard.wake_filled();

@@ -427,8 +427,8 @@ impl DeviceTier {
     pub fn set_hint(&self, file: FileId, hint: Hint) {
         let mut g = lock(&self.shard(file).files);
         let st = self.state(&mut g, file);
-        let old = st.hint;
-        st.hint = hint;
+        let old = st.hint();
+        st.set_hint(hint);
         let mut policy = lock(&self.policy);
         policy.set_hint(file, hint);
         if hint == Hint::Random {
@@ -446,7 +446,7 @@ impl DeviceTier {
     pub fn hint(&self, file: FileId) -> Hint {
         lock(&self.shard(file).files)
             .get(&file)
-            .map_or(Hint::Normal, |st| st.hint)
+            .map_or(Hint::Normal, |st| st.hint())
     }
 
     /// Blocks until all queued readahead has run (for tests, benchmarks and orderly exits).

@@ -45,7 +45,7 @@ impl DeviceTier {
     pub(super) fn note_read(st: &mut FileState, offset: u64, end: u64) -> Access {
         let continues = offset == st.last_end;
         st.last_end = end;
-        let (sequential, readahead) = match st.hint {
+        let (sequential, readahead) = match st.hint() {
             Hint::Random => (false, false),
             Hint::Sequential => (true, true),
             _ => (

@@ -43,7 +43,7 @@ impl DeviceTier {
         id: FolioId,
         speculative: bool,
     ) {
-        if st.hint == Hint::Pin && self.reserve_pin(slots_of(&key)) {
+        if st.hint() == Hint::Pin && self.reserve_pin(slots_of(&key)) {
             st.pinned.insert(key);
         } else if speculative {
             policy.insert_speculative(key, id);
@@ -165,7 +165,7 @@ impl DeviceTier {
 
 impl DeviceTier {
     /// Moves `st`'s resident folios between the policy and the pinned set after its hint
-    /// changed from `old` to `st.hint`: unpinning hands them all back to the policy; pinning
+    /// changed from `old` to `st.hint()`: unpinning hands them all back to the policy; pinning
     /// takes them out of it while the pin budget has room. Caller holds the shard lock and
     /// the policy lock.
     pub(super) fn repin(
@@ -175,7 +175,7 @@ impl DeviceTier {
         file: FileId,
         old: Hint,
     ) {
-        if old == Hint::Pin && st.hint != Hint::Pin {
+        if old == Hint::Pin && st.hint() != Hint::Pin {
             let keys: Vec<FolioKey> = st.pinned.drain().collect();
             for k in keys {
                 if let Some(Entry::Ready(f)) = st.get(&k) {
@@ -183,7 +183,7 @@ impl DeviceTier {
                 }
                 sub(&self.pinned_slots, slots_of(&k));
             }
-        } else if st.hint == Hint::Pin && old != Hint::Pin {
+        } else if st.hint() == Hint::Pin && old != Hint::Pin {
             let ready: Vec<(FolioKey, FolioId)> = st
                 .huge
                 .iter()

@@ -67,7 +67,7 @@ impl DeviceTier {
         if max == 0 {
             return;
         }
-        let window = match (st.ra_window, st.hint) {
+        let window = match (st.ra_window, st.hint()) {
             (_, Hint::Sequential) => max,
             (0, _) => RA_INITIAL_WINDOW.min(max),
             (w, _) => w,
@@ -98,7 +98,7 @@ impl DeviceTier {
             st.ra_next = target;
             return;
         }
-        let issued = self.submit_readahead(file, file_size, frontier, target, st.seq, src);
+        let issued = self.submit_readahead(file, file_size, frontier, target, st.seq(), src);
         if issued < target {
             add(&self.stats.readahead_dropped, target - issued);
         }
@@ -155,7 +155,7 @@ impl DeviceTier {
     fn run_readahead(&self, job: Extent, src: &dyn FillSource) {
         {
             let g = lock(&self.shard(job.file).files);
-            if g.get(&job.file).is_none_or(|st| st.seq != job.seq) {
+            if g.get(&job.file).is_none_or(|st| st.seq() != job.seq) {
                 return; // invalidated since it was queued
             }
         }
