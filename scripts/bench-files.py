@@ -299,19 +299,23 @@ def drop_caches(what):
     return True
 
 
-def drop_and_settle(daemons, seconds=15):
-    """echo 2 > drop_caches, then waits until every daemon's RSS and inode count stop moving."""
+def drop_and_settle(daemons, seconds=60, still=3.0):
+    """echo 2 > drop_caches, then waits until every daemon's RSS and inode count have not moved
+    for `still` seconds (at most `seconds`). A daemon handles a million FORGETs in bursts, with
+    pauses of a second or more between them (a heap trim), so two equal samples half a second
+    apart are not the end of them."""
     if not drop_caches(2):
         log("warning: the 'after drop_caches' figures are not that")
         return False
-    prev, end = None, time.monotonic() + seconds
+    prev, since, end = None, time.monotonic(), time.monotonic() + seconds
     while time.monotonic() < end:
         time.sleep(0.5)
         cur = {n: ((d.snapshot().get("memory") or {}).get("VmRSS"), d.snapshot().get("inodes"))
                for n, d in daemons.items() if d.pid}
-        if cur == prev:
+        if cur != prev:
+            prev, since = cur, time.monotonic()
+        elif time.monotonic() - since >= still:
             break
-        prev = cur
     return True
 
 
