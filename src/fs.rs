@@ -462,7 +462,9 @@ impl Pagetier {
         *lock(&self.kernel_limits) = limits;
     }
 
-    /// Lets host-view passthrough registrations stay idle between opens (`iomode.rs`).
+    /// Lets passthrough registrations stay idle between opens as the kernel's ids: host-view
+    /// ones in the mode table (`iomode.rs`), device-view ones with their idle exports
+    /// (`tier/export.rs`).
     pub fn set_idle_ids(&self, ids: std::sync::Arc<dyn crate::iomode::IdleIds>) {
         self.tier.set_idle_ids(ids.clone());
         self.io_modes.set_idle_ids(ids);

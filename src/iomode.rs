@@ -32,7 +32,8 @@
 //! daemon's memory per inode at a million files). The map shrinks once mostly empty and
 //! gives the heap back, so the daemon falls back to its idle size after the kernel forgets.
 //! With no [`IdleIds`] set, none is kept. The device view keeps none here: its registrations
-//! belong to its exports (`tier/export.rs`).
+//! belong to its exports (`tier/export.rs`), which park idle ones through the same
+//! [`IdleIds`].
 //!
 //! Invariants:
 //! - a mode is held from the open's reply until that open's RELEASE. The kernel leaves it
