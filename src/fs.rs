@@ -603,7 +603,7 @@ impl Pagetier {
         // dropped.
         if self.inodes.forget(id, n, view).is_some() {
             self.io_modes.forget(encode(id, View::Host));
-            let has_pages = |id| self.tier.residency(id).resident_bytes > 0;
+            let has_pages = |id| self.tier.holds_pages(id);
             self.inodes.prune_forgotten(id, |id| {
                 has_pages(id) || {
                     self.tier.cancel_readahead(id);

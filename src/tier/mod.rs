@@ -474,6 +474,17 @@ impl DeviceTier {
         }
     }
 
+    /// Whether the tier may hold pages of `file`: resident or filling folios, or an export.
+    /// What [`Self::residency`] tells without its size, and without its cost: an exported
+    /// file's size is its copy's, which an idle export can learn only by opening the copy
+    /// (an `openat`, an `fstat` and a `close`; the kernel forgetting a million exported files
+    /// asks this of each).
+    pub fn holds_pages(&self, file: FileId) -> bool {
+        lock(&self.shard(file).files)
+            .get(&file)
+            .is_some_and(|st| st.export.is_some() || !st.huge.is_empty() || !st.base.is_empty())
+    }
+
     /// Counts a device-side modification that was refused (EROFS).
     pub fn count_refused_write(&self) {
         add(&self.stats.refused_writes, 1);

@@ -1825,3 +1825,26 @@ fn a_write_racing_a_migration_leaves_no_stale_export() {
     assert!(held > 0, "no migration won against the writes");
     t.check_invariants();
 }
+
+/// `holds_pages` says what `residency` says of resident, exported and evicted files.
+#[test]
+fn holds_pages_agrees_with_residency() {
+    let Some((t, _, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Normal) else {
+        return;
+    };
+    assert!(!t.holds_pages(9), "a file never read");
+    assert!(
+        t.holds_pages(1) && t.residency(1).resident_bytes > 0,
+        "resident"
+    );
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    assert!(t.holds_pages(1), "an idle export holds the file's pages");
+    assert!(t.residency(1).resident_bytes > 0);
+    t.invalidate_file(1, InvalidationCause::Evict);
+    assert!(
+        !t.holds_pages(1) && t.residency(1).resident_bytes == 0,
+        "evicted"
+    );
+    t.check_invariants();
+}
