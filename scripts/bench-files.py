@@ -301,9 +301,8 @@ def drop_caches(what):
 
 def drop_and_settle(daemons, seconds=60, still=3.0):
     """echo 2 > drop_caches, then waits until every daemon's RSS and inode count have not moved
-    for `still` seconds (at most `seconds`). A million FORGETs reach a daemon in bursts, with
-    pauses of a second or more between them, so two equal samples half a second apart are not
-    the end of them."""
+    for `still` seconds (at most `seconds`): a daemon may take a million FORGETs with pauses
+    of a second or more, so two equal samples half a second apart are not the end of them."""
     if not drop_caches(2):
         log("warning: the 'after drop_caches' figures are not that")
         return False
