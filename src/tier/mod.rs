@@ -462,11 +462,14 @@ impl DeviceTier {
 
     /// The file's resident device pages.
     pub fn residency(&self, file: FileId) -> Residency {
-        let g = lock(&self.shard(file).files);
-        let (huge_pages, base_pages) = g.get(&file).map_or((0, 0), |st| match &st.export {
-            Some(e) => Self::exported_residency(e),
-            None => st.resident_counts(),
-        });
+        let (export, counts) = {
+            let g = lock(&self.shard(file).files);
+            g.get(&file).map_or((None, (0, 0)), |st| {
+                (st.export.clone(), st.resident_counts())
+            })
+        };
+        // An export's size is its copy's: a system call or three, after the shard lock.
+        let (huge_pages, base_pages) = export.map_or(counts, |e| Self::exported_residency(&e));
         Residency {
             resident_bytes: huge_pages * HUGE_PAGE_SIZE + base_pages * PAGE_SIZE,
             huge_pages,
