@@ -195,6 +195,12 @@ impl std::fmt::Debug for Export {
 /// the daemon this struct, outside the tier's capacity.
 pub const MAX_IDLE_EXPORTS: usize = 1 << 20;
 
+/// Spare room the idle list keeps past `len` entries: a quarter, since it is weeded at a
+/// quarter over the idle exports ([`stale_bound`]) and room past that would never be used.
+fn idle_room(len: usize) -> usize {
+    len / 4 + 1024
+}
+
 /// Entries the idle list may hold with `idle` exports idle before its stale entries (of
 /// exports reopened or dropped since) are weeded out: a quarter more than the idle ones
 /// (each weeding then pays for a quarter of new entries), so that the list costs about 15
@@ -529,10 +535,9 @@ impl DeviceTier {
         add(&self.exports_idle, 1);
         let listed = {
             let mut q = lock(&self.idle_exports);
-            // Grown by a quarter, not doubled: the list is weeded at a quarter over the idle
-            // exports (`stale_bound`), so room past that would never be used.
+            // Grown by a quarter, not doubled (`idle_room`).
             if q.len() == q.capacity() {
-                let more = q.len() / 4 + 1024;
+                let more = idle_room(q.len());
                 q.reserve_exact(more);
             }
             q.push_back(IdleEntry::new(file, stamp));
@@ -567,7 +572,7 @@ impl DeviceTier {
         kept.retain(|&e| self.idle_entry_current(e));
         let mut q = lock(&self.idle_exports);
         kept.extend(q.drain(..));
-        kept.shrink_to(kept.len() + kept.len() / 4 + 1024);
+        kept.shrink_to(kept.len() + idle_room(kept.len()));
         *q = kept.into();
     }
 
@@ -627,15 +632,11 @@ impl DeviceTier {
             }
         }
         self.exports_live.fetch_sub(1, Ordering::Relaxed);
-        match registration {
-            Kept::Parked(Some(id)) => {
-                if let Some(ids) = self.idle_ids.get() {
-                    ids.close(id.get());
-                }
-            }
-            Kept::Token(token) => drop(token),
-            Kept::Parked(None) => {}
+        // A token unregisters when its last clone drops; a parked id is closed here.
+        if let (Kept::Parked(Some(id)), Some(ids)) = (&registration, self.idle_ids.get()) {
+            ids.close(id.get());
         }
+        drop(registration);
         add(&self.stats.dropped_exports, 1);
         add(
             &self.stats.evictions,

@@ -263,12 +263,14 @@ impl FileState {
         (ready(&self.huge), ready(&self.base))
     }
 
+    /// Pages (ready or filling) or an export: the tier may hold some of the file's bytes.
+    pub fn holds_pages(&self) -> bool {
+        self.export.is_some() || !self.huge.is_empty() || !self.base.is_empty()
+    }
+
     /// No pages, no fills and no hint: the state can be forgotten.
     pub fn is_empty(&self) -> bool {
-        self.huge.is_empty()
-            && self.base.is_empty()
-            && self.hint() == Hint::Normal
-            && self.export.is_none()
+        !self.holds_pages() && self.hint() == Hint::Normal
     }
 }
 

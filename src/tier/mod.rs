@@ -485,7 +485,7 @@ impl DeviceTier {
     pub fn holds_pages(&self, file: FileId) -> bool {
         lock(&self.shard(file).files)
             .get(&file)
-            .is_some_and(|st| st.export.is_some() || !st.huge.is_empty() || !st.base.is_empty())
+            .is_some_and(FileState::holds_pages)
     }
 
     /// Counts a device-side modification that was refused (EROFS).
