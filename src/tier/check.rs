@@ -2,7 +2,7 @@
 
 use crate::tier::DeviceTier;
 use crate::tier::hint::Hint;
-use crate::tier::map::Entry;
+use crate::tier::map::{Entry, ExportSlot};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::sync::{Ordering, lock};
@@ -14,8 +14,13 @@ impl DeviceTier {
         let (mut huge, mut base) = (0, 0);
         let mut filling = 0;
         let (mut pinned, mut pinned_slots) = (0u64, 0u64);
+        let (mut compact, mut compact_lent) = (0u64, 0u64);
         for s in self.shards.iter() {
             for st in lock(&s.files).values() {
+                if let ExportSlot::Idle(idle) = &st.export {
+                    compact += 1;
+                    compact_lent += idle.lent_slots();
+                }
                 for k in st.pinned.iter() {
                     assert!(
                         matches!(st.get(k), Some(Entry::Ready(_))),
@@ -52,6 +57,15 @@ impl DeviceTier {
         assert!(
             idle_lent <= lent,
             "idle exports lend part of the lent capacity"
+        );
+        assert_eq!(
+            compact,
+            self.exports_compact.load(Ordering::Relaxed),
+            "compact exports are counted"
+        );
+        assert!(
+            compact_lent <= idle_lent,
+            "compact exports are idle ones: {compact_lent} > {idle_lent} slots"
         );
         assert_eq!(
             self.pinned_slots.load(Ordering::Relaxed),

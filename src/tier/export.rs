@@ -56,13 +56,24 @@
 //! - `opens` counts the device-view opens holding the export; only an export with no open
 //!   (idle, listed in `idle_exports`) is ever dropped, and a dropped export is dead: it is in
 //!   no file state and holds no capacity.
+//! - an idle export that nothing but its file state and its releasing open holds (no other
+//!   clone of its `Arc`: none can be made but from the state, under the shard lock) is
+//!   *compacted* at that release: its copy's number, parked registration, lent capacity and
+//!   idle stamp move into the state as an [`IdleExport`] (12 bytes instead of a 128-byte
+//!   allocation), and the `Arc` the open still holds is left *disowned*: dead, lending
+//!   nothing, reaching no copy. Anything that wants the export again (an open, a daemon-served
+//!   read) *revives* it from those 12 bytes under the shard lock ([`DeviceTier::export_of`]);
+//!   anything that would drop it (the idle list, an invalidation) takes it out of the state
+//!   under that lock, so a compact export is dropped or revived, never both. Exports of more
+//!   than 256 MiB, of `pin` files, and ones whose registration is still a token (an open
+//!   holds a clone) are not compacted.
 //!
 //! Lock order: an export's `state` lock comes *before* a shard lock (refresh and import do
 //! storage I/O and then touch the page map); nothing takes an export's lock while holding a
 //! shard lock; the idle list is a leaf, never held while taking either.
 
 use std::io;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU16, NonZeroU32};
 #[cfg(test)]
 use std::os::fd::BorrowedFd;
 
@@ -71,7 +82,7 @@ use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
 use crate::tier::folio::{self, Folio};
 use crate::tier::hint::Hint;
-use crate::tier::map::Entry;
+use crate::tier::map::{Entry, ExportSlot};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::shmem::DeviceCopy;
@@ -110,7 +121,53 @@ const NOT_REGISTERED: Kept = Kept::Parked(None);
 // (Shuttle's locks, in its concurrency tests, are larger.)
 #[cfg(not(feature = "shuttle"))]
 const _: () = assert!(size_of::<Export>() <= 104);
-const _: () = assert!(size_of::<IdleEntry>() == 12);
+const _: () = assert!(size_of::<IdleEntry>() == 10);
+const _: () = assert!(size_of::<IdleExport>() == 12);
+
+/// The stamp of the release that made an export idle: the low 16 bits of a tier sequence
+/// number, never 0 ([`IdleEntry`]).
+type Stamp = NonZeroU16;
+
+/// An idle export in the file's state instead of its `Arc` (module docs: compaction).
+#[derive(Clone, Copy, Debug)]
+pub struct IdleExport {
+    /// Its copy's number in shared memory ([`SharedMemory::reattach`]).
+    number: u32,
+    /// Its registration, parked as the kernel's id (`None`: not registered).
+    id: Option<NonZeroU32>,
+    /// Slots of capacity lent to the copy (only copies of up to 256 MiB are compacted).
+    lent: u16,
+    /// The release that made it idle (its current idle-list entry carries the same).
+    stamp: Stamp,
+}
+
+impl DeviceTier {
+    /// Whether `file`'s export keeps a registration of its copy (`Some(true)`: as an id
+    /// alone), looked at without reviving it.
+    #[cfg(test)]
+    pub fn kept_registration(&self, file: FileId) -> Option<bool> {
+        match self.find_export(file) {
+            Found::None => None,
+            Found::Idle(idle) => idle.id.map(|_| true),
+            Found::Live(e) => e.registration_kept(),
+        }
+    }
+}
+
+impl IdleExport {
+    /// Slots of capacity lent to its copy.
+    #[cfg(test)]
+    pub fn lent_slots(&self) -> u64 {
+        u64::from(self.lent)
+    }
+}
+
+/// What a file's state holds of an export, looked at without reviving it.
+enum Found {
+    None,
+    Live(Arc<Export>),
+    Idle(IdleExport),
+}
 
 struct ExportState {
     opens: u32,
@@ -119,10 +176,9 @@ struct ExportState {
     /// Slots of capacity lent to the copy (and taken from the pin budget).
     lent: u64,
     /// While idle (and listed: not a `pin` file): the stamp of the release that made it
-    /// idle, never 0 (its entry in the tier's idle list carries the same stamp; older
-    /// entries of it are stale), counted in `exports_idle`. 0 otherwise. The low 32 bits of a
-    /// tier sequence number ([`IdleEntry`]), so that the state and its lock fit 48 bytes.
-    idle_since: u32,
+    /// idle (its entry in the tier's idle list carries the same stamp; older entries of it
+    /// are stale), counted in `exports_idle`. None otherwise.
+    idle_since: Option<Stamp>,
     /// Reads the file from storage for in-place updates: the source of an open holding the
     /// export, none while idle (an idle export holds no storage descriptor, so an unlinked
     /// file's space is freed; a change to it drops it instead).
@@ -130,6 +186,21 @@ struct ExportState {
 }
 
 impl Export {
+    /// An idle export brought back from its compact form: idle still, under the same stamp.
+    fn revived(shared: &crate::tier::shmem::SharedMemory, idle: IdleExport) -> Export {
+        Export {
+            copy: shared.reattach(idle.number),
+            state: Mutex::new(ExportState {
+                opens: 0,
+                alive: true,
+                lent: u64::from(idle.lent),
+                idle_since: Some(idle.stamp),
+                src: None,
+            }),
+            registration: Mutex::new(Kept::Parked(idle.id)),
+        }
+    }
+
     /// Whether the export holds a descriptor of its copy.
     #[cfg(test)]
     pub fn holds_fd(&self) -> bool {
@@ -210,36 +281,41 @@ pub(super) fn stale_bound(idle: u64) -> usize {
 }
 
 /// An entry of the idle list: an export of `file` that lost its last open at the release
-/// stamped `stamp` (its `idle_since`: the low 32 bits of a tier sequence number). 12 bytes,
-/// not 16: at a million idle exports the list is the tier's largest table after the files'
-/// states. Two releases of one export whose stamps agree (2^32 sequence numbers apart, with
-/// the older entry still listed) make the older entry look current: the export may then be
-/// dropped a little early, which only changes the order of evictions.
+/// stamped `stamp` (its `idle_since`). 10 bytes, not 16: at a million idle exports the list
+/// is one of the tier's largest tables. Two releases of one export whose stamps agree (2^16
+/// sequence numbers apart, with the older entry still listed) make the older entry look
+/// current: the export may then be dropped a little early (which only changes the order of
+/// evictions), and a weeding keeps that entry once more.
 #[derive(Clone, Copy, Debug)]
-#[repr(C, packed(4))]
+#[repr(C, packed(2))]
 pub(super) struct IdleEntry {
     file: FileId,
-    stamp: u32,
+    stamp: Stamp,
 }
 
 impl IdleEntry {
-    fn new(file: FileId, idle_since: u32) -> IdleEntry {
-        IdleEntry {
-            file,
-            stamp: idle_since,
-        }
+    fn new(file: FileId, stamp: Stamp) -> IdleEntry {
+        IdleEntry { file, stamp }
     }
 
-    /// Whether this entry is the one of a release stamped `idle_since` (0: not idle, which
+    /// Whether this entry is the one of a release stamped `idle_since` (None: not idle, which
     /// no entry is of).
-    fn stamped(&self, idle_since: u32) -> bool {
-        idle_since != 0 && self.stamp == idle_since
+    fn stamped(&self, idle_since: Option<Stamp>) -> bool {
+        let stamp = self.stamp;
+        idle_since == Some(stamp)
     }
 }
 
 /// Pages of a `size`-byte file.
 fn pages_of(size: u64) -> u64 {
     size.div_ceil(PAGE_SIZE)
+}
+
+/// Pages of a `size`-byte exported file, as `(huge, base)`: 2 MiB extents wholly inside the
+/// file were copied as 2 MiB pages.
+fn exported_pages(size: u64) -> (u64, u64) {
+    let huge = size / HUGE_PAGE_SIZE;
+    (huge, pages_of(size - huge * HUGE_PAGE_SIZE))
 }
 
 /// What an invalidation found of a file's export ([`DeviceTier::refresh_if_exported`]).
@@ -271,14 +347,62 @@ pub enum NotExported {
 }
 
 impl DeviceTier {
-    /// The live export of `file`, if any (cheap when none exists anywhere).
+    /// The live export of `file`, if any, revived first if it was compacted (cheap when none
+    /// exists anywhere).
     pub(super) fn export_of(&self, file: FileId) -> Option<Arc<Export>> {
         if self.exports_live.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        lock(&self.shard(file).files)
+        let mut g = lock(&self.shard(file).files);
+        let st = g.get_mut(&file)?;
+        match &st.export {
+            ExportSlot::None => None,
+            ExportSlot::Live(e) => Some(e.clone()),
+            ExportSlot::Idle(idle) => {
+                // A compact export exists only where shared memory does.
+                let shared = self.shared.get()?;
+                let e = Arc::new(Export::revived(shared, *idle));
+                st.export = ExportSlot::Live(e.clone());
+                sub(&self.exports_compact, 1);
+                Some(e)
+            }
+        }
+    }
+
+    /// Whether `file` has an export, live or idle (never revives one).
+    pub(super) fn is_exported(&self, file: FileId) -> bool {
+        self.exports_live.load(Ordering::Relaxed) > 0
+            && lock(&self.shard(file).files)
+                .get(&file)
+                .is_some_and(|st| st.is_exported())
+    }
+
+    /// What `file`'s state holds of an export, without reviving a compact one.
+    fn find_export(&self, file: FileId) -> Found {
+        if self.exports_live.load(Ordering::Relaxed) == 0 {
+            return Found::None;
+        }
+        match lock(&self.shard(file).files)
             .get(&file)
-            .and_then(|st| st.export.clone())
+            .map(|st| &st.export)
+        {
+            None | Some(ExportSlot::None) => Found::None,
+            Some(ExportSlot::Live(e)) => Found::Live(e.clone()),
+            Some(ExportSlot::Idle(idle)) => Found::Idle(*idle),
+        }
+    }
+
+    /// The copy's size of an export found by [`Self::find_export`] (a system call or more).
+    fn found_len(&self, found: &Found) -> u64 {
+        match found {
+            Found::None => 0,
+            Found::Live(e) => e.copy.len().unwrap_or(0),
+            Found::Idle(idle) => self
+                .shared
+                .get()
+                .and_then(|m| m.len_of(idle.number).ok())
+                .unwrap_or(0),
+        }
     }
 
     /// Takes one open of `file`'s export, migrating the file into shared memory first if it
@@ -373,7 +497,7 @@ impl DeviceTier {
                     return Err(NotExported::NotWhole);
                 }
             }
-            if st.export.is_some() {
+            if st.is_exported() {
                 return Err(NotExported::Raced);
             }
             let own_pinned: u64 = st.pinned.iter().map(slots_of).sum();
@@ -416,7 +540,7 @@ impl DeviceTier {
                 opens: 1,
                 alive: true,
                 lent: slots,
-                idle_since: 0,
+                idle_since: None,
                 src: Some(src.clone()),
             }),
             registration: Mutex::new(NOT_REGISTERED),
@@ -450,7 +574,7 @@ impl DeviceTier {
             m.values().all(|e| matches!(e, Entry::Ready(_)))
         };
         let held: u64 = st.huge.len() as u64 * 512 + st.base.len() as u64;
-        if st.seq() != seq || st.export.is_some() || held != slots || !ready(&st.huge) {
+        if st.seq() != seq || st.is_exported() || held != slots || !ready(&st.huge) {
             return None;
         }
         if !ready(&st.base) {
@@ -485,7 +609,7 @@ impl DeviceTier {
         st.unread.clear();
         // Fills that started before the swap must not install into the export's map.
         st.set_seq(self.next_seq());
-        st.export = Some(export.clone());
+        st.export = ExportSlot::Live(export.clone());
         st.drop_empty_pages();
         self.exports_live.fetch_add(1, Ordering::Relaxed);
         drop(g);
@@ -497,8 +621,7 @@ impl DeviceTier {
     /// One more open of a live export (taking it out of the idle ones if it was idle:
     /// its copy is pinned again, past the budget if need be).
     fn take_open(&self, s: &mut ExportState) {
-        if s.idle_since != 0 {
-            s.idle_since = 0;
+        if s.idle_since.take().is_some() {
             sub(&self.exports_idle, 1);
             sub(&self.idle_lent, s.lent);
             if !self.reserve_pin(s.lent) {
@@ -527,12 +650,13 @@ impl DeviceTier {
         if self.hint(file) == Hint::Pin {
             return;
         }
-        s.idle_since = (self.next_seq() as u32).max(1);
-        let stamp = s.idle_since;
+        let stamp = Stamp::new(self.next_seq() as u16).unwrap_or(Stamp::MIN);
+        s.idle_since = Some(stamp);
         sub(&self.pinned_slots, s.lent);
         add(&self.idle_lent, s.lent);
-        drop(s);
         add(&self.exports_idle, 1);
+        self.compact(file, export, &mut s);
+        drop(s);
         let listed = {
             let mut q = lock(&self.idle_exports);
             // Grown by a quarter, not doubled (`idle_room`).
@@ -551,16 +675,103 @@ impl DeviceTier {
         }
     }
 
+    /// Compacts the export `held` (of `file`, its state `s` locked) that its last open just
+    /// left idle, if only its file state and that open hold it (module docs): the state then
+    /// keeps it as an [`IdleExport`], and `held` is disowned.
+    fn compact(&self, file: FileId, held: &Arc<Export>, s: &mut ExportState) {
+        let (Some(stamp), Ok(lent)) = (s.idle_since, u16::try_from(s.lent)) else {
+            return;
+        };
+        let mut g = lock(&self.shard(file).files);
+        let Some(st) = g.get_mut(&file) else {
+            return;
+        };
+        // Two holders: the state and the caller (whose clone is not the state's). A third
+        // could only come from the state, under this lock.
+        let ExportSlot::Live(e) = &st.export else {
+            return;
+        };
+        if !Arc::ptr_eq(e, held) || Arc::strong_count(held) != 2 {
+            return;
+        }
+        let mut kept = lock(&held.registration);
+        let Kept::Parked(id) = *kept else {
+            // A token: some open's clone of it is still alive.
+            return;
+        };
+        *kept = NOT_REGISTERED;
+        drop(kept);
+        let number = held.copy.disown();
+        st.export = ExportSlot::Idle(IdleExport {
+            number,
+            id,
+            lent,
+            stamp,
+        });
+        s.alive = false;
+        s.lent = 0;
+        s.idle_since = None;
+        add(&self.exports_compact, 1);
+    }
+
     /// Whether an idle-list entry is still current: its export is idle since that release
     /// (an export busy right now keeps its entry).
     fn idle_entry_current(&self, entry: IdleEntry) -> bool {
-        let Some(export) = self.export_of(entry.file) else {
-            return false;
-        };
-        match export.state.try_lock() {
-            Ok(s) => s.opens == 0 && s.alive && entry.stamped(s.idle_since),
-            Err(_) => true,
+        match self.find_export(entry.file) {
+            Found::None => false,
+            Found::Idle(idle) => entry.stamped(Some(idle.stamp)),
+            Found::Live(export) => match export.state.try_lock() {
+                Ok(s) => s.opens == 0 && s.alive && entry.stamped(s.idle_since),
+                Err(_) => true,
+            },
         }
+    }
+
+    /// Takes `file`'s compact export out of its state, if it still has one (stamped `stamp`,
+    /// if given), as a drop does: the caller finishes the drop with [`Self::drop_compact`].
+    fn take_compact(&self, file: FileId, stamp: Option<Stamp>) -> Option<IdleExport> {
+        let mut g = lock(&self.shard(file).files);
+        let st = g.get_mut(&file)?;
+        let ExportSlot::Idle(idle) = st.export else {
+            return None;
+        };
+        if stamp.is_some_and(|s| s != idle.stamp) {
+            return None;
+        }
+        st.export = ExportSlot::None;
+        st.set_seq(self.next_seq());
+        if st.is_empty() {
+            g.remove(&file);
+        }
+        Some(idle)
+    }
+
+    /// Finishes the drop of a compact export taken out of its state: its capacity, its
+    /// registration and its copy go.
+    fn drop_compact(&self, idle: IdleExport) {
+        sub(&self.exports_compact, 1);
+        if let Some(shared) = self.shared.get() {
+            drop(shared.reattach(idle.number));
+        }
+        self.dropped(u64::from(idle.lent), true, idle.id);
+    }
+
+    /// The accounting of a dropped export (out of its file state already) that lent `lent`
+    /// slots, was `idle` or pinned, and kept registration `id`.
+    fn dropped(&self, lent: u64, idle: bool, id: Option<NonZeroU32>) {
+        if idle {
+            sub(&self.exports_idle, 1);
+            sub(&self.idle_lent, lent);
+        } else {
+            sub(&self.pinned_slots, lent);
+        }
+        self.arena.unlend(lent);
+        self.exports_live.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(id), Some(ids)) = (id, self.idle_ids.get()) {
+            ids.close(id.get());
+        }
+        add(&self.stats.dropped_exports, 1);
+        add(&self.stats.evictions, lent.div_ceil(SLOTS_PER_CHUNK as u64));
     }
 
     /// Rebuilds the idle list without the entries of exports reopened or dropped since (each
@@ -583,22 +794,44 @@ impl DeviceTier {
             let Some(entry) = lock(&self.idle_exports).pop_front() else {
                 return false;
             };
-            let file = entry.file;
-            let Some(export) = self.export_of(file) else {
-                continue;
+            if self.drop_if_current(entry) {
+                return true;
+            }
+        }
+    }
+
+    /// Drops the export an idle-list entry names, if the entry is current. Returns whether
+    /// it was dropped.
+    fn drop_if_current(&self, entry: IdleEntry) -> bool {
+        let file = entry.file;
+        loop {
+            let export = match self.find_export(file) {
+                Found::None => return false,
+                Found::Idle(idle) => {
+                    // An older entry of an export reopened (and maybe idle again) since: stale.
+                    if !entry.stamped(Some(idle.stamp)) {
+                        return false;
+                    }
+                    match self.take_compact(file, Some(idle.stamp)) {
+                        Some(idle) => {
+                            self.drop_compact(idle);
+                            return true;
+                        }
+                        // Revived (or dropped) since the look: look again.
+                        None => continue,
+                    }
+                }
+                Found::Live(export) => export,
             };
             // A busy export is not idle (being opened, refreshed or dropped); and a caller
             // may hold another export's lock (a refresh making room): never wait here.
             let Ok(mut s) = export.state.try_lock() else {
-                continue;
+                return false;
             };
-            // An older entry of an export reopened (and maybe idle again) since: stale.
             if !entry.stamped(s.idle_since) {
-                continue;
+                return false;
             }
-            if self.drop_locked(file, &export, &mut s) {
-                return true;
-            }
+            return self.drop_locked(file, &export, &mut s);
         }
     }
 
@@ -611,37 +844,24 @@ impl DeviceTier {
         s.alive = false;
         // No open names it any more, and no later open can join a dead export.
         let registration = std::mem::replace(&mut *lock(&export.registration), NOT_REGISTERED);
-        if s.idle_since != 0 {
-            s.idle_since = 0;
-            sub(&self.exports_idle, 1);
-            sub(&self.idle_lent, s.lent);
-        } else {
-            sub(&self.pinned_slots, s.lent);
-        }
-        self.arena.unlend(s.lent);
-        let pages = s.lent;
-        s.lent = 0;
+        let idle = s.idle_since.take().is_some();
+        let lent = std::mem::take(&mut s.lent);
         {
             let mut g = lock(&self.shard(file).files);
             if let Some(st) = g.get_mut(&file) {
-                st.export = None;
+                st.export = ExportSlot::None;
                 st.set_seq(self.next_seq());
                 if st.is_empty() {
                     g.remove(&file);
                 }
             }
         }
-        self.exports_live.fetch_sub(1, Ordering::Relaxed);
         // A token unregisters when its last clone drops; a parked id is closed here.
-        if let (Kept::Parked(Some(id)), Some(ids)) = (&registration, self.idle_ids.get()) {
-            ids.close(id.get());
-        }
-        drop(registration);
-        add(&self.stats.dropped_exports, 1);
-        add(
-            &self.stats.evictions,
-            pages.div_ceil(SLOTS_PER_CHUNK as u64),
-        );
+        let id = match registration {
+            Kept::Parked(id) => id,
+            Kept::Token(_) => None,
+        };
+        self.dropped(lent, idle, id);
         true
     }
 
@@ -655,8 +875,22 @@ impl DeviceTier {
         end: u64,
         cause: InvalidationCause,
     ) -> ExportInvalidation {
-        let Some(export) = self.export_of(file) else {
-            return ExportInvalidation::None;
+        let export = loop {
+            let found = self.find_export(file);
+            match found {
+                Found::None => return ExportInvalidation::None,
+                Found::Live(export) => break export,
+                // Idle and compact: it goes like any page would (see below).
+                Found::Idle(_) => {}
+            }
+            let len = self.found_len(&found);
+            if let Some(idle) = self.take_compact(file, None) {
+                let (huge, base) = exported_pages(len);
+                self.drop_compact(idle);
+                add(&self.stats.invalidations[cause as usize], huge + base);
+                return ExportInvalidation::None;
+            }
+            // Revived (or dropped) since the look: look again.
         };
         let mut s = lock(&export.state);
         if !s.alive {
@@ -787,12 +1021,19 @@ impl DeviceTier {
         Ok(n)
     }
 
-    /// Resident pages of an exported file, as `(huge, base)`: 2 MiB extents wholly inside
-    /// the file were copied as 2 MiB pages.
+    /// Resident pages of an exported file, as `(huge, base)`.
     pub(super) fn exported_residency(export: &Export) -> (u64, u64) {
-        let size = export.copy.len().unwrap_or(0);
-        let huge = size / HUGE_PAGE_SIZE;
-        (huge, pages_of(size - huge * HUGE_PAGE_SIZE))
+        exported_pages(export.copy.len().unwrap_or(0))
+    }
+
+    /// Resident pages of `file` if it is exported, as `(huge, base)`; None if it is not.
+    /// Asks its copy's size (a system call or more), with no lock held.
+    pub(super) fn exported_residency_of(&self, file: FileId) -> Option<(u64, u64)> {
+        let found = self.find_export(file);
+        if let Found::None = found {
+            return None;
+        }
+        Some(exported_pages(self.found_len(&found)))
     }
 
     /// Capacity lent to copies, in bytes.

@@ -83,7 +83,7 @@ impl DeviceTier {
         let Some(st) = g.get_mut(&file) else {
             return Some(0);
         };
-        if st.export.is_some() && !refreshed {
+        if st.is_exported() && !refreshed {
             return None;
         }
         st.set_seq(self.next_seq());
@@ -187,7 +187,7 @@ impl DeviceTier {
                 // A migration finished since the look above: its export has an open
                 // (a reader the kernel serves), so it must be refreshed, never forgotten
                 // with the state that holds it.
-                Some(st) if st.export.is_some() => {
+                Some(st) if st.is_exported() => {
                     drop(g);
                     thread::yield_now();
                 }

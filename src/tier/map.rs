@@ -17,7 +17,8 @@
 //! - `pinned` holds exactly the keys of `Ready` folios kept out of the eviction policy (the
 //!   `pin` hint); every other `Ready` folio is tracked by the policy;
 //! - a state with a hint other than `Normal` is kept even when it holds no page;
-//! - `export`, when set, holds the file's pages instead of the maps (`export.rs`);
+//! - `export`, when set (live or idle, [`ExportSlot`]), holds the file's pages instead of the
+//!   maps (`export.rs`);
 //! - `unread` holds keys of folios installed by readahead and not read since (it may also
 //!   hold keys no longer resident: the only cost is one extra policy call on a later hit).
 
@@ -25,7 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::RandomState;
 
 use crate::tier::arena::ChunkIndex;
-use crate::tier::export::Export;
+use crate::tier::export::{Export, IdleExport};
 use crate::tier::folio::Folio;
 use crate::tier::hint::Hint;
 use crate::tier::policy::FolioKey;
@@ -87,19 +88,31 @@ pub enum Entry {
     Filling(FolioId),
 }
 
+/// A file's export (`export.rs`), in one of two forms: an `Arc` that opens share, or, once
+/// idle with nothing else holding it, the 12 bytes it needs to be opened again or dropped
+/// (a tier of a million exported small files keeps nearly all of them idle, and the `Arc`
+/// was a 128-byte allocation each). 16 bytes.
+#[derive(Debug, Default)]
+pub enum ExportSlot {
+    #[default]
+    None,
+    Live(Arc<Export>),
+    Idle(IdleExport),
+}
+
 pub struct FileState {
     /// The file's invalidation sequence number (the low 56 bits) and its hint
-    /// (`user.pagetier.hint`, the top 8): one word, so that a state is 24 bytes and a slot of
-    /// a shard's map 32, not 40 (a tier of a million small files keeps a million states, in
+    /// (`user.pagetier.hint`, the top 8): one word, so that a state is 32 bytes and a slot of
+    /// a shard's map 40, not 48 (a tier of a million small files keeps a million states, in
     /// maps that are between half and seven eighths full). Read and written through
     /// [`FileState::seq`] and [`FileState::hint`]. Sequence numbers count the tier's
     /// invalidations and fills: 2^56 of them take centuries.
     seq_hint: u64,
     /// The file's pages moved into shared memory for the kernel to serve (`export.rs`).
-    pub export: Option<Arc<Export>>,
+    pub export: ExportSlot,
     /// The page map and the read state, boxed and absent while empty: a tier of a million
     /// exported small files keeps a million states whose page maps are empty, and a state is
-    /// then 32 bytes instead of 112. Reached through `Deref` (an absent box reads as
+    /// then 32 bytes instead of 120. Reached through `Deref` (an absent box reads as
     /// [`NO_PAGES`]) and `DerefMut` (which makes the box).
     pages: Option<Box<Pages>>,
 }
@@ -151,7 +164,7 @@ impl FileState {
     pub fn new(seq: InvalidationSeq) -> FileState {
         let mut st = FileState {
             seq_hint: 0,
-            export: None,
+            export: ExportSlot::None,
             pages: None,
         };
         st.set_seq(seq);
@@ -194,7 +207,7 @@ impl FileState {
         let empty =
             p.huge.is_empty() && p.base.is_empty() && p.pinned.is_empty() && p.unread.is_empty();
         let no_read_state = p.last_end == 0 && p.ra_next == 0 && p.ra_window == 0;
-        if empty && (no_read_state || self.export.is_some()) {
+        if empty && (no_read_state || self.is_exported()) {
             self.pages = None;
         }
     }
@@ -263,9 +276,14 @@ impl FileState {
         (ready(&self.huge), ready(&self.base))
     }
 
+    /// Whether the file has an export, live or idle.
+    pub fn is_exported(&self) -> bool {
+        !matches!(self.export, ExportSlot::None)
+    }
+
     /// Pages (ready or filling) or an export: the tier may hold some of the file's bytes.
     pub fn holds_pages(&self) -> bool {
-        self.export.is_some() || !self.huge.is_empty() || !self.base.is_empty()
+        self.is_exported() || !self.huge.is_empty() || !self.base.is_empty()
     }
 
     /// No pages, no fills and no hint: the state can be forgotten.
@@ -282,10 +300,11 @@ mod tests {
     #[test]
     fn a_file_state_is_small_and_key_sets_behave_as_sets() {
         assert!(
-            size_of::<FileState>() <= 24,
+            size_of::<FileState>() <= 32,
             "{} bytes",
             size_of::<FileState>()
         );
+        assert_eq!(size_of::<ExportSlot>(), 16);
         let mut s = KeySet::default();
         assert!(s.is_empty() && !s.contains(&FolioKey::base(1, 2)));
         assert!(s.insert(FolioKey::base(1, 2)));

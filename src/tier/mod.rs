@@ -156,6 +156,8 @@ pub struct DeviceTier {
     shared: std::sync::OnceLock<shmem::SharedMemory>,
     /// Exports alive now (a read checks for one only while this is not 0).
     exports_live: AtomicU64,
+    /// Of those, idle ones kept compact in their file state (`export.rs`), without an `Arc`.
+    exports_compact: AtomicU64,
     /// Files whose export lost its last open, oldest first (may name exports reopened or
     /// gone since: checked when popped). A leaf lock.
     idle_exports: Mutex<std::collections::VecDeque<export::IdleEntry>>,
@@ -254,6 +256,7 @@ impl DeviceTier {
             readahead: Readahead::default(),
             shared: std::sync::OnceLock::new(),
             exports_live: AtomicU64::new(0),
+            exports_compact: AtomicU64::new(0),
             idle_exports: Mutex::new(std::collections::VecDeque::new()),
             exports_idle: AtomicU64::new(0),
             idle_lent: AtomicU64::new(0),
@@ -384,7 +387,7 @@ impl DeviceTier {
             return Ok(PrefetchReport::default());
         }
         let end = offset.saturating_add(len).min(file_size);
-        if self.export_of(file).is_some() {
+        if self.is_exported(file) {
             return Ok(PrefetchReport {
                 already_resident_bytes: end - offset,
                 ..PrefetchReport::default()
@@ -462,14 +465,12 @@ impl DeviceTier {
 
     /// The file's resident device pages.
     pub fn residency(&self, file: FileId) -> Residency {
-        let (export, counts) = {
-            let g = lock(&self.shard(file).files);
-            g.get(&file).map_or((None, (0, 0)), |st| {
-                (st.export.clone(), st.resident_counts())
-            })
-        };
-        // An export's size is its copy's: a system call or three, after the shard lock.
-        let (huge_pages, base_pages) = export.map_or(counts, |e| Self::exported_residency(&e));
+        // An export's size is its copy's: a system call or more, after the shard lock.
+        let (huge_pages, base_pages) = self.exported_residency_of(file).unwrap_or_else(|| {
+            lock(&self.shard(file).files)
+                .get(&file)
+                .map_or((0, 0), |st| st.resident_counts())
+        });
         Residency {
             resident_bytes: huge_pages * HUGE_PAGE_SIZE + base_pages * PAGE_SIZE,
             huge_pages,
@@ -543,14 +544,18 @@ impl DeviceTier {
         let per_file = ((size_of::<(FileId, FileState)>() + 1) * 8 / 7) as u64;
         let per_page_box = size_of::<map::Pages>().next_multiple_of(16) as u64;
         // An export: its `Arc` allocation (a copy is named by its number, no allocation of its
-        // own) and its idle-list entries.
+        // own), unless it is kept compact in its state; and its idle-list entries.
         let per_export = (2 * size_of::<usize>() + size_of::<export::Export>()) as u64;
+        let arc_exports = self
+            .exports_live
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.exports_compact.load(Ordering::Relaxed));
         let idle_entries = lock(&self.idle_exports).capacity() as u64;
         self.arena.metadata_bytes()
             + (size_of::<DeviceTier>() + SHARDS * size_of::<Shard>()) as u64
             + files * per_file
             + page_boxes * per_page_box
-            + self.exports_live.load(Ordering::Relaxed) * per_export
+            + arc_exports * per_export
             + idle_entries * size_of::<export::IdleEntry>() as u64
             + folios * (per_map_entry + per_arc + per_policy)
             + policy_fixed

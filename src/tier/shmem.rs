@@ -10,8 +10,11 @@
 //! through a `MADV_HUGEPAGE` mapping is a 2 MiB page, everything else is 4 KiB.
 //!
 //! A [`DeviceCopy`] is one file in it, sized exactly like the file it copies (a passthrough
-//! read stops at the backing file's size), named by a counter and unlinked when the copy is
-//! dropped. It holds a descriptor only while [`DeviceCopy::hold`] says so (from an open
+//! read stops at the backing file's size), named by a 32-bit counter (4 bytes in every idle
+//! export a tier keeps; after it wraps, a number still in use is skipped: the name is created
+//! exclusively) and unlinked when the copy is dropped, unless it was *disowned*: the number
+//! is then kept elsewhere (an idle export's compact form, `export.rs`) and a later
+//! [`SharedMemory::reattach`] takes the name up again. It holds a descriptor only while [`DeviceCopy::hold`] says so (from an open
 //! export's first in-place update to its last release, `export.rs`): a tier may keep a
 //! million copies of small files, far more than a process may hold descriptors, and any other
 //! use reopens one by name (a few microseconds).
@@ -30,7 +33,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags};
@@ -43,8 +46,8 @@ use crate::tier::types::PAGE_SIZE;
 /// The private tmpfs holding device copies.
 pub struct SharedMemory {
     root: Arc<OwnedFd>,
-    /// The next copy's name.
-    next: AtomicU64,
+    /// The next copy's number (0 is skipped: a disowned copy's).
+    next: AtomicU32,
 }
 
 impl std::fmt::Debug for SharedMemory {
@@ -81,27 +84,52 @@ impl SharedMemory {
         )?;
         Ok(SharedMemory {
             root: Arc::new(root),
-            next: AtomicU64::new(1),
+            next: AtomicU32::new(1),
         })
     }
 
-    /// A new, unnamed copy of `size` bytes (all holes).
+    /// A new copy of `size` bytes (all holes), under the next free number.
     pub fn create(&self, size: u64) -> io::Result<DeviceCopy> {
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
-        let fd = rustix::fs::openat(
-            &*self.root,
-            copy_name(number),
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )?;
-        let file = File::from(fd);
-        let copy = DeviceCopy {
+        loop {
+            let number = self.next.fetch_add(1, Ordering::Relaxed);
+            if number == 0 {
+                continue;
+            }
+            let fd = match rustix::fs::openat(
+                &*self.root,
+                copy_name(number),
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                // The counter wrapped onto a copy that still lives: take the next number.
+                Err(rustix::io::Errno::EXIST) => continue,
+                done => done?,
+            };
+            let copy = DeviceCopy {
+                dir: self.root.clone(),
+                number: AtomicU32::new(number),
+                file: Mutex::new(Some(Arc::new(File::from(fd)))),
+            };
+            copy.set_len(size)?;
+            return Ok(copy);
+        }
+    }
+
+    /// The copy named `number`, disowned earlier ([`DeviceCopy::disown`]): it is owned again,
+    /// and unlinked when dropped.
+    pub fn reattach(&self, number: u32) -> DeviceCopy {
+        debug_assert_ne!(number, 0, "no copy has number 0");
+        DeviceCopy {
             dir: self.root.clone(),
-            number,
-            file: Mutex::new(Some(Arc::new(file))),
-        };
-        copy.set_len(size)?;
-        Ok(copy)
+            number: AtomicU32::new(number),
+            file: Mutex::new(None),
+        }
+    }
+
+    /// The size of the copy named `number` (one `statx`, no descriptor).
+    pub fn len_of(&self, number: u32) -> io::Result<u64> {
+        let st = rustix::fs::statat(&*self.root, copy_name(number), rustix::fs::AtFlags::empty())?;
+        Ok(st.st_size as u64)
     }
 
     pub fn used_bytes(&self) -> u64 {
@@ -112,7 +140,7 @@ impl SharedMemory {
 }
 
 /// The name of copy `number` in the tmpfs: the number in hex.
-fn copy_name(number: u64) -> CString {
+fn copy_name(number: u32) -> CString {
     CString::new(format!("{number:x}")).expect("no NUL in a hex number")
 }
 
@@ -120,21 +148,23 @@ fn copy_name(number: u64) -> CString {
 pub struct DeviceCopy {
     /// The tmpfs root, and the number that names the copy in it ([`copy_name`]): a number,
     /// not the name, because a tier may keep a million copies and a name is one more
-    /// allocation each.
+    /// allocation each. 0 once disowned ([`DeviceCopy::disown`]).
     dir: Arc<OwnedFd>,
-    number: u64,
+    number: AtomicU32,
     /// The copy's descriptor while held ([`DeviceCopy::hold`]).
     file: Mutex<Option<Arc<File>>>,
 }
 
 impl Drop for DeviceCopy {
     fn drop(&mut self) {
+        let number = *self.number.get_mut();
+        if number == 0 {
+            return;
+        }
         // The memory goes when the last descriptor and mapping of it (readers') go too.
-        if let Err(e) = rustix::fs::unlinkat(
-            &*self.dir,
-            copy_name(self.number),
-            rustix::fs::AtFlags::empty(),
-        ) {
+        if let Err(e) =
+            rustix::fs::unlinkat(&*self.dir, copy_name(number), rustix::fs::AtFlags::empty())
+        {
             tracing::warn!(error = %e, "cannot remove a device copy from shared memory");
         }
     }
@@ -150,13 +180,27 @@ impl DeviceCopy {
     }
 
     fn open(&self) -> io::Result<Arc<File>> {
+        let number = self.number.load(Ordering::Relaxed);
+        if number == 0 {
+            return Err(io::Error::other(
+                "a disowned device copy is not reachable from here",
+            ));
+        }
         let fd = rustix::fs::openat(
             &*self.dir,
-            copy_name(self.number),
+            copy_name(number),
             OFlags::RDWR | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         Ok(Arc::new(File::from(fd)))
+    }
+
+    /// Gives the copy's name up to the caller, who keeps its number (and takes it up again
+    /// with [`SharedMemory::reattach`]): this value then reaches the copy no more and does
+    /// not unlink it when dropped. Lets a held descriptor go.
+    pub fn disown(&self) -> u32 {
+        *crate::lock::lock(&self.file) = None;
+        self.number.swap(0, Ordering::Relaxed)
     }
 
     /// Keeps a descriptor from now on (`true`) or lets it go (`false`).
@@ -315,6 +359,31 @@ mod tests {
         assert_eq!(copy.allocated().unwrap(), 0);
         let mut end = [1u8; 4];
         assert_eq!(copy.read_at(&mut end, 4094).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_disowned_copy_survives_its_value_and_is_reattached_by_number() {
+        let Some(mem) = memory() else { return };
+        let copy = mem.create(3 * PAGE_SIZE).unwrap();
+        copy.hold(true).unwrap();
+        copy.write_at(b"kept", PAGE_SIZE).unwrap();
+        let number = copy.disown();
+        assert_ne!(number, 0);
+        assert!(!copy.is_held(), "disowning lets the held descriptor go");
+        assert!(copy.len().is_err(), "a disowned value reaches no copy");
+        drop(copy);
+        assert_eq!(mem.len_of(number).unwrap(), 3 * PAGE_SIZE, "not unlinked");
+        let again = mem.reattach(number);
+        let mut buf = [0u8; 4];
+        again.read_at(&mut buf, PAGE_SIZE).unwrap();
+        assert_eq!(&buf, b"kept");
+        drop(again);
+        let gone = mem.len_of(number).unwrap_err();
+        assert_eq!(
+            gone.raw_os_error(),
+            Some(libc::ENOENT),
+            "owned again: unlinked"
+        );
     }
 
     #[test]

@@ -1441,10 +1441,13 @@ fn an_export_moves_the_file_whole_updates_in_place_and_drops_when_idle() {
     assert_eq!(s.shared.bytes, grown.div_ceil(PAGE_SIZE) * PAGE_SIZE);
     t.check_invariants();
 
-    // Idle after the last release; a reopen joins it; an evict while open is refused.
+    // Idle after the last release (and compact: only this open held it); a reopen joins
+    // it; an evict while open is refused.
     t.export_release(1, &e);
+    assert_eq!(t.exports_compact.load(Ordering::Relaxed), 1);
+    t.check_invariants();
     let e2 = t.export_open(1, grown, &src).unwrap();
-    assert!(Arc::ptr_eq(&e, &e2));
+    assert_eq!(t.exports_compact.load(Ordering::Relaxed), 0);
     assert_eq!(t.stats().shared.exports, 1, "a reopen migrated again");
     assert_eq!(t.invalidate_file(1, InvalidationCause::Evict), 0);
     assert_eq!(t.stats().shared.files, 1, "evicted under an open");
@@ -1662,9 +1665,15 @@ fn an_idle_exports_registration_is_parked_as_an_id() {
     t.export_release(1, &e);
     assert_eq!(e.registration_kept(), Some(false), "a held token stays one");
     drop(held);
+    drop(e);
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
     t.export_release(1, &e);
-    assert_eq!(e.registration_kept(), Some(true), "idle: parked as an id");
+    assert_eq!(
+        e.registration_kept(),
+        None,
+        "compact: the open's Arc is disowned"
+    );
+    assert_eq!(t.kept_registration(1), Some(true), "idle: parked as an id");
     assert_eq!(ids.parked.lock().unwrap().len(), 1);
     // Reopened: the id is named again, nothing registered anew.
     let e = t.export_open(1, 4 * MIB, &src).unwrap();
@@ -1681,14 +1690,71 @@ fn an_idle_exports_registration_is_parked_as_an_id() {
     );
     drop(again);
     t.export_release(1, &e);
-    assert_eq!(e.registration_kept(), Some(true));
+    assert_eq!(t.kept_registration(1), Some(true));
     // An 8 MiB file needs the idle export's room: it is dropped, and its id closed.
     let other = VecSource::new(pattern(8 * MIB, 6));
     t.prefetch(2, 8 * MIB, 0, 8 * MIB, &other).unwrap();
     assert_eq!(t.stats().shared.dropped, 1);
-    assert_eq!(e.registration_kept(), None);
+    assert_eq!(t.kept_registration(1), None);
     assert_eq!(ids.closed.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(ids.parked.lock().unwrap().is_empty());
+    t.check_invariants();
+}
+
+/// An idle export that nothing but its state holds is kept compact: the releasing open's
+/// `Arc` is disowned (dropping it removes no copy), a read or a reopen revives it with the
+/// same copy and accounting, a change drops it like any page; one that another holder still
+/// has stays an `Arc`.
+#[test]
+fn an_idle_export_is_kept_compact_and_revived_with_its_copy() {
+    let Some((t, vs, src)) = tier_with_resident_file(4 * MIB, 5, Hint::Normal) else {
+        return;
+    };
+    let compact = || t.exports_compact.load(Ordering::Relaxed);
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    // A second holder (a daemon-served read in flight): no compaction.
+    let other = t.export_of(1).unwrap();
+    t.export_release(1, &e);
+    assert_eq!(compact(), 0, "another holder: it stays an Arc");
+    drop((e, other));
+    t.check_invariants();
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    assert_eq!(compact(), 1);
+    t.check_invariants();
+    let kernel = t.stats().shared.kernel_bytes;
+    assert!(kernel >= 4 * MIB);
+    drop(e);
+    let s = t.stats();
+    assert_eq!(
+        s.shared.kernel_bytes, kernel,
+        "a disowned Arc removes no copy"
+    );
+    assert_eq!((s.shared.files, s.shared.exports), (1, 1));
+    assert_eq!(t.residency(1).resident_bytes, 4 * MIB);
+    assert!(t.holds_pages(1));
+    // A daemon-served read revives it and reads the copy.
+    let mut out = vec![0u8; 4096];
+    let n = t
+        .read(1, MIB + 7, &mut out, &src, || Ok(4 * MIB))
+        .unwrap()
+        .into_copied(&mut out);
+    let at = (MIB + 7) as usize;
+    assert_eq!(out[..n], vs.data.lock().unwrap()[at..at + 4096]);
+    assert_eq!(compact(), 0);
+    t.check_invariants();
+    // A reopen joins it, still one export; released, compact again.
+    let e = t.export_open(1, 4 * MIB, &src).unwrap();
+    t.export_release(1, &e);
+    drop(e);
+    assert_eq!((compact(), t.stats().shared.exports), (1, 1));
+    // A write drops it like any page: capacity and copy go.
+    vs.data.lock().unwrap()[5] = 0xEE;
+    t.invalidate_range(1, 5, 1, InvalidationCause::Write);
+    let s = t.stats();
+    assert_eq!((s.shared.files, s.shared.dropped, compact()), (0, 1, 0));
+    assert_eq!((s.device.used_bytes, s.shared.kernel_bytes), (0, 0));
+    assert!(!t.holds_pages(1));
     t.check_invariants();
 }
 
