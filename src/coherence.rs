@@ -58,7 +58,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,10 +88,14 @@ pub struct FileState {
     /// The file as last seen by an open, a change through the mount or the
     /// watcher; the kernel's cached data is kept across opens only while the
     /// backing file matches it.
-    seen: Mutex<Option<Fingerprint>>,
+    /// `Fingerprint::to_bits` of it: 8 bytes with no lock (a compare and a store; a
+    /// revalidation that finds a change never held a lock across the invalidation anyway).
+    seen: AtomicU64,
     /// Changes through the mount in progress; the watcher leaves the file to
-    /// them (each revalidates before it changes anything).
-    changes_in_flight: AtomicU32,
+    /// them (each revalidates before it changes anything). 16 bits, like `tier_users`:
+    /// each counts calls running on the daemon's own threads (at most a few hundred), and
+    /// the state is then 16 bytes: the inode fills glibc's 128-byte chunk, not the 144.
+    changes_in_flight: AtomicU16,
     /// Writable opens the kernel serves itself (passthrough): their writes
     /// reach STORAGE without the daemon seeing them, so while one is held the
     /// device tier neither keeps nor installs pages of the file.
@@ -99,7 +103,7 @@ pub struct FileState {
     /// Device-tier accesses (reads, prefetches) running that found no writer
     /// behind; a writer's open waits for them to drain before it drops the
     /// file's pages, so none installs a page after that.
-    tier_users: AtomicU32,
+    tier_users: AtomicU16,
 }
 
 /// Wakes a writer's open waiting for a file's `tier_users` to drain: one for all files (such
@@ -116,12 +120,7 @@ impl Remembered {
     /// inode number): it matches no file, so the next open or change drops
     /// whatever the caches hold of the id.
     pub fn matching_nothing() -> Self {
-        // No file has a nanosecond count of a second or more.
-        Remembered(Fingerprint::new(
-            u64::MAX,
-            (i64::MIN, u32::MAX),
-            (i64::MIN, u32::MAX),
-        ))
+        Remembered(Fingerprint::NOTHING)
     }
 
     /// What was seen of a file, made up (for the inode table's tests).
@@ -135,15 +134,24 @@ impl FileState {
     /// The state of an inode made live, with what was remembered of it.
     pub fn new(remembered: Option<Remembered>) -> Self {
         FileState {
-            seen: Mutex::new(remembered.map(|r| r.0)),
-            changes_in_flight: AtomicU32::new(0),
+            seen: AtomicU64::new(Fingerprint::to_bits(remembered.map(|r| r.0))),
+            changes_in_flight: AtomicU16::new(0),
             ..FileState::default()
         }
     }
 
     /// What to remember when the kernel forgets the inode.
     pub fn remembered(&self) -> Option<Remembered> {
-        lock(&self.seen).map(Remembered)
+        self.seen().map(Remembered)
+    }
+
+    /// The file as last seen.
+    fn seen(&self) -> Option<Fingerprint> {
+        Fingerprint::from_bits(self.seen.load(Ordering::SeqCst))
+    }
+
+    fn set_seen(&self, fp: Option<Fingerprint>) {
+        self.seen.store(Fingerprint::to_bits(fp), Ordering::SeqCst);
     }
 
     fn in_flight(&self) -> bool {
@@ -530,7 +538,7 @@ impl Coherence {
     /// mount, so that the next open keeps the kernel's (already updated) cache.
     pub fn note_changed_by_us(&self, inode: &Inode) {
         if let Ok(st) = inode.fd().and_then(storage::stat) {
-            *lock(&inode.coherence.seen) = Some(storage::fingerprint(&st));
+            inode.coherence.set_seen(Some(storage::fingerprint(&st)));
         }
     }
 
@@ -685,7 +693,7 @@ impl Coherence {
     pub fn writer_behind_closed(&self, inode: &Inode) {
         let state = &inode.coherence;
         state.writers_behind.fetch_sub(1, Ordering::SeqCst);
-        *lock(&state.seen) = None;
+        state.set_seen(None);
         let mut stale = Stale::new();
         stale.external_data(inode);
         self.kernel.send(stale);
@@ -708,19 +716,16 @@ impl Coherence {
     /// [`Self::revalidate`], telling what it found.
     fn check(&self, inode: &Inode, st: &Stat) -> Seen {
         let fp = storage::fingerprint(st);
-        let mut seen = lock(&inode.coherence.seen);
-        let found = match *seen {
+        let found = match inode.coherence.seen() {
             Some(old) if old == fp => Seen::Unchanged,
             Some(_) => Seen::Changed,
             None => Seen::First,
         };
         if found == Seen::Changed {
-            drop(seen);
             self.tier
                 .invalidate_file(inode.id, InvalidationCause::External);
-            seen = lock(&inode.coherence.seen);
         }
-        *seen = Some(fp);
+        inode.coherence.set_seen(Some(fp));
         found
     }
 
@@ -778,7 +783,7 @@ impl Coherence {
             return;
         };
         let fp = storage::fingerprint(&st);
-        if *lock(&inode.coherence.seen) == Some(fp) {
+        if inode.coherence.seen() == Some(fp) {
             return;
         }
         debug!(id = inode.id, ?name, "external change");
@@ -787,7 +792,7 @@ impl Coherence {
         let mut stale = Stale::new();
         stale.external_data(inode);
         self.kernel.send_now(stale);
-        *lock(&inode.coherence.seen) = Some(fp);
+        inode.coherence.set_seen(Some(fp));
     }
 }
 

@@ -61,12 +61,13 @@
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::num::NonZeroU32;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 
 use rustix::fs::{Mode, OFlags};
 
@@ -135,36 +136,39 @@ pub struct InodeKey {
     pub ino: u64,
 }
 
-/// What a backing file looked like: used to tell whether it changed since. Seconds and
-/// nanoseconds apart, so that it packs into 32 bytes (every known inode holds one), aligned
-/// to 4 and with a niche (`Option<Fingerprint>` is 32 bytes too): an inode's coherence state
-/// is then 52 bytes and the inode 136, which with its `Arc` fills glibc's 160-byte chunk
-/// instead of the 176-byte one.
+/// What a backing file looked like (its size, mtime and ctime), as a 64-bit digest: all
+/// anyone asks of it is whether the file changed since, and every known inode holds one
+/// (and every forgotten file the tier keeps pages of): 8 bytes instead of the 32 of the
+/// fields. The digest is keyed by a random key drawn once per daemon, so a change whose new
+/// fingerprint has the old digest (taken for no change) is a 2^-64 chance per comparison that
+/// no one can aim at; a digest is never kept past the daemon. Never 1: that is
+/// [`Fingerprint::NOTHING`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C, packed(4))]
-pub struct Fingerprint {
-    size: u64,
-    mtime_sec: i64,
-    ctime_sec: i64,
-    mtime_nsec: u32,
-    /// Nanoseconds plus one: never 0 (the niche).
-    ctime_nsec_1: NonZeroU32,
-}
+pub struct Fingerprint(NonZeroU64);
 
 impl Fingerprint {
+    /// Matches no file's fingerprint.
+    pub const NOTHING: Fingerprint = Fingerprint(NonZeroU64::MIN);
+
     pub fn new(size: u64, mtime: (i64, u32), ctime: (i64, u32)) -> Fingerprint {
-        Fingerprint {
-            size,
-            mtime_sec: mtime.0,
-            ctime_sec: ctime.0,
-            mtime_nsec: mtime.1,
-            ctime_nsec_1: NonZeroU32::MIN.saturating_add(ctime.1),
-        }
+        static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+        let digest = KEY.hash_one((size, mtime, ctime)).max(2);
+        Fingerprint(NonZeroU64::new(digest).expect("at least 2"))
+    }
+
+    /// The fingerprint as one word (0 is none of them: `Option<Fingerprint>` in an atomic).
+    pub fn to_bits(fp: Option<Fingerprint>) -> u64 {
+        fp.map_or(0, |f| f.0.get())
+    }
+
+    /// The inverse of [`Fingerprint::to_bits`].
+    pub fn from_bits(bits: u64) -> Option<Fingerprint> {
+        NonZeroU64::new(bits).map(Fingerprint)
     }
 }
 
-const _: () = assert!(size_of::<Option<Fingerprint>>() == 32);
-const _: () = assert!(size_of::<Inode>() == 136);
+// With its `Arc`'s counts, 120 bytes: glibc's 128-byte chunk (every known inode has one).
+const _: () = assert!(size_of::<Inode>() == 104);
 
 /// The mount through which handles are opened (STORAGE's root's).
 #[derive(Debug)]
@@ -304,16 +308,16 @@ impl Inode {
 struct Forgotten {
     remembered: Remembered,
     /// The object's file handle, as [`handle_digest`] (0: none): all a lookup needs of it
-    /// is whether a new handle differs. 8 bytes instead of the 24 of the handle: a map slot
-    /// of a forgotten inode is 56 bytes, not 72, and after the kernel forgets a million
-    /// exported files the map has two million slots.
+    /// is whether a new handle differs. 8 bytes instead of the 24 of the handle (and the
+    /// fingerprint is a digest too): a map slot of a forgotten inode is 32 bytes, and after
+    /// the kernel forgets a million exported files the map has two million slots.
     handle: u64,
     /// Tells this forget from an earlier one of the id ([`InodeTable::prune_forgotten`]).
     stamp: u64,
 }
 
-// A forgotten inode's map slot is its id and this: 56 bytes.
-const _: () = assert!(size_of::<Forgotten>() == 48);
+// A forgotten inode's map slot is its id and this: 32 bytes.
+const _: () = assert!(size_of::<Forgotten>() == 24);
 
 /// A 64-bit digest of a file handle, never 0. Two handles of one (dev, ino) with equal
 /// digests are taken to be one object: the handles are the kernel's (inode number and
@@ -912,6 +916,27 @@ mod tests {
             1,
             "the newer forget's fingerprint stays"
         );
+    }
+
+    #[test]
+    fn a_fingerprint_tells_every_field_and_is_a_word() {
+        let base = Fingerprint::new(5, (1, 2), (3, 4));
+        assert_eq!(base, Fingerprint::new(5, (1, 2), (3, 4)), "deterministic");
+        for other in [
+            Fingerprint::new(6, (1, 2), (3, 4)),
+            Fingerprint::new(5, (2, 2), (3, 4)),
+            Fingerprint::new(5, (1, 3), (3, 4)),
+            Fingerprint::new(5, (1, 2), (4, 4)),
+            Fingerprint::new(5, (1, 2), (3, 5)),
+            Fingerprint::new(5, (3, 4), (1, 2)),
+        ] {
+            assert_ne!(base, other);
+            assert_ne!(other, Fingerprint::NOTHING);
+        }
+        for fp in [None, Some(base), Some(Fingerprint::NOTHING)] {
+            assert_eq!(Fingerprint::from_bits(Fingerprint::to_bits(fp)), fp);
+        }
+        assert_eq!(Fingerprint::to_bits(None), 0);
     }
 
     #[test]
