@@ -14,10 +14,10 @@
 //! export a tier keeps; after it wraps, a number still in use is skipped: the name is created
 //! exclusively) and unlinked when the copy is dropped, unless it was *disowned*: the number
 //! is then kept elsewhere (an idle export's compact form, `export.rs`) and a later
-//! [`SharedMemory::reattach`] takes the name up again. It holds a descriptor only while [`DeviceCopy::hold`] says so (from an open
-//! export's first in-place update to its last release, `export.rs`): a tier may keep a
-//! million copies of small files, far more than a process may hold descriptors, and any other
-//! use reopens one by name (a few microseconds).
+//! [`SharedMemory::reattach`] takes the name up again. It holds a descriptor only while
+//! [`DeviceCopy::hold`] says so (from an open export's first in-place update to its last
+//! release, `export.rs`): a tier may keep a million copies of small files, far more than a
+//! process may hold descriptors, and any other use reopens one by name (a few microseconds).
 //!
 //! Invariants:
 //! - `size=` of the tmpfs is the tier's capacity plus one huge page: the tier's own counter
