@@ -15,7 +15,8 @@ mod util;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -360,6 +361,83 @@ fn changes_behind_the_mounts_back_show_within_the_ttl() {
         wait_until(DEADLINE, || gone(dstat(&m, "b"))),
         "device still lists an externally removed file"
     );
+}
+
+/// STORAGE (ext4) reuses a freed inode number at once. While the kernel still holds the old
+/// object (here through an `O_PATH` descriptor, as it holds a cached dentry of an old name
+/// until an invalidation lands), a new object with the same number is looked up through the
+/// mount: reopening the old object must fail or give the old bytes, never the new object's,
+/// and the new name reads the new bytes. In both views; the device view reads the old object
+/// first, so that the tier holds pages of it.
+#[test]
+fn a_reused_inode_number_never_reaches_the_new_object_through_the_old_one() {
+    let m = Mounted::with(&[], |_| {});
+    let (old_bytes, new_bytes) = (pattern(64 * 1024, 31), pattern(64 * 1024, 32));
+    let mut problems = Vec::new();
+    for device in [false, true] {
+        let view = |rel: &str| {
+            if device {
+                m.device().join(rel)
+            } else {
+                m.host(rel)
+            }
+        };
+        for round in 0..ROUNDS {
+            let at = format!("device view {device}, round {round}");
+            let a = format!("a{round}-{device}");
+            fs::write(m.backing(&a), &old_bytes).unwrap();
+            let seen = || {
+                if device {
+                    fs::read(view(&a)).is_ok_and(|got| got == old_bytes)
+                } else {
+                    fs::metadata(view(&a)).is_ok_and(|st| st.len() == old_bytes.len() as u64)
+                }
+            };
+            assert!(wait_until(DEADLINE, seen), "{at}: {a} never showed");
+            let held = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(view(&a))
+                .unwrap();
+            let old_ino = fs::metadata(m.backing(&a)).unwrap().ino();
+            fs::remove_file(m.backing(&a)).unwrap();
+            // The number is free once nothing holds the old object (a release the kernel
+            // sends after a close may still be on its way): new files until one gets it.
+            let mut tries = 0;
+            let mut b = String::new();
+            let reused = wait_until(DEADLINE, || {
+                if !b.is_empty() {
+                    fs::remove_file(m.backing(&b)).unwrap();
+                }
+                tries += 1;
+                b = format!("b{round}-{device}-{tries}");
+                fs::write(m.backing(&b), &new_bytes).unwrap();
+                fs::metadata(m.backing(&b)).unwrap().ino() == old_ino
+            });
+            assert!(
+                reused,
+                "{at}: STORAGE never reused inode number {old_ino} in {tries} tries; the test needs a filesystem that does (ext4)"
+            );
+            let new_read = fs::read(view(&b));
+            if !new_read.as_ref().is_ok_and(|got| *got == new_bytes) {
+                problems.push(format!(
+                    "{at}: the new name read {:?} bytes, not its own",
+                    new_read.map(|g| g.len())
+                ));
+            }
+            match fs::read(format!("/proc/self/fd/{}", held.as_raw_fd())) {
+                Ok(got) if got == new_bytes => problems.push(format!(
+                    "{at}: the old object reopened reads the new object's bytes"
+                )),
+                Ok(got) if got != old_bytes => problems.push(format!(
+                    "{at}: the old object reopened reads {} other bytes",
+                    got.len()
+                )),
+                _ => {}
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// With the default cache timeout, a local STORAGE's names and attributes are cached for a

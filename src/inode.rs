@@ -35,13 +35,21 @@
 //! a never-seen file is taken to have none). [`InodeTable::prune_forgotten`]
 //! drops that too once the tier holds nothing of the id.
 //!
-//! A (dev, ino) reused by a new object maps to the same id, as the backing
-//! filesystem reuses the inode number; the new object never inherits the old
-//! one's cached state: its file handle differs (the generation is part of it),
-//! so a live entry or a remembered fingerprint of the old object is replaced
-//! by one that matches no file, and the next open or change drops the id's
-//! device pages and the kernel's cached data. (Without handles, the
-//! fingerprint tells, as a change behind the mount's back.)
+//! A (dev, ino) reused by a new object maps to the same id once the old
+//! object's id is no longer live, as the backing filesystem reuses the inode
+//! number; the new object never inherits the old one's cached state: its file
+//! handle differs (the generation is part of it), so a remembered fingerprint
+//! of the old object is replaced by one that matches no file, and the next
+//! open or change drops the id's device pages and the kernel's cached data.
+//! (Without handles, the fingerprint tells, as a change behind the mount's
+//! back.) While the old object's id is still live, the new object gets an id
+//! of its own instead (a *displaced* key, from the mapped range): the kernel
+//! may still hold dentries of the old object's names that point at the live
+//! id, and an old name must never reach the new object's bytes. The key's
+//! newest id is the one [`InodeTable::id_of`] gives from then on (a change
+//! seen by name concerns the object now under the name), a lookup of an
+//! object that has one of the key's ids finds it by its handle, and an id
+//! leaves the key's list once the table holds nothing of it.
 //!
 //! Each id appears under two views. FUSE inode numbers encode the view in the
 //! low bit: `2*id + 1` is the host view, `2*id + 2` the device view, so the
@@ -372,12 +380,25 @@ struct Inner {
     devs: Vec<u64>,
     /// Ids of keys outside the derived range (never pruned).
     mapped: HashMap<InodeKey, InodeId>,
+    /// The ids given to new objects of a key while an older object's id of it was live
+    /// (module docs), newest last; empty but for reused inode numbers.
+    displaced: HashMap<InodeKey, Vec<InodeId>>,
     next_mapped: InodeId,
 }
 
 impl Inner {
-    /// The derived or mapped id of `key`, if it has one yet.
+    /// The id of `key`'s newest object, if it has one yet.
     fn id(&self, key: InodeKey) -> Option<InodeId> {
+        if !self.displaced.is_empty()
+            && let Some(ids) = self.displaced.get(&key)
+        {
+            return ids.last().copied();
+        }
+        self.base_id(key)
+    }
+
+    /// The derived or mapped id of `key`, if it has one yet.
+    fn base_id(&self, key: InodeKey) -> Option<InodeId> {
         if key.ino < (1 << INO_BITS) - FIRST_BACKING_ID
             && let Some(slot) = self.devs.iter().position(|d| *d == key.dev)
         {
@@ -386,20 +407,53 @@ impl Inner {
         self.mapped.get(&key).copied()
     }
 
-    /// The id of `key`, giving its device a slot or the key a mapped id.
+    /// The derived or mapped id of `key`, giving its device a slot or the key a mapped id.
     fn assign(&mut self, key: InodeKey) -> InodeId {
-        if let Some(id) = self.id(key) {
+        if let Some(id) = self.base_id(key) {
             return id;
         }
         if key.ino < (1 << INO_BITS) - FIRST_BACKING_ID && self.devs.len() < DEV_SLOTS {
             self.devs.push(key.dev);
-            return self.id(key).expect("the device has a slot now");
+            return self.base_id(key).expect("the device has a slot now");
         }
+        let id = self.next_mapped_id();
+        self.mapped.insert(key, id);
+        id
+    }
+
+    fn next_mapped_id(&mut self) -> InodeId {
         let id = self.next_mapped;
         assert!(id < ID_LIMIT, "inode ids exhausted");
         self.next_mapped += 1;
-        self.mapped.insert(key, id);
         id
+    }
+
+    /// Every id of `key`, its newest object's first (module docs): the displaced ones (an
+    /// empty vector, which allocates nothing, but for reused inode numbers) and its own.
+    fn ids(&mut self, key: InodeKey) -> (Vec<InodeId>, InodeId) {
+        let base = self.assign(key);
+        let displaced = match self.displaced.get(&key) {
+            Some(ids) => ids.iter().rev().copied().collect(),
+            None => Vec::new(),
+        };
+        (displaced, base)
+    }
+
+    /// A new id for a new object of `key`, whose ids are all live with older objects.
+    fn displace(&mut self, key: InodeKey) -> InodeId {
+        let id = self.next_mapped_id();
+        self.displaced.entry(key).or_default().push(id);
+        id
+    }
+
+    /// Forgets `id` as one of a displaced key's ids: the table holds nothing of it now.
+    fn gone(&mut self, id: InodeId) {
+        if id >= FIRST_MAPPED_ID && !self.displaced.is_empty() {
+            self.displaced.retain(|_, ids| {
+                ids.retain(|i| *i != id);
+                !ids.is_empty()
+            });
+        }
     }
 }
 
@@ -484,6 +538,7 @@ impl InodeTable {
         if let Some(id) = read(&self.inner).id(key) {
             return id;
         }
+        // A key with no id has no displaced ones either.
         write(&self.inner).assign(key)
     }
 
@@ -520,54 +575,59 @@ impl InodeTable {
 
     fn lookup_backing(&self, key: InodeKey, fmt: u32, backing: Backing, view: View) -> Arc<Inode> {
         let device = u64::from(view == View::Device);
-        let id = self.id_of(key);
         let new_handle = match &backing {
             Backing::Held(_) => None,
             Backing::Handle { handle, .. } => Some(handle),
         };
-        let mut inner = write(&self.inner);
-        let (mut nlookup, mut device_nlookup, mut remembered) = (1, device, None);
-        if let Some(Live(inode)) = inner.live.get(&id) {
-            // The same object, unless the inode number was reused by a new
-            // object after the old one was deleted: then its type or its
-            // handle (generation) differs.
-            let same_handle = match (inode.handle(), new_handle) {
-                (Some(old), Some(new)) => old == new,
-                _ => true,
-            };
-            if inode.fmt == fmt && same_handle {
-                inode.nlookup.fetch_add(1, Ordering::Relaxed);
-                // Counted before the reply carries the entry, so a change that
-                // finds it zero happened before this lookup's stat.
-                inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
-                return inode.clone();
-            }
-            // The kernel forgets both objects' references under this id.
-            nlookup += inode.nlookup.load(Ordering::Relaxed);
-            device_nlookup += inode.device_nlookup.load(Ordering::SeqCst);
-            remembered = Some(Remembered::matching_nothing());
-        } else if let Some(f) = inner.forgotten.remove(&id) {
-            remembered = Some(match new_handle {
-                Some(new) if f.handle != 0 && f.handle != handle_digest(new) => {
-                    Remembered::matching_nothing()
+        // The same object, unless the inode number was reused by a new object after the
+        // old one was deleted: then its type or its handle (generation) differs.
+        let same_object = |inode: &Inode| {
+            inode.fmt == fmt
+                && match (inode.handle(), new_handle) {
+                    (Some(old), Some(new)) => old == new,
+                    _ => true,
                 }
-                _ => f.remembered,
-            });
+        };
+        let mut inner = write(&self.inner);
+        let (displaced, base) = if key == self.root_key {
+            (Vec::new(), ROOT_ID)
+        } else {
+            inner.ids(key)
+        };
+        let mut free = None;
+        for id in displaced.into_iter().chain([base]) {
+            match inner.live.get(&id) {
+                Some(Live(inode)) if same_object(inode) => {
+                    inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                    // Counted before the reply carries the entry, so a change that finds
+                    // it zero happened before this lookup's stat.
+                    inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
+                    return inode.clone();
+                }
+                Some(_) => {}
+                None => free = free.or(Some(id)),
+            }
         }
+        // Every id of the key live with another object: the kernel may still reach that
+        // one through a name it holds, so this one gets an id of its own (module docs).
+        let id = free.unwrap_or_else(|| inner.displace(key));
+        let remembered = inner.forgotten.remove(&id).map(|f| match new_handle {
+            Some(new) if f.handle != 0 && f.handle != handle_digest(new) => {
+                Remembered::matching_nothing()
+            }
+            _ => f.remembered,
+        });
         let inode = Arc::new(Inode {
             id,
             key,
             fmt,
             backing,
-            nlookup: AtomicU64::new(nlookup),
-            device_nlookup: AtomicU64::new(device_nlookup),
+            nlookup: AtomicU64::new(1),
+            device_nlookup: AtomicU64::new(device),
             coherence: FileState::new(remembered),
         });
-        let replaced = inner.live.replace(Live(inode.clone()));
+        inner.live.insert(Live(inode.clone()));
         inner.peak_since_trim = inner.peak_since_trim.max(inner.live.len());
-        // The replaced object's descriptor (if it held one) closes unlocked.
-        drop(inner);
-        drop(replaced);
         inode
     }
 
@@ -623,6 +683,8 @@ impl InodeTable {
                         stamp,
                     },
                 );
+            } else {
+                inner.gone(id);
             }
             Some(gone)
         } else {
@@ -664,6 +726,7 @@ impl InodeTable {
             // Looked up (and maybe forgotten again) meanwhile: not this entry.
             if inner.forgotten.get(&i).is_some_and(|f| f.stamp == stamp) {
                 inner.forgotten.remove(&i);
+                inner.gone(i);
             }
         }
         if sweep {
@@ -716,6 +779,18 @@ mod tests {
             mount: t.handles.clone().expect("/ gives file handles"),
             pinned: OnceLock::new(),
         }
+    }
+
+    /// Makes the table remember a fingerprint of the object `key` with handle `handle`, as
+    /// if the kernel had forgotten it while the tier held pages of it.
+    fn seen_before(t: &InodeTable, key: InodeKey, handle: &[u8]) {
+        let forgotten = Forgotten {
+            remembered: Remembered::of_fingerprint(Fingerprint::new(5, (1, 2), (3, 4))),
+            handle: handle_digest(&FileHandle::from_parts(1, handle)),
+            stamp: 0,
+        };
+        let id = t.id_of(key);
+        write(&t.inner).forgotten.insert(id, forgotten);
     }
 
     #[test]
@@ -851,35 +926,80 @@ mod tests {
         assert!(old.coherence.remembered().is_none(), "never seen");
         let same = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
         assert!(Arc::ptr_eq(&old, &same), "same handle, same entry");
-        // The object died behind the kernel's back and its number was reused.
+        // The object died behind the kernel's back and its number was reused while the
+        // kernel still holds the old one (and names that point at it).
         let new = t.lookup_backing(
             key,
             libc::S_IFREG,
             handle_backing(&t, b"gen2"),
             View::Device,
         );
-        assert!(!Arc::ptr_eq(&old, &new), "a new entry for the new object");
-        assert_eq!(new.id, old.id, "the inode number is reused, as in STORAGE");
+        assert_ne!(new.id, old.id, "the new object gets an id of its own");
+        assert!(new.id >= FIRST_MAPPED_ID);
         assert!(
-            new.coherence.remembered().is_some(),
-            "the new object starts with a fingerprint matching no file (its id's pages drop)"
+            Arc::ptr_eq(&t.get(old.id).unwrap(), &old),
+            "the old id still reaches the old object, never the new one"
         );
-        assert!(new.in_device_view());
-        // The kernel forgets the references of both objects under the id.
-        assert!(t.forget(new.id, 2, View::Host).is_none());
+        assert!(new.coherence.remembered().is_none(), "a fresh id: no pages");
+        assert_eq!(t.id_of(key), new.id, "the key's newest object");
+        // Each object is found again by its handle, whichever id is newest.
+        let again = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        assert!(Arc::ptr_eq(&again, &new));
+        let old_again =
+            t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
+        assert!(Arc::ptr_eq(&old_again, &old));
+        assert!(new.in_device_view() && !old.in_device_view());
+        // The old object's id is forgotten: a third object takes it back, not a new id.
+        assert!(t.forget(old.id, 3, View::Host).is_some());
+        let third = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen3"), View::Host);
+        assert_eq!(third.id, old.id);
+        assert_eq!(t.id_of(key), new.id, "the displaced id stays the newest");
+        // Once the table holds nothing of the displaced id, the key's own id is its id.
+        assert!(t.forget(new.id, 1, View::Host).is_none());
         assert!(t.forget(new.id, 1, View::Device).is_some());
+        t.prune_forgotten(new.id, |_| false);
         assert!(t.get(new.id).is_none());
+        assert_eq!(t.id_of(key), old.id);
+        assert!(read(&t.inner).displaced.is_empty(), "nothing left of it");
+    }
+
+    #[test]
+    fn a_key_reused_again_and_again_gives_each_live_object_one_id() {
+        let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+        let key = InodeKey { dev: 1, ino: 55 };
+        let gens: [&[u8]; 4] = [b"g1", b"g2", b"g3", b"g4"];
+        let first: Vec<Arc<Inode>> = gens
+            .iter()
+            .map(|g| t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, g), View::Host))
+            .collect();
+        let ids: HashSet<InodeId> = first.iter().map(|i| i.id).collect();
+        assert_eq!(ids.len(), 4, "four live objects, four ids");
+        // Looked up again in any order, each finds its own entry.
+        for (g, inode) in gens.iter().zip(&first).rev() {
+            let again = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, g), View::Host);
+            assert!(Arc::ptr_eq(&again, inode));
+        }
+        // A type change tells a new object even without a handle.
+        let dir = t.lookup_ref(key, libc::S_IFDIR, fd(), View::Host);
+        assert!(!ids.contains(&dir.id));
+        for inode in first.iter().chain([&dir]) {
+            let n = inode.nlookup.load(Ordering::Relaxed);
+            assert!(t.forget(inode.id, n, View::Host).is_some());
+            t.prune_forgotten(inode.id, |_| false);
+        }
+        assert_eq!(t.live_count(), 1, "only the root");
+        assert!(read(&t.inner).displaced.is_empty());
     }
 
     #[test]
     fn a_forgotten_fingerprint_is_kept_while_the_tier_has_pages() {
         let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
         let key = InodeKey { dev: 1, ino: 60 };
-        // Two objects under one id: the live one has a fingerprint.
-        t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen1"), View::Host);
+        seen_before(&t, key, b"gen2");
         let a = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        assert!(a.coherence.remembered().is_some());
         let id = a.id;
-        assert!(t.forget(id, 2, View::Host).is_some());
+        assert!(t.forget(id, 1, View::Host).is_some());
         assert_eq!(t.forgotten_count(), 1);
         t.prune_forgotten(id, |i| {
             assert_eq!(i, id);
@@ -901,10 +1021,11 @@ mod tests {
     fn a_stale_prune_leaves_a_newer_forget_alone() {
         let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
         let key = InodeKey { dev: 1, ino: 70 };
-        t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g1"), View::Host);
+        seen_before(&t, key, b"g2");
         let a = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g2"), View::Host);
+        assert!(a.coherence.remembered().is_some());
         let id = a.id;
-        assert!(t.forget(id, 2, View::Host).is_some());
+        assert!(t.forget(id, 1, View::Host).is_some());
         // While the prune asks the tier, the file comes back and is forgotten again.
         t.prune_forgotten(id, |_| {
             t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"g2"), View::Host);
