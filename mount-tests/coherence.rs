@@ -440,6 +440,87 @@ fn a_reused_inode_number_never_reaches_the_new_object_through_the_old_one() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Writes `len` bytes to STORAGE's `b` until it gets inode number `ino` (ext4 reuses a freed
+/// number as soon as nothing holds the old object): whether it did.
+fn reuse_number(m: &Mounted, b: &str, ino: u64, len: usize) -> bool {
+    wait_until(DEADLINE, || {
+        let _ = fs::remove_file(m.backing(b));
+        fs::write(m.backing(b), pattern(len, 40)).unwrap();
+        fs::metadata(m.backing(b)).unwrap().ino() == ino
+    })
+}
+
+/// An inode number reused twice: A's id is live when B comes (B gets an id of its own), then
+/// the kernel forgets A, B is deleted and C takes A's id back. A change to C behind the
+/// mount's back must reach the kernel's cached attributes of C's id, not of B's.
+#[test]
+fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
+    let m = Mounted::with(&[], |_| {});
+    for device in [false, true] {
+        let view = |rel: &str| {
+            if device {
+                m.device().join(rel)
+            } else {
+                m.host(rel)
+            }
+        };
+        let tag = if device { "dev" } else { "host" };
+        let (a, b, c) = (format!("A-{tag}"), format!("B-{tag}"), format!("C-{tag}"));
+        fs::write(m.backing(&a), pattern(1000, 41)).unwrap();
+        assert!(wait_until(DEADLINE, || fs::symlink_metadata(view(&a)).is_ok()));
+        let held_a = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(view(&a))
+            .unwrap();
+        let a_ino = fs::metadata(m.backing(&a)).unwrap().ino();
+        let a_view_ino = fs::metadata(view(&a)).unwrap().ino();
+        fs::remove_file(m.backing(&a)).unwrap();
+        assert!(
+            reuse_number(&m, &b, a_ino, 2000),
+            "{tag}: B never got A's number"
+        );
+        let b_view_ino = fs::metadata(view(&b)).unwrap().ino();
+        assert_ne!(b_view_ino, a_view_ino, "{tag}: B while A is live");
+        let _held_b = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(view(&b))
+            .unwrap();
+        // The kernel forgets A once nothing holds it (its name was invalidated already).
+        let before = m.stats().inodes;
+        drop(held_a);
+        assert!(
+            wait_until(DEADLINE, || m.stats().inodes < before),
+            "{tag}: the kernel never forgot A"
+        );
+        fs::remove_file(m.backing(&b)).unwrap();
+        assert!(
+            reuse_number(&m, &c, a_ino, 3000),
+            "{tag}: C never got the number"
+        );
+        let st = fs::metadata(view(&c)).unwrap();
+        assert_eq!(
+            (st.ino(), st.len()),
+            (a_view_ino, 3000),
+            "{tag}: C takes A's id back"
+        );
+        // Changed behind the mount's back: the watcher must reach C's id.
+        fs::write(m.backing(&c), pattern(5000, 42)).unwrap();
+        assert!(
+            wait_until(DEADLINE, || fs::symlink_metadata(view(&c))
+                .is_ok_and(|st| st.len() == 5000)),
+            "{tag}: C's size never caught up with a change behind the mount's back: {:?}",
+            fs::symlink_metadata(view(&c)).map(|st| st.len())
+        );
+        assert_eq!(
+            fs::read(view(&c)).unwrap(),
+            pattern(5000, 42),
+            "{tag}: C's bytes"
+        );
+    }
+}
+
 /// With the default cache timeout, a local STORAGE's names and attributes are cached for a
 /// day: every external change must reach the kernel through the watcher, attribute-only
 /// changes (`chmod`, `touch -d`) too, and also below a directory made behind the mount's back

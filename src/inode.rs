@@ -45,11 +45,12 @@
 //! back.) While the old object's id is still live, the new object gets an id
 //! of its own instead (a *displaced* key, from the mapped range): the kernel
 //! may still hold dentries of the old object's names that point at the live
-//! id, and an old name must never reach the new object's bytes. The key's
-//! newest id is the one [`InodeTable::id_of`] gives from then on (a change
-//! seen by name concerns the object now under the name), a lookup of an
-//! object that has one of the key's ids finds it by its handle, and an id
-//! leaves the key's list once the table holds nothing of it.
+//! id, and an old name must never reach the new object's bytes. A lookup of
+//! an object that has one of the key's ids finds it by its handle; the id
+//! bound last to an object that was not live is the key's *newest*, the one
+//! [`InodeTable::id_of`] gives (STORAGE has one object under a number at a
+//! time, and a change seen by name concerns it); an id leaves the key's list
+//! once the table holds nothing of it.
 //!
 //! Each id appears under two views. FUSE inode numbers encode the view in the
 //! low bit: `2*id + 1` is the host view, `2*id + 2` the device view, so the
@@ -380,8 +381,9 @@ struct Inner {
     devs: Vec<u64>,
     /// Ids of keys outside the derived range (never pruned).
     mapped: HashMap<InodeKey, InodeId>,
-    /// The ids given to new objects of a key while an older object's id of it was live
-    /// (module docs), newest last; empty but for reused inode numbers.
+    /// For a key whose number was reused while an older object's id of it was live (module
+    /// docs): its ids other than its own, and its own once a new object took that again, in
+    /// the order their objects were bound to them, newest last. Empty but for such keys.
     displaced: HashMap<InodeKey, Vec<InodeId>>,
     next_mapped: InodeId,
 }
@@ -446,9 +448,21 @@ impl Inner {
         id
     }
 
+    /// Makes `id`, just bound to an object that was not live, the newest of `key`'s ids: the
+    /// lookup found it under a name, so it is the object STORAGE now has under that number
+    /// (the others are deleted).
+    fn bound(&mut self, key: InodeKey, id: InodeId) {
+        if !self.displaced.is_empty()
+            && let Some(ids) = self.displaced.get_mut(&key)
+        {
+            ids.retain(|i| *i != id);
+            ids.push(id);
+        }
+    }
+
     /// Forgets `id` as one of a displaced key's ids: the table holds nothing of it now.
     fn gone(&mut self, id: InodeId) {
-        if id >= FIRST_MAPPED_ID && !self.displaced.is_empty() {
+        if !self.displaced.is_empty() {
             self.displaced.retain(|_, ids| {
                 ids.retain(|i| *i != id);
                 !ids.is_empty()
@@ -610,7 +624,13 @@ impl InodeTable {
         }
         // Every id of the key live with another object: the kernel may still reach that
         // one through a name it holds, so this one gets an id of its own (module docs).
-        let id = free.unwrap_or_else(|| inner.displace(key));
+        let id = match free {
+            Some(id) => {
+                inner.bound(key, id);
+                id
+            }
+            None => inner.displace(key),
+        };
         let remembered = inner.forgotten.remove(&id).map(|f| match new_handle {
             Some(new) if f.handle != 0 && f.handle != handle_digest(new) => {
                 Remembered::matching_nothing()
@@ -953,13 +973,25 @@ mod tests {
         assert!(t.forget(old.id, 3, View::Host).is_some());
         let third = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen3"), View::Host);
         assert_eq!(third.id, old.id);
-        assert_eq!(t.id_of(key), new.id, "the displaced id stays the newest");
+        assert_eq!(
+            t.id_of(key),
+            old.id,
+            "the object now under the number is the newest"
+        );
+        let second = t.lookup_backing(key, libc::S_IFREG, handle_backing(&t, b"gen2"), View::Host);
+        assert!(
+            Arc::ptr_eq(&second, &new),
+            "a live object found again changes no order"
+        );
+        assert_eq!(t.id_of(key), old.id);
         // Once the table holds nothing of the displaced id, the key's own id is its id.
-        assert!(t.forget(new.id, 1, View::Host).is_none());
+        assert!(t.forget(new.id, 2, View::Host).is_none());
         assert!(t.forget(new.id, 1, View::Device).is_some());
         t.prune_forgotten(new.id, |_| false);
         assert!(t.get(new.id).is_none());
         assert_eq!(t.id_of(key), old.id);
+        assert!(t.forget(old.id, 1, View::Host).is_some());
+        t.prune_forgotten(old.id, |_| false);
         assert!(read(&t.inner).displaced.is_empty(), "nothing left of it");
     }
 
