@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -456,6 +456,16 @@ fn reuse_number(m: &Mounted, b: &str, ino: u64, len: usize) -> bool {
 #[test]
 fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
     let m = Mounted::with(&[], |_| {});
+    // Everything but A stays held, so that the only inode the kernel may forget (here, or
+    // in a `drop_caches` of a test running alongside) is A.
+    let mut keep = Vec::new();
+    let hold = |path: PathBuf| {
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .unwrap()
+    };
     for device in [false, true] {
         let view = |rel: &str| {
             if device {
@@ -468,11 +478,7 @@ fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
         let (a, b, c) = (format!("A-{tag}"), format!("B-{tag}"), format!("C-{tag}"));
         fs::write(m.backing(&a), pattern(1000, 41)).unwrap();
         assert!(wait_until(DEADLINE, || fs::symlink_metadata(view(&a)).is_ok()));
-        let held_a = File::options()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(view(&a))
-            .unwrap();
+        let held_a = hold(view(&a));
         let a_ino = fs::metadata(m.backing(&a)).unwrap().ino();
         let a_view_ino = fs::metadata(view(&a)).unwrap().ino();
         fs::remove_file(m.backing(&a)).unwrap();
@@ -482,11 +488,7 @@ fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
         );
         let b_view_ino = fs::metadata(view(&b)).unwrap().ino();
         assert_ne!(b_view_ino, a_view_ino, "{tag}: B while A is live");
-        let _held_b = File::options()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(view(&b))
-            .unwrap();
+        keep.push(hold(view(&b)));
         // The kernel forgets A once nothing holds it (its name was invalidated already).
         let before = m.stats().inodes;
         drop(held_a);
@@ -505,6 +507,7 @@ fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
             (a_view_ino, 3000),
             "{tag}: C takes A's id back"
         );
+        keep.push(hold(view(&c)));
         // Changed behind the mount's back: the watcher must reach C's id.
         fs::write(m.backing(&c), pattern(5000, 42)).unwrap();
         assert!(
