@@ -82,7 +82,7 @@ use crate::tier::DeviceTier;
 use crate::tier::fill::read_fully;
 use crate::tier::folio::{self, Folio};
 use crate::tier::hint::Hint;
-use crate::tier::map::{Entry, ExportSlot};
+use crate::tier::map::{Entry, ExportSlot, FileState};
 use crate::tier::policy::FolioKey;
 use crate::tier::reclaim::slots_of;
 use crate::tier::shmem::DeviceCopy;
@@ -167,6 +167,17 @@ enum Found {
     None,
     Live(Arc<Export>),
     Idle(IdleExport),
+}
+
+impl Found {
+    /// What a file's state holds of an export (call under its shard lock).
+    fn of(st: &FileState) -> Found {
+        match &st.export {
+            ExportSlot::None => Found::None,
+            ExportSlot::Live(e) => Found::Live(e.clone()),
+            ExportSlot::Idle(idle) => Found::Idle(*idle),
+        }
+    }
 }
 
 struct ExportState {
@@ -382,14 +393,9 @@ impl DeviceTier {
         if self.exports_live.load(Ordering::Relaxed) == 0 {
             return Found::None;
         }
-        match lock(&self.shard(file).files)
+        lock(&self.shard(file).files)
             .get(&file)
-            .map(|st| &st.export)
-        {
-            None | Some(ExportSlot::None) => Found::None,
-            Some(ExportSlot::Live(e)) => Found::Live(e.clone()),
-            Some(ExportSlot::Idle(idle)) => Found::Idle(*idle),
-        }
+            .map_or(Found::None, Found::of)
     }
 
     /// The copy's size of an export found by [`Self::find_export`] (a system call or more).
@@ -1026,14 +1032,17 @@ impl DeviceTier {
         exported_pages(export.copy.len().unwrap_or(0))
     }
 
-    /// Resident pages of `file` if it is exported, as `(huge, base)`; None if it is not.
-    /// Asks its copy's size (a system call or more), with no lock held.
-    pub(super) fn exported_residency_of(&self, file: FileId) -> Option<(u64, u64)> {
-        let found = self.find_export(file);
-        if let Found::None = found {
-            return None;
-        }
-        Some(exported_pages(self.found_len(&found)))
+    /// `file`'s (huge, base) pages: its export's (its copy's size, learnt after the shard
+    /// lock) or its resident folios', under one lock of its shard.
+    pub(super) fn resident_pages_of(&self, file: FileId) -> (u64, u64) {
+        let found = match lock(&self.shard(file).files).get(&file) {
+            None => return (0, 0),
+            Some(st) => match Found::of(st) {
+                Found::None => return st.resident_counts(),
+                found => found,
+            },
+        };
+        exported_pages(self.found_len(&found))
     }
 
     /// Capacity lent to copies, in bytes.

@@ -465,12 +465,7 @@ impl DeviceTier {
 
     /// The file's resident device pages.
     pub fn residency(&self, file: FileId) -> Residency {
-        // An export's size is its copy's: a system call or more, after the shard lock.
-        let (huge_pages, base_pages) = self.exported_residency_of(file).unwrap_or_else(|| {
-            lock(&self.shard(file).files)
-                .get(&file)
-                .map_or((0, 0), |st| st.resident_counts())
-        });
+        let (huge_pages, base_pages) = self.resident_pages_of(file);
         Residency {
             resident_bytes: huge_pages * HUGE_PAGE_SIZE + base_pages * PAGE_SIZE,
             huge_pages,
