@@ -49,8 +49,11 @@
 //! an object that has one of the key's ids finds it by its handle; the id
 //! bound last to an object that was not live is the key's *newest*, the one
 //! [`InodeTable::id_of`] gives (STORAGE has one object under a number at a
-//! time, and a change seen by name concerns it); an id leaves the key's list
-//! once the table holds nothing of it.
+//! time, and a change seen by name concerns it), unless STORAGE had deleted
+//! the object by then (a lookup that opened it before the delete: asked of
+//! the object, outside the lock, only for a key with more than one object);
+//! an id leaves the key's list once the table holds nothing of it. A
+//! reference-model property test checks these rules.
 //!
 //! Each id appears under two views. FUSE inode numbers encode the view in the
 //! low bit: `2*id + 1` is the host view, `2*id + 2` the device view, so the
@@ -198,6 +201,22 @@ enum Backing {
         mount: Arc<HandleMount>,
         pinned: OnceLock<OwnedFd>,
     },
+}
+
+impl Backing {
+    /// Whether STORAGE still has the object under a name (a link count above 0): false once
+    /// it is deleted, or when it can no longer be reached. A system call or two: never under
+    /// the table's lock.
+    fn still_named(&self) -> bool {
+        let st = match self {
+            Backing::Held(fd) => rustix::fs::fstat(fd),
+            Backing::Handle { handle, mount, .. } => match handle.open(mount.fd.as_fd()) {
+                Ok(fd) => rustix::fs::fstat(&fd),
+                Err(_) => return false,
+            },
+        };
+        st.is_ok_and(|st| st.st_nlink > 0)
+    }
 }
 
 /// An `O_PATH` descriptor of an inode's backing object, for one operation:
@@ -382,8 +401,9 @@ struct Inner {
     /// Ids of keys outside the derived range (never pruned).
     mapped: HashMap<InodeKey, InodeId>,
     /// For a key whose number was reused while an older object's id of it was live (module
-    /// docs): its ids other than its own, and its own once a new object took that again, in
-    /// the order their objects were bound to them, newest last. Empty but for such keys.
+    /// docs): the ids of it the table holds, its own among them, in the order their objects
+    /// were bound to them, newest last (an object STORAGE had deleted goes first). Empty but
+    /// for such keys.
     displaced: HashMap<InodeKey, Vec<InodeId>>,
     next_mapped: InodeId,
 }
@@ -430,8 +450,8 @@ impl Inner {
         id
     }
 
-    /// Every id of `key`, its newest object's first (module docs): the displaced ones (an
-    /// empty vector, which allocates nothing, but for reused inode numbers) and its own.
+    /// Every id of `key`, its newest object's first (module docs): the displaced list (an
+    /// empty vector, which allocates nothing, but for reused inode numbers), then its own.
     fn ids(&mut self, key: InodeKey) -> (Vec<InodeId>, InodeId) {
         let base = self.assign(key);
         let displaced = match self.displaced.get(&key) {
@@ -441,22 +461,34 @@ impl Inner {
         (displaced, base)
     }
 
-    /// A new id for a new object of `key`, whose ids are all live with older objects.
-    fn displace(&mut self, key: InodeKey) -> InodeId {
+    /// A new id for a new object of `key` (whose own id is `base`), all of whose ids are live
+    /// with other objects; the key's newest unless STORAGE no longer has the object.
+    fn displace(&mut self, key: InodeKey, base: InodeId, newest: bool) -> InodeId {
         let id = self.next_mapped_id();
-        self.displaced.entry(key).or_default().push(id);
+        // The list holds every id of the key the table holds, its own too.
+        let ids = self.displaced.entry(key).or_insert_with(|| vec![base]);
+        if newest {
+            ids.push(id);
+        } else {
+            ids.insert(0, id);
+        }
         id
     }
 
-    /// Makes `id`, just bound to an object that was not live, the newest of `key`'s ids: the
-    /// lookup found it under a name, so it is the object STORAGE now has under that number
-    /// (the others are deleted).
-    fn bound(&mut self, key: InodeKey, id: InodeId) {
+    /// Puts `id`, just bound to an object that was not live, in its place among `key`'s ids:
+    /// the newest if STORAGE still has the object (the lookup found it under a name, and
+    /// STORAGE has one object under a number at a time), else the oldest (a lookup that
+    /// opened the object before it was deleted).
+    fn bound(&mut self, key: InodeKey, id: InodeId, newest: bool) {
         if !self.displaced.is_empty()
             && let Some(ids) = self.displaced.get_mut(&key)
         {
             ids.retain(|i| *i != id);
-            ids.push(id);
+            if newest {
+                ids.push(id);
+            } else {
+                ids.insert(0, id);
+            }
         }
     }
 
@@ -584,10 +616,18 @@ impl InodeTable {
     /// `fd`) in `view`, making it live if it was not. Returns the live inode.
     pub fn lookup_ref(&self, key: InodeKey, fmt: u32, fd: OwnedFd, view: View) -> Arc<Inode> {
         let backing = self.backing_of(fd);
-        self.lookup_backing(key, fmt, backing, view)
+        self.lookup_backing_with(key, fmt, backing, view, Backing::still_named)
     }
 
-    fn lookup_backing(&self, key: InodeKey, fmt: u32, backing: Backing, view: View) -> Arc<Inode> {
+    /// [`Self::lookup_ref`], with what tells whether STORAGE still has the object.
+    fn lookup_backing_with(
+        &self,
+        key: InodeKey,
+        fmt: u32,
+        backing: Backing,
+        view: View,
+        still_named: impl Fn(&Backing) -> bool,
+    ) -> Arc<Inode> {
         let device = u64::from(view == View::Device);
         let new_handle = match &backing {
             Backing::Held(_) => None,
@@ -602,53 +642,69 @@ impl InodeTable {
                     _ => true,
                 }
         };
-        let mut inner = write(&self.inner);
-        let (displaced, base) = if key == self.root_key {
-            (Vec::new(), ROOT_ID)
-        } else {
-            inner.ids(key)
-        };
-        let mut free = None;
-        for id in displaced.into_iter().chain([base]) {
-            match inner.live.get(&id) {
-                Some(Live(inode)) if same_object(inode) => {
-                    inode.nlookup.fetch_add(1, Ordering::Relaxed);
-                    // Counted before the reply carries the entry, so a change that finds
-                    // it zero happened before this lookup's stat.
-                    inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
-                    return inode.clone();
+        // Asked (once, without the lock) only of a key with more than one object.
+        let mut named = None;
+        loop {
+            let mut inner = write(&self.inner);
+            let (displaced, base) = if key == self.root_key {
+                (Vec::new(), ROOT_ID)
+            } else {
+                inner.ids(key)
+            };
+            let mut free = None;
+            for &id in displaced.iter().chain([&base]) {
+                match inner.live.get(&id) {
+                    Some(Live(inode)) if same_object(inode) => {
+                        inode.nlookup.fetch_add(1, Ordering::Relaxed);
+                        // Counted before the reply carries the entry, so a change that
+                        // finds it zero happened before this lookup's stat.
+                        inode.device_nlookup.fetch_add(device, Ordering::SeqCst);
+                        return inode.clone();
+                    }
+                    Some(_) => {}
+                    None => free = free.or(Some(id)),
                 }
-                Some(_) => {}
-                None => free = free.or(Some(id)),
             }
+            if named.is_none() && (free.is_none() || !displaced.is_empty()) {
+                drop(inner);
+                named = Some(still_named(&backing));
+                continue;
+            }
+            let newest = named.unwrap_or(true);
+            // Every id of the key live with another object: the kernel may still reach that
+            // one through a name it holds, so this one gets an id of its own (module docs).
+            let id = match free {
+                Some(id) => {
+                    inner.bound(key, id, newest);
+                    id
+                }
+                None => inner.displace(key, base, newest),
+            };
+            let remembered = inner.forgotten.remove(&id).map(|f| match new_handle {
+                Some(new) if f.handle != 0 && f.handle != handle_digest(new) => {
+                    Remembered::matching_nothing()
+                }
+                _ => f.remembered,
+            });
+            let inode = Arc::new(Inode {
+                id,
+                key,
+                fmt,
+                backing,
+                nlookup: AtomicU64::new(1),
+                device_nlookup: AtomicU64::new(device),
+                coherence: FileState::new(remembered),
+            });
+            inner.live.insert(Live(inode.clone()));
+            inner.peak_since_trim = inner.peak_since_trim.max(inner.live.len());
+            return inode;
         }
-        // Every id of the key live with another object: the kernel may still reach that
-        // one through a name it holds, so this one gets an id of its own (module docs).
-        let id = match free {
-            Some(id) => {
-                inner.bound(key, id);
-                id
-            }
-            None => inner.displace(key),
-        };
-        let remembered = inner.forgotten.remove(&id).map(|f| match new_handle {
-            Some(new) if f.handle != 0 && f.handle != handle_digest(new) => {
-                Remembered::matching_nothing()
-            }
-            _ => f.remembered,
-        });
-        let inode = Arc::new(Inode {
-            id,
-            key,
-            fmt,
-            backing,
-            nlookup: AtomicU64::new(1),
-            device_nlookup: AtomicU64::new(device),
-            coherence: FileState::new(remembered),
-        });
-        inner.live.insert(Live(inode.clone()));
-        inner.peak_since_trim = inner.peak_since_trim.max(inner.live.len());
-        inode
+    }
+
+    /// [`Self::lookup_backing_with`] of an object STORAGE still has.
+    #[cfg(test)]
+    fn lookup_backing(&self, key: InodeKey, fmt: u32, backing: Backing, view: View) -> Arc<Inode> {
+        self.lookup_backing_with(key, fmt, backing, view, |_| true)
     }
 
     /// Drops `n` lookup references held through `view`; returns the inode if
@@ -787,6 +843,7 @@ mod tests {
     use std::fs::File;
 
     use crate::storage;
+    use proptest::prelude::*;
 
     fn fd() -> OwnedFd {
         File::open("/").unwrap().into()
@@ -1021,6 +1078,124 @@ mod tests {
         }
         assert_eq!(t.live_count(), 1, "only the root");
         assert!(read(&t.inner).displaced.is_empty());
+    }
+
+    /// Keys of the reference model: few, so that numbers are reused often.
+    const MODEL_KEYS: usize = 3;
+
+    /// A step of the reference model.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// STORAGE deletes key `k`'s object and gives its number to a new one.
+        Replace(usize),
+        /// A lookup of key `k`'s current object, or (`stale`) of the one before it, opened
+        /// by a lookup that began before it was deleted.
+        Lookup { k: usize, stale: bool, device: bool },
+        /// The kernel forgets every reference to one live object; the tier keeps pages of
+        /// it or not.
+        Forget { pick: usize, pages: bool },
+        /// The tier drops whatever it kept of forgotten objects.
+        Evict,
+    }
+
+    fn model_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0..MODEL_KEYS).prop_map(Op::Replace),
+            4 => (0..MODEL_KEYS, any::<bool>(), any::<bool>())
+                .prop_map(|(k, stale, device)| Op::Lookup { k, stale, device }),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, pages)| Op::Forget { pick, pages }),
+            1 => Just(Op::Evict),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of STORAGE objects (key, generation) and the kernel's references:
+        /// a live object keeps its entry, no two live objects share an id, a key's id is
+        /// its current object's whenever that is live (the watcher's changes reach it),
+        /// and nothing is left once the kernel forgets everything and the tier drops it.
+        #[test]
+        fn inode_table_follows_a_reference_model(ops in prop::collection::vec(model_op(), 1..80)) {
+            let t = InodeTable::new(InodeKey { dev: 1, ino: 2 }, fd());
+            let key = |k: usize| InodeKey { dev: 1, ino: 100 + k as u64 };
+            let mut generation = [0u32; MODEL_KEYS];
+            // (key, generation) -> (entry, lookups, of them through the device view)
+            let mut live: HashMap<(usize, u32), (Arc<Inode>, u64, u64)> = HashMap::new();
+            let mut kept: Vec<InodeId> = Vec::new();
+            let forget_all = |t: &InodeTable, inode: &Inode, n: u64, d: u64| {
+                let host = (n > d).then(|| t.forget(inode.id, n - d, View::Host));
+                let dev = (d > 0).then(|| t.forget(inode.id, d, View::Device));
+                dev.or(host).flatten().is_some()
+            };
+            for op in ops {
+                match op {
+                    Op::Replace(k) => generation[k] += 1,
+                    Op::Lookup { k, stale, device } => {
+                        let g = if stale { generation[k].saturating_sub(1) } else { generation[k] };
+                        let named = g == generation[k];
+                        let view = if device { View::Device } else { View::Host };
+                        let handle = format!("{k}.{g}");
+                        let inode = t.lookup_backing_with(
+                            key(k),
+                            libc::S_IFREG,
+                            handle_backing(&t, handle.as_bytes()),
+                            view,
+                            |_| named,
+                        );
+                        match live.get_mut(&(k, g)) {
+                            Some((entry, n, d)) => {
+                                prop_assert!(Arc::ptr_eq(entry, &inode), "a live object keeps its entry");
+                                *n += 1;
+                                *d += u64::from(device);
+                            }
+                            None => {
+                                prop_assert!(
+                                    live.values().all(|(e, ..)| e.id != inode.id),
+                                    "id {} of {handle} is another live object's", inode.id
+                                );
+                                live.insert((k, g), (inode, 1, u64::from(device)));
+                            }
+                        }
+                    }
+                    Op::Forget { pick, pages } => {
+                        let mut objects: Vec<(usize, u32)> = live.keys().copied().collect();
+                        if objects.is_empty() {
+                            continue;
+                        }
+                        objects.sort();
+                        let (inode, n, d) = live.remove(&objects[pick % objects.len()]).unwrap();
+                        prop_assert!(forget_all(&t, &inode, n, d), "the last forget ends it");
+                        t.prune_forgotten(inode.id, |_| pages);
+                        if pages {
+                            kept.push(inode.id);
+                        }
+                    }
+                    Op::Evict => {
+                        for id in kept.drain(..) {
+                            t.prune_forgotten(id, |_| false);
+                        }
+                    }
+                }
+                prop_assert_eq!(t.live_count(), live.len() + 1);
+                for (entry, ..) in live.values() {
+                    prop_assert!(Arc::ptr_eq(&t.get(entry.id).unwrap(), entry));
+                }
+                for (k, g) in generation.iter().enumerate() {
+                    if let Some((entry, ..)) = live.get(&(k, *g)) {
+                        prop_assert_eq!(t.id_of(key(k)), entry.id, "key {} names its current object", k);
+                    }
+                }
+            }
+            for (inode, n, d) in live.into_values() {
+                prop_assert!(forget_all(&t, &inode, n, d));
+                t.prune_forgotten(inode.id, |_| false);
+            }
+            for id in kept {
+                t.prune_forgotten(id, |_| false);
+            }
+            prop_assert_eq!(t.live_count(), 1);
+            prop_assert_eq!(t.forgotten_count(), 0);
+            prop_assert!(read(&t.inner).displaced.is_empty());
+        }
     }
 
     #[test]
