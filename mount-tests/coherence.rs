@@ -363,6 +363,41 @@ fn changes_behind_the_mounts_back_show_within_the_ttl() {
     );
 }
 
+/// `rel` in the device view or the host view.
+fn in_view(m: &Mounted, device: bool, rel: &str) -> PathBuf {
+    if device {
+        m.device().join(rel)
+    } else {
+        m.host(rel)
+    }
+}
+
+/// An `O_PATH` descriptor of `path`: the kernel holds its inode (and the daemon its entry)
+/// while nothing opens the file.
+fn hold(path: PathBuf) -> File {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .unwrap()
+}
+
+/// Writes `bytes` to STORAGE's `b` until it gets inode number `ino`: whether it did within
+/// a few seconds. ext4 hands a freed number to the next file made near it, once nothing holds
+/// the old object; another process making files in the same block group may take it first,
+/// so a caller tries again with a new object rather than fail.
+fn reuse_number(m: &Mounted, b: &str, ino: u64, bytes: &[u8]) -> bool {
+    wait_until(Duration::from_secs(3), || {
+        let _ = fs::remove_file(m.backing(b));
+        fs::write(m.backing(b), bytes).unwrap();
+        fs::metadata(m.backing(b)).unwrap().ino() == ino
+    })
+}
+
+/// Tries a scenario that needs STORAGE to reuse an inode number: a few times, since another
+/// process may take the number first (`reuse_number`).
+const REUSE_TRIES: usize = 5;
+
 /// STORAGE (ext4) reuses a freed inode number at once. While the kernel still holds the old
 /// object (here through an `O_PATH` descriptor, as it holds a cached dentry of an old name
 /// until an invalidation lands), a new object with the same number is looked up through the
@@ -375,13 +410,7 @@ fn a_reused_inode_number_never_reaches_the_new_object_through_the_old_one() {
     let (old_bytes, new_bytes) = (pattern(64 * 1024, 31), pattern(64 * 1024, 32));
     let mut problems = Vec::new();
     for device in [false, true] {
-        let view = |rel: &str| {
-            if device {
-                m.device().join(rel)
-            } else {
-                m.host(rel)
-            }
-        };
+        let view = |rel: &str| in_view(&m, device, rel);
         let mut reused = 0;
         for round in 0..ROUNDS {
             let at = format!("device view {device}, round {round}");
@@ -395,11 +424,7 @@ fn a_reused_inode_number_never_reaches_the_new_object_through_the_old_one() {
                 }
             };
             assert!(wait_until(DEADLINE, seen), "{at}: {a} never showed");
-            let held = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(view(&a))
-                .unwrap();
+            let held = hold(view(&a));
             let old_ino = fs::metadata(m.backing(&a)).unwrap().ino();
             fs::remove_file(m.backing(&a)).unwrap();
             let b = format!("b{round}-{device}");
@@ -433,22 +458,6 @@ fn a_reused_inode_number_never_reaches_the_new_object_through_the_old_one() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Writes `bytes` to STORAGE's `b` until it gets inode number `ino`: whether it did within
-/// a few seconds. ext4 hands a freed number to the next file made near it, once nothing holds
-/// the old object; another process making files in the same block group may take it first,
-/// so a caller tries again with a new object rather than fail.
-fn reuse_number(m: &Mounted, b: &str, ino: u64, bytes: &[u8]) -> bool {
-    wait_until(Duration::from_secs(3), || {
-        let _ = fs::remove_file(m.backing(b));
-        fs::write(m.backing(b), bytes).unwrap();
-        fs::metadata(m.backing(b)).unwrap().ino() == ino
-    })
-}
-
-/// Tries a scenario that needs STORAGE to reuse an inode number: a few times, since another
-/// process may take the number first (`reuse_number`).
-const REUSE_TRIES: usize = 5;
-
 /// An inode number reused twice: A's id is live when B comes (B gets an id of its own), then
 /// the kernel forgets A, B is deleted and C takes A's id back. A change to C behind the
 /// mount's back must reach the kernel's cached attributes of C's id, not of B's.
@@ -458,21 +467,8 @@ fn a_reused_number_taken_back_follows_changes_behind_the_mount() {
     // Everything but A stays held, so that the only inode the kernel may forget (here, or
     // in a `drop_caches` of a test running alongside) is A.
     let mut keep = Vec::new();
-    let hold = |path: PathBuf| {
-        File::options()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(path)
-            .unwrap()
-    };
     for device in [false, true] {
-        let view = |rel: &str| {
-            if device {
-                m.device().join(rel)
-            } else {
-                m.host(rel)
-            }
-        };
+        let view = |rel: &str| in_view(&m, device, rel);
         let tag = if device { "dev" } else { "host" };
         let mut done = false;
         for t in 0..REUSE_TRIES {
