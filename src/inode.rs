@@ -467,11 +467,7 @@ impl Inner {
         let id = self.next_mapped_id();
         // The list holds every id of the key the table holds, its own too.
         let ids = self.displaced.entry(key).or_insert_with(|| vec![base]);
-        if newest {
-            ids.push(id);
-        } else {
-            ids.insert(0, id);
-        }
+        place(ids, id, newest);
         id
     }
 
@@ -484,11 +480,7 @@ impl Inner {
             && let Some(ids) = self.displaced.get_mut(&key)
         {
             ids.retain(|i| *i != id);
-            if newest {
-                ids.push(id);
-            } else {
-                ids.insert(0, id);
-            }
+            place(ids, id, newest);
         }
     }
 
@@ -500,6 +492,16 @@ impl Inner {
                 !ids.is_empty()
             });
         }
+    }
+}
+
+/// Puts `id` in a displaced key's list: last (the newest), or first when STORAGE no longer
+/// has its object.
+fn place(ids: &mut Vec<InodeId>, id: InodeId, newest: bool) {
+    if newest {
+        ids.push(id);
+    } else {
+        ids.insert(0, id);
     }
 }
 
