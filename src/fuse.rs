@@ -29,6 +29,7 @@ use tracing::{debug, debug_span, info, warn};
 
 use crate::creds::Caller;
 use crate::errno::Errno;
+use crate::forgets::ForgetQueue;
 use crate::fs::{KernelLimits, OpenOut, Pagetier, SetAttr, TimeSpec};
 use crate::iomode::{BackingToken, IdleIds, Registration};
 use crate::metrics::{Op, RequestMetrics, RequestTimer, ViewLabel};
@@ -50,6 +51,8 @@ pub struct FuseAdapter {
     pub max_io: u32,
     /// The worker threads' turns (`workers.rs`): an idle worker may park after its reply.
     pub workers: Arc<Workers>,
+    /// Where a `BATCH_FORGET` goes, to be applied off the workers (`forgets.rs`).
+    pub forgets: ForgetQueue,
 }
 
 /// One request in a handler: timed (metrics on only), then the worker's turn ends. Fields
@@ -387,10 +390,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        // No worker turn: fuser calls this once per inode of a BATCH_FORGET, and a worker
-        // must not park in the middle of one.
-        let _t = self.metrics.as_deref().map(|m| m.start(Op::Forget, ino.0));
-        self.fs.forget(ino.0, nlookup);
+        // Queued, not applied here (`forgets.rs`): fuser calls this once per inode of a
+        // BATCH_FORGET, and a worker that reads again at once keeps the kernel's batches,
+        // and the request buffer pages they fill, small. No worker turn: a worker must not
+        // park in the middle of a batch.
+        self.forgets.push(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -12,6 +12,7 @@ mod coherence;
 mod control;
 mod creds;
 mod errno;
+mod forgets;
 mod fs;
 mod fuse;
 mod heap;
@@ -32,6 +33,7 @@ mod watch;
 mod workers;
 
 pub use cli::{Cli, Command, MountArgs, normalize_args, settings};
+pub use heap::restart_without_thread_caches;
 pub use iomode::PassthroughMode;
 pub use range::ByteRange;
 pub use run::{LogConfig, init_logging_with, mount_with_log};

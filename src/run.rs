@@ -22,9 +22,10 @@ use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
 use crate::cli::{LogFormat, MountArgs, MountSettings};
+use crate::forgets::ForgetQueue;
 use crate::fs::{CacheTimeout, FsConfig, Pagetier};
 use crate::fuse::FuseAdapter;
-use crate::metrics::RequestMetrics;
+use crate::metrics::{Op, RequestMetrics};
 use crate::tier::{DeviceTier, TierConfig};
 use crate::watch;
 
@@ -540,6 +541,7 @@ pub fn mount_with_log(args: MountArgs, s: MountSettings, log: Option<Arc<LogFile
         metrics: req_metrics.clone(),
         max_io: s.max_request,
         workers: workers.clone(),
+        forgets: start_forget_queue(fs.clone(), req_metrics.clone())?,
     };
     // Signal handlers go in before the mount is live: a SIGTERM sent as soon
     // as the mount shows up waits in `signals` instead of killing us.
@@ -648,6 +650,19 @@ fn start_telemetry(
         crate::metrics::log_stats_every(period, fs.clone(), json_logs)?;
     }
     Ok(())
+}
+
+/// The thread that applies the kernel's batched forgets (`forgets.rs`), timed as `forget`
+/// requests when metrics are on.
+fn start_forget_queue(
+    fs: Arc<Pagetier>,
+    metrics: Option<Arc<RequestMetrics>>,
+) -> Result<ForgetQueue> {
+    ForgetQueue::start(move |ino, n| {
+        let _t = metrics.as_deref().map(|m| m.start(Op::Forget, ino));
+        fs.forget(ino, n);
+    })
+    .context("starting the forget thread")
 }
 
 /// Every `period`, compares the files that device-view readers hold open through the kernel
