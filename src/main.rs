@@ -8,6 +8,9 @@ fn main() {
     let cli = Cli::parse_from(argv);
     let res = match cli.command {
         Command::Mount(args) => {
+            if let Some(e) = pagetier::restart_without_thread_caches() {
+                eprintln!("pagetier: warning: running with glibc's thread caches (restart: {e})");
+            }
             let args = *args;
             let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
             match pagetier::settings(&args, cpus) {
