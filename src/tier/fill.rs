@@ -16,7 +16,6 @@
 
 use std::io;
 
-use crate::tier::DeviceTier;
 use crate::tier::folio::{Folio, contiguous_mut};
 use crate::tier::map::Entry;
 use crate::tier::policy::FolioKey;
@@ -25,6 +24,7 @@ use crate::tier::sync::{Arc, lock};
 use crate::tier::types::{
     FileId, FillSource, HUGE_PAGE_SIZE, InvalidationSeq, PAGE_SIZE, SLOTS_PER_CHUNK,
 };
+use crate::tier::{DeviceTier, remove_state};
 
 /// An in-flight fill: folios reserved as `Filling` under `keys`. Dropping it unfinished (an
 /// error or a panic in the `FillSource`) removes the `Filling` entries and wakes waiters, so
@@ -125,7 +125,7 @@ impl DeviceTier {
                 }
             }
             if st.is_empty() {
-                g.remove(&fill.file);
+                remove_state(&mut g, fill.file);
             }
         } else {
             discard.extend(folios);

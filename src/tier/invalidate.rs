@@ -16,7 +16,6 @@
 //! (`fault.rs`), and so is a queued readahead job. Removed folios are freed after the shard
 //! lock is dropped.
 
-use crate::tier::DeviceTier;
 use crate::tier::export::ExportInvalidation;
 use crate::tier::folio::Folio;
 use crate::tier::hint::Hint;
@@ -26,6 +25,7 @@ use crate::tier::reclaim::slots_of;
 use crate::tier::stats::{add, sub};
 use crate::tier::sync::{Arc, lock, thread};
 use crate::tier::types::{FileId, FolioId, InvalidationCause, PAGE_SIZE, SLOTS_PER_CHUNK};
+use crate::tier::{DeviceTier, remove_state};
 
 impl DeviceTier {
     /// Drops exactly the device pages overlapping `[offset, offset + len)` (`len == u64::MAX`:
@@ -100,7 +100,7 @@ impl DeviceTier {
             }
         }
         if st.is_empty() {
-            g.remove(&file);
+            remove_state(&mut g, file);
         } else {
             st.drop_empty_pages();
         }
@@ -192,7 +192,7 @@ impl DeviceTier {
                     thread::yield_now();
                 }
                 Some(_) => {
-                    let st = g.remove(&file).expect("looked up under the same lock");
+                    let st = remove_state(&mut g, file).expect("looked up under the same lock");
                     break (g, st);
                 }
             }

@@ -21,7 +21,6 @@
 //! reader pins (its `Arc` is shared) is kept and re-inserted as most recently used. Victims
 //! are removed under their shard lock and freed after it is dropped.
 
-use crate::tier::DeviceTier;
 use crate::tier::arena::Need;
 use crate::tier::hint::Hint;
 use crate::tier::map::{Entry, FileState};
@@ -29,6 +28,7 @@ use crate::tier::policy::{EvictionPolicy, FolioKey};
 use crate::tier::stats::{add, sub};
 use crate::tier::sync::{Arc, Ordering, lock};
 use crate::tier::types::{FileId, FolioId, HUGE_EVICT_SCAN, SLOTS_PER_CHUNK};
+use crate::tier::{DeviceTier, remove_state};
 
 impl DeviceTier {
     /// Registers a newly resident folio of `st`: pinned (kept out of the policy) if the file
@@ -144,7 +144,7 @@ impl DeviceTier {
             }
         }
         if st.is_empty() {
-            g.remove(&key.file);
+            remove_state(&mut g, key.file);
         }
         drop(g);
         for v in &victims {

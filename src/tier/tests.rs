@@ -553,6 +553,30 @@ fn metadata_is_small_with_huge_pages() {
     }
 }
 
+#[test]
+fn evicting_every_file_gives_the_file_maps_back() {
+    // 40,000 small files spread over the 64 shards, then every one evicted: the shards'
+    // maps shrink with them (before, each kept its slots: 43% of the full figure stayed).
+    let t = tier(100, false);
+    let empty = t.metadata_bytes();
+    let data = pattern(PAGE_SIZE, 7);
+    let files = 1..=40_000u64;
+    for f in files.clone() {
+        t.prefetch(f, PAGE_SIZE, 0, PAGE_SIZE, &SliceSource(&data))
+            .unwrap();
+    }
+    let full = t.metadata_bytes();
+    for f in files {
+        assert_eq!(t.invalidate_file(f, InvalidationCause::Evict), 1);
+    }
+    assert_eq!(t.stats().device.used_bytes, 0);
+    let after = t.metadata_bytes();
+    assert!(
+        (after - empty) * 10 < full - empty,
+        "empty {empty} B, 40,000 files {full} B, all evicted {after} B"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Reference model (proptest).
 
@@ -1776,6 +1800,40 @@ fn reopened_exports_are_not_dropped_by_their_old_idle_entries() {
     );
     assert!(lock(&t.idle_exports).len() <= export::stale_bound(1) + 1);
     assert_eq!(t.exports_idle.load(Ordering::Relaxed), 1);
+    t.check_invariants();
+}
+
+/// Exports dropped by evictions leave the idle list with them: their entries are weeded once
+/// they pass the bound, with no release to look (before, `evict -r` of every file kept every
+/// entry).
+#[test]
+fn evicted_idle_exports_leave_the_idle_list() {
+    let t = tier(64, true);
+    if t.enable_shared_memory().is_err() {
+        return;
+    }
+    let size = 4096;
+    let n = 3 * export::stale_bound(0) as u64;
+    for f in 1..=n {
+        let vs = Arc::new(VecSource::new(pattern(size, f as u8)));
+        t.prefetch(f, size, 0, size, vs.as_ref()).unwrap();
+        let src: SharedSource = vs;
+        let e = t.export_open(f, size, &src).unwrap();
+        t.export_release(f, &e);
+    }
+    assert_eq!(t.exports_idle.load(Ordering::Relaxed), n);
+    assert_eq!(lock(&t.idle_exports).len() as u64, n);
+    for f in 1..=n {
+        t.invalidate_file(f, InvalidationCause::Evict);
+    }
+    let s = t.stats();
+    assert_eq!((s.shared.files, s.device.used_bytes), (0, 0));
+    assert_eq!(t.exports_idle.load(Ordering::Relaxed), 0);
+    assert!(
+        lock(&t.idle_exports).len() <= export::stale_bound(0),
+        "{} entries listed",
+        lock(&t.idle_exports).len()
+    );
     t.check_invariants();
 }
 
