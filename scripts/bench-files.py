@@ -358,11 +358,25 @@ def one_pass(readers, a, names, files, dsname, storage, mounts, tools, page_byte
     after_epochs = {n: d.snapshot() for n, d in daemons.items()}
     dropped = drop_and_settle(daemons)
     after_drop = {n: d.snapshot() for n, d in daemons.items()}
+    # A tier that holds files keeps their state after the kernel forgets them, by design:
+    # evicting the tree and dropping again shows what the device view holds of its own.
+    after_evict = {}
+    holding = {n: d for n, d in daemons.items()
+               if d.pt and ((after_drop[n].get("device") or {}).get("used_bytes") or 0) > 0}
+    if dropped and holding:
+        for n, d in holding.items():
+            r = subprocess.run([pt_bin, "evict", "-r", os.path.join(d.root, dsname)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                log(f"warning: {n}: evict -r: {r.stderr.strip()[-300:]}")
+        if drop_and_settle(holding):
+            after_evict = {n: d.snapshot() for n, d in holding.items()}
     for n, d in daemons.items():
         if not d.pid:
             continue
         row = {"system": n, "readers": readers, "pid": d.pid, "idle": idle[n],
-               "after_epochs": after_epochs[n], "after_drop_caches": after_drop[n] if dropped else None}
+               "after_epochs": after_epochs[n], "after_drop_caches": after_drop[n] if dropped else None,
+               "after_evict": after_evict.get(n)}
         if d.log_file:
             row["log_problems"], row["log_first_problem"] = daemon_log_problems(d.log_file)
         memory_rows.append(row)
@@ -445,10 +459,11 @@ def report_md(meta, records, memory_rows, a, names):
     L.append("")
     L.append("## Daemon memory (VmRSS)")
     L.append("")
-    L.append("| system | R | idle | after epochs | after drop_caches | tier used | own after epochs "
+    L.append("| system | R | idle | after epochs | after drop_caches | after evict -r, drop | "
+             "tier used | own after epochs "
              "| own after drop | of it request buffers | inodes: peak / after epochs / after drop "
              "| own per inode | tier metadata | log warnings |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in memory_rows:
         rss = lambda s: ((s or {}).get("memory") or {}).get("VmRSS")
         anon = lambda s: ((s or {}).get("memory") or {}).get("RssAnon")
@@ -477,17 +492,19 @@ def report_md(meta, records, memory_rows, a, names):
         logp = (f"{m['log_problems']}: {m['log_first_problem'][:120]}"
                 if m.get("log_problems") else "")
         L.append(f"| {m['system']} | {m['readers']} | {fmt_bytes(idle)} | {fmt_bytes(aft)} | "
-                 f"{fmt_bytes(drop)} | {fmt_bytes(used_a) if m['after_epochs'].get('device') else ''} "
+                 f"{fmt_bytes(drop)} | {fmt_bytes(rss(m.get('after_evict'))) if m.get('after_evict') else ''} "
+                 f"| {fmt_bytes(used_a) if m['after_epochs'].get('device') else ''} "
                  f"| {fmt_bytes(own_a)} | {fmt_bytes(own_d)} | {bufs} | {inodes} | {per} | {meta} | {logp} |")
     L.append("")
     L.append("'own' = RssAnon − the arena's part of the tier's used bytes (the arena is anonymous "
              "memory of the daemon, counted in its RSS when resident; exported copies live in a "
-             "private tmpfs and are not); 'own per inode' = (own after epochs − idle RssAnon) / "
+             "private tmpfs and are not); 'after evict -r, drop' = VmRSS after `pagetier evict -r` of "
+             "the tree and another drop_caches, for a mount whose tier held pages after the first "
+             "(a resident file's state stays while the tier holds it, by design); 'own per inode' = (own after epochs − idle RssAnon) / "
              "the most inodes the mount tracked after any epoch (pagetier's `inodes`); 'of it "
              "request buffers' = the resident part of fuser's two 16 MiB request buffers (the "
-             "kernel's BATCH_FORGET after drop_caches writes 16 bytes per inode into one; they "
-             "stay allocated, so their touched pages stay resident; bounded at 32 MiB, not per "
-             "inode); 'tier metadata' = the stats' metadata_bytes / used_bytes (target ≤ 0.1%).")
+             "kernel writes 16 bytes per pending forget into one and its touched pages stay "
+             "resident; pagetier queues forgets so that batches stay small); 'tier metadata' = the stats' metadata_bytes / used_bytes (target ≤ 0.1%).")
     return "\n".join(L) + "\n"
 
 
