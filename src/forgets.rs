@@ -5,7 +5,7 @@
 //! buffer per worker and keeps it for the life of the mount. Applied in the worker, a batch
 //! takes the inode table's lock once per inode, and while it does the next batch grows:
 //! after `drop_caches` of a million inodes the batches filled megabytes of each buffer, and
-//! those pages stay resident (8–10 MiB of a daemon that is 4.4 MiB idle). A worker that only
+//! those pages stay resident (up to 10 MiB, for a daemon of 4.4 MiB idle). A worker that only
 //! queues each forget (fuser hands them over one at a time) reads again soon after, so a
 //! batch holds what the kernel queued in that time; one thread applies the queue.
 //!

@@ -32,7 +32,13 @@ pub fn shrink_set_if_sparse<T: std::hash::Hash + Eq>(set: &mut HashSet<T>) -> bo
 /// Whether a table of `capacity` slots holding `len` entries should give memory back: under a
 /// quarter used, and more than a few thousand slots spare.
 pub fn is_sparse(len: usize, capacity: usize) -> bool {
-    capacity > 4 * len + 4096
+    is_sparse_by(len, capacity, 4096)
+}
+
+/// [`is_sparse`] with `spare` slots instead of a few thousand: for a table that is one of
+/// many (the tier's 64 shards each keeping 4,096 spare slots would keep 4.4 MB).
+pub fn is_sparse_by(len: usize, capacity: usize, spare: usize) -> bool {
+    capacity > 4 * len + spare
 }
 
 /// Large allocations (128 KiB and up: the tables of a million inodes) get pages of their own

@@ -109,11 +109,10 @@ pub const SHRINK_RETRIES: u32 = 8;
 /// Takes `file`'s state out of its shard's map (held locked by the caller), and gives the
 /// map's spare slots back once under a quarter of them is used: a map never shrinks by
 /// itself, and after `evict -r` of every file their slots stayed (40 bytes each). A shard
-/// holds a 64th of the files, so a few dozen spare slots already count (the daemon's
-/// single tables keep up to 4,096, `heap::is_sparse`; 64 shards doing so kept 4.4 MB).
+/// holds a 64th of the files, so a few dozen spare slots already count.
 fn remove_state(files: &mut HashMap<FileId, FileState>, file: FileId) -> Option<FileState> {
     let st = files.remove(&file);
-    if files.capacity() > 4 * files.len() + 64 {
+    if crate::heap::is_sparse_by(files.len(), files.capacity(), 64) {
         files.shrink_to(2 * files.len());
     }
     st
