@@ -781,9 +781,9 @@ impl DeviceTier {
     }
 
     /// Weeds the idle list when its stale entries pass the bound ([`stale_bound`]): an export
-    /// dropped by an invalidation or an eviction stays listed until then, and only a release
-    /// looked before (after `evict -r` of a million files, none came, and a million entries
-    /// stayed). Call with no tier lock held.
+    /// dropped by an invalidation or an eviction stays listed until then. Only a release
+    /// looked at the list before, and after `evict -r` of a million files none came: a
+    /// million entries stayed. Call with no tier lock held.
     pub(super) fn weed_idle_list_if_stale(&self) {
         let listed = lock(&self.idle_exports).len();
         if listed > stale_bound(self.exports_idle.load(Ordering::Relaxed)) {
