@@ -48,6 +48,25 @@ const MIN_COUNTERS: usize = 1 << 10;
 const SAMPLES_PER_ENTRY: u64 = 10;
 /// Saturation of a 4-bit counter.
 const MAX_COUNT: u8 = 15;
+/// The sketch folds to a smaller size once the folios tracked need this fraction of it or
+/// less (1/4): a table sized for a burst (small files prefetched at open stay tracked only
+/// until their export takes them) does not stay after it, and a size stays put while the
+/// count moves within a factor of 4 of it.
+const SHRINK_AT: usize = 4;
+
+/// The sketch's size, in counters, for `entries` tracked folios.
+fn counters_for(entries: usize) -> usize {
+    entries
+        .saturating_mul(COUNTERS_PER_ENTRY)
+        .min(1 << 40)
+        .next_power_of_two()
+        .max(MIN_COUNTERS)
+}
+
+/// The larger of each nibble of `a` and `b`.
+fn max_nibbles(a: u8, b: u8) -> u8 {
+    (a & 0x0F).max(b & 0x0F) | (a & 0xF0).max(b & 0xF0)
+}
 
 /// A count-min sketch of 4-bit counters, two per byte, with periodic halving ("reset" in
 /// TinyLFU).
@@ -95,16 +114,37 @@ impl FrequencySketch {
     /// in the low bits, so each new counter starts as a copy of the old counter it extends
     /// (still an over-estimate, never an under-estimate).
     pub fn ensure(&mut self, entries: usize) {
-        let want = entries
-            .saturating_mul(COUNTERS_PER_ENTRY)
-            .min(1 << 40)
-            .next_power_of_two()
-            .max(MIN_COUNTERS);
+        let want = counters_for(entries);
         if want > self.counters() {
             let copies = want / self.counters();
             self.nibbles = self.nibbles.repeat(copies);
             self.period = SAMPLES_PER_ENTRY * (want / COUNTERS_PER_ENTRY) as u64;
         }
+    }
+
+    /// Gives the memory of a table sized for far more folios back: once `entries` need
+    /// [`SHRINK_AT`] times fewer counters than it has, folds it to their size. Each counter
+    /// of the smaller table becomes the largest of the counters that fold onto it: a key's
+    /// probes in the smaller table are the low bits of its probes in the larger, so every
+    /// estimate stays an over-estimate (the reverse of [`Self::ensure`]). Costs one pass
+    /// over the table, after the tracked count fell by at least [`SHRINK_AT`] times.
+    pub fn shrink_to(&mut self, entries: usize) {
+        let want = counters_for(entries);
+        if want.saturating_mul(SHRINK_AT) > self.counters() {
+            return;
+        }
+        // Counters `i` and `i + want` share a nibble position (`want` is even), so the fold
+        // is a per-nibble maximum over the table's byte-slices of `want / 2`.
+        let bytes = want / 2;
+        let mut folded = self.nibbles[..bytes].to_vec();
+        for part in self.nibbles[bytes..].chunks(bytes) {
+            for (f, &b) in folded.iter_mut().zip(part) {
+                *f = max_nibbles(*f, b);
+            }
+        }
+        self.nibbles = folded;
+        self.period = SAMPLES_PER_ENTRY * (want / COUNTERS_PER_ENTRY).max(1) as u64;
+        self.samples = self.samples.min(self.period / 2);
     }
 
     fn slots(&self, key: &FolioKey) -> [usize; 4] {
@@ -212,6 +252,8 @@ pub struct TinyLfuPolicy {
     main_budget: u64,
     ahead_limit: u64,
     sketch: FrequencySketch,
+    /// Folios the sketch is sized for whatever is tracked: the tier's capacity in huge pages.
+    sketch_floor: usize,
     epoch: EpochFiles,
     margin: u8,
 }
@@ -232,6 +274,7 @@ impl TinyLfuPolicy {
             main_budget: u64::MAX / 4,
             ahead_limit: u64::MAX / 4,
             sketch: FrequencySketch::new(),
+            sketch_floor: 0,
             epoch: EpochFiles::default(),
             margin,
         }
@@ -297,11 +340,10 @@ impl EvictionPolicy for TinyLfuPolicy {
         self.main_budget = capacity.saturating_sub(self.window_budget);
         // Sized for a tier of huge pages now (a growth later keeps the counts, but a
         // smaller table meanwhile collides more).
-        self.sketch.ensure(
-            usize::try_from(capacity / huge_weight)
-                .unwrap_or(usize::MAX)
-                .min(1 << 26),
-        );
+        self.sketch_floor = usize::try_from(capacity / huge_weight)
+            .unwrap_or(usize::MAX)
+            .min(1 << 26);
+        self.sketch.ensure(self.sketch_floor);
         // Room for a sequential reader's readahead in flight: up to the 32 MiB window past
         // the reader plus the window being read (32 huge pages).
         self.ahead_limit = (32 * huge_weight)
@@ -335,6 +377,7 @@ impl EvictionPolicy for TinyLfuPolicy {
         let _ = self.window.take(key, Some(id)).is_some()
             || self.ahead.take(key, Some(id)).is_some()
             || self.main.take(key, Some(id)).is_some();
+        self.sketch.shrink_to(self.len().max(self.sketch_floor));
     }
 
     fn pop_victim(&mut self) -> Option<(FolioKey, FolioId)> {
@@ -392,7 +435,8 @@ impl EvictionPolicy for TinyLfuPolicy {
     }
 
     fn fixed_bytes(&self) -> u64 {
-        // The sketch keeps the size of the most folios ever tracked (it never shrinks).
+        // Sized for the folios tracked (or the tier's capacity in huge pages, if more); a
+        // table sized for a burst folds back once the burst is gone.
         self.sketch.nibbles.len() as u64
     }
 
@@ -440,7 +484,58 @@ mod tests {
         for i in 0..1000 {
             p.remove(&FolioKey::base(1, i), i);
         }
-        assert_eq!(p.fixed_bytes(), grown, "the sketch never shrinks");
+        // Folded back once the folios went, to within the fold's factor of its smallest
+        // size (a table is kept while the count is within a factor of 4 of it).
+        let left = p.fixed_bytes();
+        assert!(left <= 2 * small && left < grown / 8, "{left} of {grown}");
+    }
+
+    /// Folding keeps every estimate at or above what it was, and the folded table has the
+    /// size the remaining folios need, not below the configured floor.
+    #[test]
+    fn sketch_shrink_keeps_estimates_as_over_estimates() {
+        let mut s = FrequencySketch::new();
+        s.ensure(100_000);
+        let big = s.counters();
+        let keys: Vec<FolioKey> = (0..5_000).map(|i| FolioKey::base(i % 13, i)).collect();
+        for (n, k) in keys.iter().enumerate() {
+            for _ in 0..n % 7 {
+                s.increment(k);
+            }
+        }
+        let before: Vec<u8> = keys.iter().map(|k| s.estimate(k)).collect();
+        // Not yet a quarter: stays.
+        s.shrink_to(100_000 / 3);
+        assert_eq!(s.counters(), big);
+        s.shrink_to(1_000);
+        assert_eq!(s.counters(), counters_for(1_000));
+        assert!(s.counters() < big / 4);
+        for ((k, &b), n) in keys.iter().zip(&before).zip(0..) {
+            let e = s.estimate(k);
+            assert!(e >= b, "key {n}: {e} < {b}");
+            assert!(e as usize >= n % 7, "never under the true count");
+        }
+        // The halving period follows the size.
+        assert_eq!(
+            s.period,
+            SAMPLES_PER_ENTRY * (counters_for(1_000) / COUNTERS_PER_ENTRY) as u64
+        );
+    }
+
+    #[test]
+    fn the_sketch_keeps_its_configured_size() {
+        let mut p = TinyLfuPolicy::new();
+        p.configure(4096 * 512, 512);
+        let floor = p.fixed_bytes();
+        assert_eq!(floor, (counters_for(4096) / 2) as u64);
+        for i in 0..200_000 {
+            p.insert(FolioKey::base(1, i), i);
+        }
+        assert!(p.fixed_bytes() > floor);
+        for i in 0..200_000 {
+            p.remove(&FolioKey::base(1, i), i);
+        }
+        assert_eq!(p.fixed_bytes(), floor);
     }
 
     #[test]
