@@ -400,6 +400,7 @@ def report_md(meta, records, memory_rows, a, names):
              f"daemons' RLIMIT_NOFILE {a.nofile or meta['nofile']}; load before the run "
              f"{' '.join(meta['loadavg'])}" + (f", 1-min load during the epochs {min(loads):.1f}–"
                                                f"{max(loads):.1f}" if loads else "") + ".")
+    L.append(f"CPU idle: {meta.get('cpu_idle', 'unknown')}.")
     L.append(f"Dataset: {a.files} files (`make-dataset --shape imagenet --mean-size {a.mean_size}`), "
              f"{meta['data_bytes'] / MiB:.0f} MiB, in `{meta['storage_fs']}`. Each epoch reads every "
              f"file once in a new random order (seeded; the same order for every system), split "
@@ -515,6 +516,7 @@ def machine_info(a, storage, pt_bin, data_bytes):
         "cpu": bench.out(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip(),
         "memory": bench.out(["sh", "-c", "grep MemTotal /proc/meminfo"]).split(":", 1)[-1].strip(),
         "kernel": os.uname().release,
+        "cpu_idle": bench.cpu_idle(),
         "storage_fs": bench.out(["df", "-hT", storage]).splitlines()[-1],
         "bindfs": bench.out(["bindfs", "--version"]),
         "libfuse": bench.out(["pkg-config", "--modversion", "fuse3"]),

@@ -80,6 +80,33 @@ def out(cmd):
         return f"unavailable ({e})"
 
 
+def cpu_idle():
+    """How an idle CPU waits for its next wakeup (`/sys/devices/system/cpu/cpuidle`).
+
+    Every FUSE request wakes a daemon thread and every reply wakes the caller, usually on the
+    other CPU. In a VM whose idle vCPUs halt without polling first (`cpuidle-haltpoll` with
+    `guest_halt_poll_ns=0`), each such wakeup exits to the hypervisor: on the project's
+    machine that tripled the time of a small-file open (docs/BENCH.md, "Halted vCPUs"), so
+    results of machines that differ here do not compare.
+    """
+    base = "/sys/devices/system/cpu/cpuidle"
+    try:
+        driver = open(f"{base}/current_driver").read().strip()
+        governor = open(f"{base}/current_governor").read().strip()
+    except OSError:
+        return "unknown"
+    text = f"{driver} (governor {governor})"
+    try:
+        poll_ns = int(open("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read())
+    except (OSError, ValueError):
+        return text
+    if driver == "haltpoll":
+        text += (", halted vCPUs poll for up to {:,} ns first".format(poll_ns) if poll_ns
+                 else ", guest halt polling off (`guest_halt_poll_ns=0`): every cross-CPU "
+                      "wakeup of an idle vCPU exits to the hypervisor")
+    return text
+
+
 def parse_size(text):
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.I)
     if not m:
@@ -689,6 +716,7 @@ def machine_info(storage, pt_bin, ll_bin, a, systems, jobs):
         "cpu": cpu.strip(),
         "memory": mem.split(":", 1)[-1].strip(),
         "kernel": platform.release(),
+        "cpu_idle": cpu_idle(),
         "storage_fs": df,
         "fio": out(["fio", "--version"]),
         "bindfs": out(["bindfs", "--version"]),
@@ -711,6 +739,7 @@ def report_md(summary, meta, systems, a):
              + (f", {meta['pagetier']} ({meta['pagetier_git']})" if meta.get("pagetier") else "")
              + ".")
     L.append(f"STORAGE: `{meta['storage_fs']}`.")
+    L.append(f"CPU idle: {meta.get('cpu_idle', 'unknown')}.")
     L.append(f"Mode: **{meta['mode']}** page cache; {a.reps} reps per (job, system), run in "
              f"alternation; medians; 'spread' = (max-min)/median of MB/s; "
              f"ratio columns = this row's MB/s / the column system's MB/s.")
