@@ -22,7 +22,8 @@
 //!
 //! Frequency is estimated by a count-min sketch of 4-bit counters (4 probes per key,
 //! conservative update), sized from the capacity (as if all huge pages) at 32 counters
-//! (16 bytes) per tracked folio and grown, keeping every count, if more folios are tracked.
+//! (16 bytes) per tracked folio and grown, keeping every count, if more folios are tracked;
+//! folded back (each counter the largest of those it replaces) once they fall to a quarter.
 //! Every 10 samples per tracked-folio share of the table (≈ 10 × resident folios) all counters
 //! are halved, so the estimate follows the recent past. A sample is one *use* of a folio (the
 //! tier reports a sequential pass through a folio once, whatever the read size).
@@ -490,8 +491,8 @@ mod tests {
         assert!(left <= 2 * small && left < grown / 8, "{left} of {grown}");
     }
 
-    /// Folding keeps every estimate at or above what it was, and the folded table has the
-    /// size the remaining folios need, not below the configured floor.
+    /// Folding keeps every estimate at or above what it was, waits until the folios need a
+    /// quarter of the table, and leaves the size the remaining folios need.
     #[test]
     fn sketch_shrink_keeps_estimates_as_over_estimates() {
         let mut s = FrequencySketch::new();
