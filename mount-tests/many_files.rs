@@ -467,3 +467,47 @@ fn the_daemon_runs_without_glibc_thread_caches() {
     );
     assert_eq!(fs::read(m.host("a")).unwrap(), b"bytes");
 }
+
+/// The buffers that daemon-copied replies are read into are reused from one read to the
+/// next, and go back to the system when the daemon trims its heap after the kernel forgot
+/// many inodes: a daemon that once served large reads does not keep their buffers for life.
+#[test]
+fn reply_buffers_go_back_when_the_kernel_forgets() {
+    const SMALL: usize = 400;
+    let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    // Passthrough off: host-view reads are the daemon's, copied into a reply buffer.
+    let m = util::Guarded::new(Mounted::with(&["--passthrough", "off"], |s| {
+        fs::write(s.join("big"), &big).unwrap();
+        for i in 0..SMALL {
+            fs::write(s.join(format!("s{i:03}")), b"small").unwrap();
+        }
+    }));
+    let idle_inodes = m.stats().inodes;
+    assert_eq!(fs::read(m.host("big")).unwrap(), big);
+    let kept = m.stats().workers.buffer_bytes;
+    assert!(
+        kept >= 4096,
+        "{kept} bytes of reply buffers after a 4 MiB read"
+    );
+
+    // The kernel learns hundreds of inodes and forgets them: the table's trim frees the
+    // buffers along with the heap's free pages.
+    for i in 0..SMALL {
+        fs::metadata(m.host(&format!("s{i:03}"))).unwrap();
+    }
+    let mut last = (0, 0);
+    let freed = wait_until(Duration::from_secs(20), || {
+        drop_dentries();
+        let s = m.stats();
+        last = (s.inodes, s.workers.buffer_bytes);
+        s.inodes <= idle_inodes + 8 && s.workers.buffer_bytes == 0
+    });
+    assert!(
+        freed,
+        "(inodes, buffer bytes) {last:?} after drop_caches (idle inodes {idle_inodes}, buffers \
+         {kept} bytes before)"
+    );
+    // And a read after that gets a buffer again.
+    assert_eq!(fs::read(m.host("big")).unwrap(), big);
+    assert!(m.stats().workers.buffer_bytes > 0);
+}

@@ -1408,9 +1408,6 @@ impl Pagetier {
         size: u32,
         reply: impl FnOnce(FsResult<&[u8]>) -> R,
     ) -> R {
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
@@ -1429,11 +1426,7 @@ impl Pagetier {
         if storage::check_offset(offset).is_err() {
             return reply(Err(Errno::EINVAL));
         }
-        BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            let out = &mut buf[..size as usize];
+        crate::heap::REPLY_BUFFERS.with(size as usize, |out| {
             let res = match (view, source) {
                 (View::Host, _) => {
                     let r = file
@@ -1453,7 +1446,7 @@ impl Pagetier {
                 // A read inside one huge page, hit or fresh fault, is replied straight from
                 // the arena.
                 Ok(Served::Resident(bytes)) => reply(Ok(&bytes)),
-                Ok(Served::Copied(n)) => reply(Ok(&buf[..n])),
+                Ok(Served::Copied(n)) => reply(Ok(&out[..n])),
                 Err(e) => reply(Err(e.into())),
             }
         })

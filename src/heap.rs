@@ -1,13 +1,18 @@
 //! Giving memory back: hash maps that shrink once mostly empty, and the allocator's free
 //! pages returned to the system. The daemon's tables grow with what the kernel holds (a
 //! million inodes in an epoch) and must fall back near idle once it forgets them: large
-//! tables are mappings of their own, free pages are trimmed, and the daemon runs without
-//! glibc's per-thread caches of freed chunks (their chunks pin pages no trim returns).
+//! tables are mappings of their own, free pages are trimmed, the daemon runs without
+//! glibc's per-thread caches of freed chunks (their chunks pin pages no trim returns), and
+//! the buffers that copied replies are read into are kept in one pool that a trim empties
+//! (a worker's own buffer stayed resident for the daemon's life).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::sync::Mutex;
+
+use crate::lock::lock;
 
 /// Shrinks `map` to twice its length when it uses under a quarter of its capacity (a hash
 /// map never shrinks by itself: after the kernel forgot a million inodes, their slots would
@@ -101,9 +106,68 @@ pub fn restart_without_thread_caches() -> Option<std::io::Error> {
     Some(cmd.args(args).env("GLIBC_TUNABLES", value).exec())
 }
 
-/// Returns the heap's free pages to the system: glibc keeps what many small frees (a
-/// forgotten table) gave back otherwise.
+/// Buffers kept at most by a [`BufferPool`]: more than the workers that copy at once.
+const POOL_KEEPS: usize = 8;
+
+/// Request-sized buffers for the replies the daemon copies (a read's bytes), reused from one
+/// request to the next so that a read does not fault fresh pages in, and given back whole by
+/// [`BufferPool::release`] (which [`release_free_memory`] calls). A buffer per worker thread
+/// (a thread-local) kept the megabyte of the largest read resident for the daemon's life:
+/// 2.1 MB of the 2.5 MB that a device-view epoch over 100,000 files left after `evict -r`
+/// and `drop_caches` (heaptrack), where the daemon had been at 1.1 MB.
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The daemon's pool (one per process: [`release_free_memory`] is process-wide too).
+pub static REPLY_BUFFERS: BufferPool = BufferPool::new();
+
+impl BufferPool {
+    pub const fn new() -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a buffer of `len` bytes (its contents are whatever an earlier request
+    /// left), then keeps the buffer for the next request. A new buffer is zeroed by the
+    /// allocator (a large one is a fresh mapping whose pages fault in as `f` writes them).
+    pub fn with<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut buf = lock(&self.free).pop().unwrap_or_default();
+        if buf.len() < len {
+            // Not `resize`: that would copy the old bytes and write every new page.
+            buf = vec![0; len];
+        }
+        let out = f(&mut buf[..len]);
+        let mut free = lock(&self.free);
+        if free.len() < POOL_KEEPS {
+            free.push(buf);
+        }
+        out
+    }
+
+    /// Bytes the pool keeps now (buffers lent to a request are not counted).
+    pub fn kept_bytes(&self) -> u64 {
+        lock(&self.free).iter().map(|b| b.capacity() as u64).sum()
+    }
+
+    /// Frees every buffer kept (a request holding one keeps it until it is done).
+    pub fn release(&self) {
+        let kept = std::mem::take(&mut *lock(&self.free));
+        drop(kept);
+    }
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Returns the heap's free pages to the system, after the reply buffers: glibc keeps what
+/// many small frees (a forgotten table) gave back otherwise.
 pub fn release_free_memory() {
+    REPLY_BUFFERS.release();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` takes no pointer; it only walks the allocator's own free lists,
     // under the allocator's locks.
@@ -118,6 +182,42 @@ mod tests {
 
     fn tunables(current: Option<&str>) -> Option<String> {
         tunables_without_thread_caches(current.map(OsStr::new)).map(|v| v.into_string().unwrap())
+    }
+
+    #[test]
+    fn a_pooled_buffer_is_reused_until_released() {
+        let pool = BufferPool::new();
+        assert_eq!(pool.kept_bytes(), 0);
+        let first = pool.with(1 << 20, |b| {
+            assert_eq!(b.len(), 1 << 20);
+            b[0] = 7;
+            b.as_ptr() as usize
+        });
+        assert!(pool.kept_bytes() >= 1 << 20);
+        // A smaller request takes the same buffer; a larger one replaces it.
+        let again = pool.with(4096, |b| {
+            assert_eq!((b.len(), b[0]), (4096, 7));
+            b.as_ptr() as usize
+        });
+        assert_eq!(again, first);
+        pool.with(2 << 20, |b| assert_eq!(b.len(), 2 << 20));
+        assert!(pool.kept_bytes() >= 2 << 20 && pool.kept_bytes() < 3 << 20);
+        pool.release();
+        assert_eq!(pool.kept_bytes(), 0);
+        pool.with(16, |b| assert_eq!(b, [0; 16]));
+    }
+
+    #[test]
+    fn a_pool_keeps_a_bounded_number_of_buffers() {
+        let pool = BufferPool::new();
+        // Requests inside requests each take a buffer of their own (as concurrent workers do).
+        fn nest(pool: &BufferPool, depth: usize) {
+            if depth > 0 {
+                pool.with(4096, |_| nest(pool, depth - 1));
+            }
+        }
+        nest(&pool, 2 * POOL_KEEPS);
+        assert_eq!(pool.kept_bytes(), (POOL_KEEPS * 4096) as u64);
     }
 
     #[test]

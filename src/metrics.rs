@@ -472,6 +472,11 @@ fn encode_passthrough(
             u64::from(w.parking),
         ),
         ("parked", "FUSE workers parked now", w.parked),
+        (
+            "buffer_bytes",
+            "Bytes kept for replies the daemon copies (reused read buffers)",
+            w.buffer_bytes,
+        ),
     ] {
         encode_gauge(enc, &format!("pagetier_workers_{key}"), help, v)?;
     }
@@ -1060,7 +1065,7 @@ mod tests {
         }
         assert_eq!(
             want.len(),
-            66,
+            67,
             "every number and flag of the document: {want:?}"
         );
         let doc: StatsDocument = serde_json::from_value(v).unwrap();

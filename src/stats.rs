@@ -306,6 +306,7 @@ mod tests {
         ("shared.updated_bytes", "number"),
         ("shared.updates", "number"),
         ("version", "number"),
+        ("workers.buffer_bytes", "number"),
         ("workers.parked", "number"),
         ("workers.parking", "bool"),
         ("workers.parks", "number"),
