@@ -282,7 +282,12 @@ def device_delta(before, after):
         return None
     d = {k: after["device"][k] - before["device"][k]
          for k in ("hits", "misses", "bytes_served", "bytes_faulted", "evictions")}
-    d["byte_hit_ratio"] = (1 - d["bytes_faulted"] / d["bytes_served"]) if d["bytes_served"] else None
+    # Files the kernel serves (exported) are faulted in by the daemon at open and read by the
+    # kernel: faulted bytes then exceed the bytes the daemon served, and a ratio of the two
+    # says nothing (it went negative).
+    d["byte_hit_ratio"] = (1 - d["bytes_faulted"] / d["bytes_served"]
+                           if d["bytes_served"] and d["bytes_faulted"] <= d["bytes_served"]
+                           else None)
     return d
 
 
@@ -483,7 +488,9 @@ def report_md(meta, records, memory_rows, a, names):
                                                        "; ".join(fails)[:300]]) + " |")
         L.append("")
     L.append("⚠ = some files failed (see failures); files/s counts only files read whole. "
-             "`hits` = device-tier hits by bytes in that epoch (1 − bytes faulted / bytes served).")
+             "`hits` = device-tier hits by bytes in that epoch (1 − bytes faulted / bytes served), "
+             "left out where the daemon faulted more than it served (files faulted in at open "
+             "and read by the kernel).")
     L.append("")
     L.append("## Daemon memory (VmRSS)")
     L.append("")
