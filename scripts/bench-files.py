@@ -331,9 +331,9 @@ def warm_idle(daemons, rel, reader, pt_bin, tmp, timeout):
     """The daemons' idle snapshots after each has served a few files and forgotten them (the
     tier evicts them, the kernel drops its dentries and inodes): the figure that memory after
     the epochs comes back to. A daemon fresh from its mount has not yet faulted in the code
-    and the threads' first heap pages that every request path touches once (about 0.7 MB of
-    pagetier's 4.2 MB), which no amount of giving back returns; they are not per-file
-    memory."""
+    and the threads' first heap pages that every request path touches once (0.1-0.3 MiB of
+    pagetier's 4.2-4.4 MiB, 0.3 MiB of bindfs's 1.2 MiB), which no amount of giving back
+    returns; they are not per-file memory."""
     sample = rel[:WARM_FILES]
     for n, d in daemons.items():
         res = run_readers(reader, d.root, sample, 1, tmp, timeout)

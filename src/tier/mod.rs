@@ -110,7 +110,7 @@ pub const SHRINK_RETRIES: u32 = 8;
 /// map's spare slots back once under a quarter of them is used, all of them once it is empty:
 /// a map never shrinks by itself, and after `evict -r` of every file their slots stayed (40
 /// bytes each). A shard holds a 64th of the files, so a few dozen spare slots already count,
-/// and 64 shards' last few dozen kept 110 KB after a million files were evicted (a shard that
+/// and 64 shards' last few dozen kept about 100 KB after a million files were evicted (a shard that
 /// empties and fills again pays one small allocation per growth step, next to a file's fill).
 fn remove_state(files: &mut HashMap<FileId, FileState>, file: FileId) -> Option<FileState> {
     let st = files.remove(&file);
