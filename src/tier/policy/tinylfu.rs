@@ -64,6 +64,11 @@ fn counters_for(entries: usize) -> usize {
         .max(MIN_COUNTERS)
 }
 
+/// Samples between halvings for a table of `counters` (10 per tracked-folio share).
+fn period_for(counters: usize) -> u64 {
+    SAMPLES_PER_ENTRY * (counters / COUNTERS_PER_ENTRY).max(1) as u64
+}
+
 /// The larger of each nibble of `a` and `b`.
 fn max_nibbles(a: u8, b: u8) -> u8 {
     (a & 0x0F).max(b & 0x0F) | (a & 0xF0).max(b & 0xF0)
@@ -94,7 +99,7 @@ impl FrequencySketch {
         FrequencySketch {
             nibbles: vec![0; n / 2],
             samples: 0,
-            period: SAMPLES_PER_ENTRY * (n / COUNTERS_PER_ENTRY).max(1) as u64,
+            period: period_for(n),
         }
     }
 
@@ -119,7 +124,7 @@ impl FrequencySketch {
         if want > self.counters() {
             let copies = want / self.counters();
             self.nibbles = self.nibbles.repeat(copies);
-            self.period = SAMPLES_PER_ENTRY * (want / COUNTERS_PER_ENTRY) as u64;
+            self.period = period_for(want);
         }
     }
 
@@ -144,7 +149,7 @@ impl FrequencySketch {
             }
         }
         self.nibbles = folded;
-        self.period = SAMPLES_PER_ENTRY * (want / COUNTERS_PER_ENTRY).max(1) as u64;
+        self.period = period_for(want);
         self.samples = self.samples.min(self.period / 2);
     }
 
